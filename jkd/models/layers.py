@@ -1,0 +1,194 @@
+"""Building blocks shared by every model family: convolution, PyTorch-style BatchNorm, Linear.
+
+Convolution comes in two formulations with identical parameters (kernel `(*window, in, out)`):
+
+* ``impl='gemm'`` (default): im2col — the kernel taps are gathered as strided slices of the padded
+  input, concatenated along channels, and contracted with one matrix multiply. Under ``jax.vmap``
+  over runs this stays a batched GEMM, which XLA:CPU runs at full speed.
+* ``impl='lax'``: ``lax.conv_general_dilated``. Vmapping over runs turns its weights into a grouped
+  convolution, which XLA:CPU executes slowly; it is kept for comparison (``python -m jkd.bench conv``)
+  and for accelerators, where cuDNN handles both well.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# The lab's WRN init: Normal(0, sqrt(2 / n)) with n = kernel elements x out_channels.
+conv_fan_out_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's default Conv/Linear init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias(fan_in: int) -> Initializer:
+  """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _tuple(v: int | Sequence[int], n: int) -> tuple[int, ...]:
+  return (v,) * n if isinstance(v, int) else tuple(v)
+
+
+def im2col(x: Array, window: Sequence[int], strides: Sequence[int],
+           padding: Sequence[tuple[int, int]]) -> Array:
+  """Patches of a channels-last input `(B, *spatial, C)` -> `(B, *out_spatial, prod(window) * C)`.
+
+  The last axis is ordered tap-major (all channels of tap 0, then tap 1, ...), matching a kernel
+  `(*window, C, O)` reshaped to `(prod(window) * C, O)`.
+  """
+  nd = len(window)
+  x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+  spatial = x.shape[1:1 + nd]
+  out = [(spatial[i] - window[i]) // strides[i] + 1 for i in range(nd)]
+  taps = []
+  for offset in _offsets(window):
+    start = (0, *offset, 0)
+    limit = (x.shape[0], *(offset[i] + (out[i] - 1) * strides[i] + 1 for i in range(nd)), x.shape[-1])
+    taps.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
+  return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
+def _offsets(window: Sequence[int]) -> list[tuple[int, ...]]:
+  grids = [()]
+  for w in window:
+    grids = [g + (i,) for g in grids for i in range(w)]
+  return grids
+
+
+class Conv(nn.Module):
+  """N-d convolution, channels-last, explicit symmetric padding, PyTorch semantics.
+
+  Attributes:
+    features: output channels.
+    kernel_size: window per spatial axis (an int applies to every axis of the input).
+    strides: stride per spatial axis.
+    padding: zero padding on both sides of every spatial axis (PyTorch's `padding=`).
+    feature_group_count: grouped convolution (the ResNeXt bottleneck).
+    impl: 'gemm' (im2col + matmul, fast under vmap on CPU) or 'lax' (lax.conv_general_dilated).
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: int | Sequence[int] = 0
+  use_bias: bool = False
+  feature_group_count: int = 1
+  kernel_init: Initializer = conv_fan_out_normal
+  bias_init: Initializer | None = None
+  impl: str = "gemm"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    nd = x.ndim - 2
+    window = _tuple(self.kernel_size, nd)
+    strides = _tuple(self.strides, nd)
+    padding = [(p, p) for p in _tuple(self.padding, nd)]
+    in_features = x.shape[-1]
+    groups = self.feature_group_count
+    if in_features % groups or self.features % groups:
+      raise ValueError(f"Conv: channels in={in_features}, out={self.features} must divide groups={groups}")
+    kernel = self.param("kernel", self.kernel_init, (*window, in_features // groups, self.features))
+    if self.impl == "lax":
+      spec = ("NHC", "HIO", "NHC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
+      y = jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=spec,
+                                       feature_group_count=groups)
+    elif self.impl == "gemm":
+      y = _conv_gemm(x, kernel, window, strides, padding, groups)
+    else:
+      raise ValueError(f"Conv: impl must be 'gemm' or 'lax', got {self.impl!r}")
+    if self.use_bias:
+      fan_in = math.prod(window) * in_features // groups
+      init = self.bias_init or torch_default_bias(fan_in)
+      y = y + self.param("bias", init, (self.features,))
+    return y
+
+
+def _conv_gemm(x, kernel, window, strides, padding, groups):
+  patches = im2col(x, window, strides, padding)              # (B, *out, taps * C)
+  taps = math.prod(window)
+  cin, cout = kernel.shape[-2], kernel.shape[-1]
+  if groups == 1:
+    return jnp.dot(patches, kernel.reshape(taps * cin, cout))
+  # Grouped: split channels into groups inside every tap, contract per group.
+  lead = patches.shape[:-1]
+  p = patches.reshape(*lead, taps, groups, cin).swapaxes(-2, -3)       # (..., G, taps, cin)
+  p = p.reshape(*lead, groups, taps * cin)
+  k = kernel.reshape(taps, cin, groups, cout // groups)                 # (taps, cin, G, og)
+  k = k.transpose(2, 0, 1, 3).reshape(groups, taps * cin, cout // groups)
+  y = jnp.einsum("...gk,gko->...go", p, k)
+  return y.reshape(*lead, cout)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over every axis but the last, updating running statistics exactly like PyTorch.
+
+  Training normalises with the biased batch variance and updates
+  `running = (1 - momentum) * running + momentum * batch`, using the *unbiased* variance for
+  `running_var` (PyTorch's convention; Flax's own BatchNorm uses the biased one).
+  Parameters `scale`/`bias`; statistics `mean`/`var` in the `batch_stats` collection.
+  """
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      n = math.prod(x.shape[:-1])
+      mean = jnp.mean(x, axes)
+      var = jnp.mean(jnp.square(x - mean), axes)
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = (1 - m) * ra_mean.value + m * mean
+        ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    return x * inv + (bias - mean * inv)
+
+
+class Linear(nn.Module):
+  """PyTorch-style Linear: kernel `(in, out)` ~ U(+-1/sqrt(in)); bias zero unless `bias_init` given."""
+  features: int
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", torch_default_kernel, (x.shape[-1], self.features))
+    bias = self.param("bias", self.bias_init, (self.features,))
+    return jnp.dot(x, kernel) + bias
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "leaky_relu": lambda x: nn.leaky_relu(x, 0.01),
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "elu": nn.elu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}") from None
+
+
+def global_avg_pool(x: Array) -> Array:
+  return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+
+
