@@ -1,0 +1,114 @@
+"""Conv, BatchNorm and Linear against direct numpy computations."""
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jkd.models import layers
+
+
+def numpy_conv1d(x, w, stride, pad, groups=1):
+  """Direct PyTorch-semantics conv: x (B, L, C), w (k, C/groups, O)."""
+  b, length, c = x.shape
+  k, cg, o = w.shape
+  xp = np.pad(x, [(0, 0), (pad, pad), (0, 0)])
+  out_len = (length + 2 * pad - k) // stride + 1
+  og = o // groups
+  y = np.zeros((b, out_len, o))
+  for t in range(out_len):
+    for g in range(groups):
+      seg = xp[:, t * stride:t * stride + k, g * cg:(g + 1) * cg]          # (B, k, cg)
+      y[:, t, g * og:(g + 1) * og] = np.einsum("bkc,kco->bo", seg, w[:, :, g * og:(g + 1) * og])
+  return y
+
+
+def numpy_conv2d(x, w, stride, pad):
+  b, h, wd, c = x.shape
+  kh, kw, _, o = w.shape
+  xp = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+  oh, ow = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+  y = np.zeros((b, oh, ow, o))
+  for i in range(oh):
+    for j in range(ow):
+      seg = xp[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+      y[:, i, j] = np.einsum("bhwc,hwco->bo", seg, w)
+  return y
+
+
+@pytest.mark.parametrize("impl", ["gemm", "lax"])
+@pytest.mark.parametrize("kernel,stride,pad,groups", [(3, 1, 1, 1), (3, 2, 1, 1), (1, 2, 0, 1),
+                                                      (3, 1, 1, 4), (7, 2, 3, 1)])
+def test_conv1d_matches_direct_sum(impl, kernel, stride, pad, groups):
+  x = np.random.default_rng(0).normal(size=(3, 13, 8)).astype(np.float32)
+  conv = layers.Conv(12, kernel, stride, pad, feature_group_count=groups, impl=impl)
+  v = conv.init(jax.random.PRNGKey(0), x)
+  w = np.asarray(v["params"]["kernel"])
+  assert w.shape == (kernel, 8 // groups, 12)
+  np.testing.assert_allclose(conv.apply(v, x), numpy_conv1d(x, w, stride, pad, groups), atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["gemm", "lax"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_matches_direct_sum(impl, stride):
+  x = np.random.default_rng(1).normal(size=(2, 7, 6, 5)).astype(np.float32)
+  conv = layers.Conv(4, 3, stride, 1, impl=impl)
+  v = conv.init(jax.random.PRNGKey(0), x)
+  np.testing.assert_allclose(conv.apply(v, x), numpy_conv2d(x, np.asarray(v["params"]["kernel"]),
+                                                            stride, 1), atol=1e-5)
+
+
+def test_conv_gemm_under_vmap_equals_per_run_application():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 4, 10, 6)), jnp.float32)  # runs axis 3
+  conv = layers.Conv(5, 3, 2, 1)
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  vs = jax.vmap(lambda k, xi: conv.init(k, xi))(keys, x)
+  stacked = jax.vmap(conv.apply)(vs, x)
+  for r in range(3):
+    one = conv.apply(jax.tree.map(lambda a: a[r], vs), x[r])
+    np.testing.assert_allclose(stacked[r], one, atol=1e-6)
+
+
+def test_wrn_conv_init_std_is_sqrt_2_over_kernel_times_out():
+  conv = layers.Conv(64, 3)
+  w = conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 128)))["params"]["kernel"]
+  assert abs(float(jnp.std(w)) - np.sqrt(2.0 / (3 * 64))) < 0.01 * np.sqrt(2.0 / (3 * 64)) * 5
+
+
+def test_batchnorm_train_uses_biased_var_and_updates_running_stats_like_pytorch():
+  x = np.random.default_rng(3).normal(2.0, 3.0, size=(4, 5, 3)).astype(np.float32)
+  bn = layers.BatchNorm()
+  v = bn.init(jax.random.PRNGKey(0), x, train=True)
+  y, upd = bn.apply(v, x, train=True, mutable=["batch_stats"])
+  flat = x.reshape(-1, 3)
+  mean, var_b, var_u = flat.mean(0), flat.var(0), flat.var(0, ddof=1)
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var_b + 1e-5), atol=1e-5)
+  np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(upd["batch_stats"]["var"], 0.9 + 0.1 * var_u, rtol=1e-5)
+
+
+def test_batchnorm_eval_uses_running_stats_scale_and_bias():
+  bn = layers.BatchNorm()
+  x = np.random.default_rng(4).normal(size=(2, 3, 2)).astype(np.float32)
+  v = {"params": {"scale": jnp.array([2.0, 0.5]), "bias": jnp.array([1.0, -1.0])},
+       "batch_stats": {"mean": jnp.array([0.5, -0.5]), "var": jnp.array([4.0, 0.25])}}
+  y = bn.apply(v, x, train=False)
+  expect = (x - [0.5, -0.5]) / np.sqrt(np.array([4.0, 0.25]) + 1e-5) * [2.0, 0.5] + [1.0, -1.0]
+  np.testing.assert_allclose(y, expect, atol=1e-5)
+
+
+def test_linear_init_is_pytorch_default_with_zero_bias():
+  lin = layers.Linear(1000)
+  v = lin.init(jax.random.PRNGKey(0), jnp.zeros((1, 64)))["params"]
+  assert v["kernel"].shape == (64, 1000)
+  bound = 1 / np.sqrt(64)
+  assert float(jnp.max(jnp.abs(v["kernel"]))) <= bound
+  assert float(jnp.max(jnp.abs(v["kernel"]))) > 0.95 * bound
+  assert float(jnp.abs(v["bias"]).max()) == 0.0
+
+
+def test_unknown_activation_and_conv_impl_are_clear_errors():
+  with pytest.raises(ValueError, match="unknown activation 'relu6'"):
+    layers.activation("relu6")
+  with pytest.raises(ValueError, match="impl must be"):
+    layers.Conv(2, 3, impl="fft").init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 2)))
