@@ -1,0 +1,138 @@
+"""Data sources by name, the `config.data` every source shares, and loading a source's windows.
+
+`config.data.name` picks a source module (imported only when used, so a source's optional
+dependency matters only for that source). Each module exposes ``default_config()`` (its own keys,
+and its own values for any common key below) and ``load(cfg) -> base.Dataset``.
+
+Common keys (defaults for sources that do not override them; PAMAP2 overrides several):
+
+* ``path`` (str): where the data are ('' = the source's default, if it has one);
+* ``window``, ``step``, ``start`` (int, samples): windowing of continuous recordings,
+  starts ``range(start, T - window, step)`` (`windowing`);
+* ``label_rule``: ``ends`` | ``all`` | ``majority`` (`windowing`);
+* ``normalize``: ``lab`` | ``zscore`` | ``none`` (`normalize`), fitted per fold on training subjects;
+* ``test_subjects`` (tuple), ``num_folds`` (int, 0 = leave-one-subject-out), ``fold_seed`` (int),
+  ``val_subjects`` (tuple, fixed validation subjects), ``num_val_subjects`` (int, per-fold
+  validation subjects drawn from the training subjects): see `folds`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import ml_collections
+import numpy as np
+
+from jkd.data import normalize, windowing
+from jkd.data.base import DataError, Dataset, Recording, Windows, check_finite, check_labels
+
+SOURCES = {
+    "pamap2": "jkd.data.pamap2",
+    "geneactiv": "jkd.data.geneactiv",
+    "windows": "jkd.data.npz",
+    "streams": "jkd.data.npz",
+    "watch": "jkd.data.watch",
+}
+
+
+def common_config() -> ml_collections.ConfigDict:
+  """The keys every source shares, with the defaults of sources that do not override them."""
+  return ml_collections.ConfigDict({
+      "name": "",
+      "path": "",
+      "window": 100,
+      "step": 50,
+      "start": 0,
+      "label_rule": "all",
+      "normalize": "zscore",
+      "test_subjects": (),
+      "num_folds": 0,
+      "fold_seed": 0,
+      "val_subjects": (),
+      "num_val_subjects": 0,
+  })
+
+
+def source(name: str) -> ModuleType:
+  """The module of source `name` (imported on first use)."""
+  if name not in SOURCES:
+    raise DataError(f"config.data.name={name!r} is not a data source; choose one of "
+                    f"{sorted(SOURCES)}.")
+  return importlib.import_module(SOURCES[name])
+
+
+def default_config(name: str) -> ml_collections.ConfigDict:
+  """The full default `config.data` of source `name`: the common keys, updated by the source's."""
+  merged = common_config().to_dict()
+  merged.update(source(name).default_config().to_dict())
+  merged["name"] = name
+  return ml_collections.ConfigDict(merged)
+
+
+def _check_config(cfg: ml_collections.ConfigDict) -> None:
+  if cfg.label_rule not in windowing.LABEL_RULES:
+    raise DataError(f"config.data.label_rule={cfg.label_rule!r} is unknown; choose one of "
+                    f"{windowing.LABEL_RULES}.")
+  if cfg.normalize not in normalize.NORMALIZE_RULES:
+    raise DataError(f"config.data.normalize={cfg.normalize!r} is unknown; choose one of "
+                    f"{normalize.NORMALIZE_RULES}.")
+
+
+def _check_recordings(ds: Dataset, name: str) -> None:
+  channels = len(ds.channels)
+  for r in ds.recordings:
+    what = f"{name} recording of subject {r.subject} (session {r.session})"
+    if r.x.ndim != 2 or r.x.shape[1] != channels or r.y.shape != (r.x.shape[0],):
+      raise DataError(f"{what}: x {r.x.shape} and y {r.y.shape} must be (T, {channels}) and (T,).")
+    check_finite(r.x, what)
+    check_labels(r.y, len(ds.classes), what)
+
+
+def _ready_windows(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A source's ready windows, validated, unlabelled ones dropped, ordered by subject (stable)."""
+  x, y, subject = ds.x, np.asarray(ds.y, np.int64), np.asarray(ds.subject, np.int64)
+  if (x.ndim != 3 or x.shape[2] != len(ds.channels) or y.shape != (len(x),)
+      or subject.shape != y.shape):
+    raise DataError(f"{name} windows: x {x.shape}, y {y.shape}, subject {subject.shape} must be "
+                    f"(N, L, {len(ds.channels)}), (N,), (N,).")
+  check_finite(x, f"{name} windows")
+  check_labels(y, len(ds.classes), f"{name} windows")
+  everyone = np.unique(subject)
+  keep = y != -1
+  if not keep.all():
+    x, y, subject = x[keep], y[keep], subject[keep]
+  missing = sorted(set(everyone.tolist()) - set(np.unique(subject).tolist()))
+  if missing:
+    raise DataError(f"{name}: subjects {missing} have no labelled window; label them or drop them.")
+  if len(subject) and np.any(np.diff(subject) < 0):
+    order = np.argsort(subject, kind="stable")
+    x, y, subject = x[order], y[order], subject[order]
+  return np.asarray(x, np.float32), y, subject
+
+
+def load(data_cfg: ml_collections.ConfigDict) -> Windows:
+  """Every window of source `data_cfg.name`, preprocessed, not normalised; ordered by subject,
+  then recording, then time."""
+  _check_config(data_cfg)
+  ds = source(data_cfg.name).load(data_cfg)
+  if ds.recordings is not None:
+    _check_recordings(ds, data_cfg.name)
+    x, y, subject = windowing.make_windows(ds.recordings, int(data_cfg.window),
+                                           int(data_cfg.step), int(data_cfg.start),
+                                           str(data_cfg.label_rule))
+  else:
+    x, y, subject = _ready_windows(ds, data_cfg.name)
+  if len(x) == 0:
+    raise DataError(f"{data_cfg.name}: no labelled window in the data at {data_cfg.path!r}.")
+  return Windows(x, y, subject, list(ds.classes), list(ds.channels))
+
+
+def load_windows(data_cfg: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(x (N, window, C) float32, y (N,) int64, subject (N,) int64) of `load`, in its order."""
+  w = load(data_cfg)
+  return w.x, w.y, w.subject
+
+
+__all__ = ["DataError", "Dataset", "Recording", "Windows", "SOURCES", "common_config", "source",
+           "default_config", "load", "load_windows"]
