@@ -1,0 +1,113 @@
+"""PAMAP2 `.dat` parsing: jkd's parser vs `np.loadtxt` on the same files, and the cached load.
+
+    python -m jkd.bench pamap2-parse [--path=PAMAP2_Dataset/Protocol] [--rows=300000] [--files=9]
+        [--workers=0] [--no-loadtxt]
+
+Without --path it writes `files` synthetic Protocol files of `rows` rows each (54 columns, the
+real files' number formats, heart rate valid ~1 row in 11, activity runs including transient and
+dropped ids, a few NaNs and exponents in the IMU columns) to a temp folder; the real nine files are
+~2.9M rows, ~1.3 GB. Times: np.loadtxt over the files one after another; jkd's `parse_dat` one
+after another (serial; wall and CPU seconds) and on `workers` threads (`parse_many`); then
+`pamap2.load` into an empty cache (parse + preprocess + write) and again (hash the files + read the
+cache). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from jkd.data import pamap2, pamap2_parse
+
+
+def write_synthetic(folder: str, files: int, rows: int, seed: int = 0) -> list[str]:
+  """Protocol-like files subject101.dat ...; lines drawn from a pool of formatted IMU rows."""
+  rng = np.random.default_rng(seed)
+  pool_rows = 20_000
+  imu = rng.standard_normal((pool_rows, 51)) * rng.choice([0.05, 1.0, 10.0, 40.0], 51)
+  imu[rng.random(imu.shape) < 0.002] *= 1e-4  # %g writes these as 1.2e-05
+  imu[rng.random(imu.shape) < 0.001] = np.nan
+  pool = [" ".join("NaN" if v != v else "%g" % v for v in r) for r in imu]
+  paths = []
+  for f in range(files):
+    runs = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 16, 17, 24], rows // 3000 + 1)
+    act = np.repeat(runs, 3000)[:rows]
+    hr = np.where(np.arange(rows) % 11 == 0, rng.integers(70, 190, rows), -1)
+    lines = rng.integers(0, pool_rows, rows)
+    path = os.path.join(folder, f"subject{101 + f}.dat")
+    with open(path, "w") as out:
+      out.write("\n".join(f"{5 + i / 100:.2f} {a} {'NaN' if h < 0 else h} {pool[j]}"
+                          for i, (a, h, j) in enumerate(zip(act.tolist(), hr.tolist(),
+                                                            lines.tolist()))) + "\n")
+    paths.append(path)
+  return paths
+
+
+def _seconds(fn) -> tuple[float, object]:
+  t = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - t, out
+
+
+def _cpu_seconds(fn) -> tuple[float, float, object]:
+  """(wall, CPU of this process, result): CPU time is the fairer ratio on a busy machine."""
+  cpu = time.process_time()
+  wall, out = _seconds(fn)
+  return wall, time.process_time() - cpu, out
+
+
+def main(argv: list[str]) -> int:
+  ap = argparse.ArgumentParser(prog=argv[0], description=__doc__.split("\n")[0])
+  ap.add_argument("--path", default="", help="PAMAP2_Dataset or Protocol folder (default: "
+                  "synthetic files)")
+  ap.add_argument("--rows", type=int, default=300_000, help="rows per synthetic file")
+  ap.add_argument("--files", type=int, default=9, help="synthetic files")
+  ap.add_argument("--workers", type=int, default=0, help="parser threads (0 = one per core)")
+  ap.add_argument("--no-loadtxt", action="store_true", help="skip the np.loadtxt baseline")
+  args = ap.parse_args(argv[1:])
+  with tempfile.TemporaryDirectory() as tmp:
+    if args.path:
+      _, folder = pamap2.resolve(args.path)
+      paths = [os.path.join(folder, f"subject{s}.dat") for s in pamap2.SUBJECTS]
+      subjects = pamap2.SUBJECTS
+    else:
+      folder = tmp
+      paths = write_synthetic(tmp, args.files, args.rows)
+      subjects = tuple(range(101, 101 + args.files))
+    size = sum(os.path.getsize(p) for p in paths)
+    workers = args.workers or min(len(paths), os.cpu_count() or 1)
+    serial_s, serial_cpu, ours = _cpu_seconds(
+        lambda: [pamap2_parse.parse_dat(p) for p in paths])
+    rows = sum(len(a) for a in ours)
+    threads_s, _ = _seconds(lambda: pamap2_parse.parse_many(paths, workers=workers))
+    result = {"bench": "pamap2-parse", "files": len(paths), "rows": rows,
+              "mb": round(size / 1e6, 1), "synthetic": not args.path, "cpus": os.cpu_count(),
+              "workers": workers,
+              "jkd_serial_s": round(serial_s, 3), "jkd_serial_cpu_s": round(serial_cpu, 3),
+              "jkd_threads_s": round(threads_s, 3),
+              "jkd_serial_mb_s": round(size / 1e6 / serial_s, 1)}
+    if not args.no_loadtxt:
+      loadtxt_s, loadtxt_cpu, theirs = _cpu_seconds(lambda: [np.loadtxt(p) for p in paths])
+      same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(ours, theirs))
+      del theirs
+      result.update({"loadtxt_s": round(loadtxt_s, 3), "loadtxt_cpu_s": round(loadtxt_cpu, 3),
+                     "identical": same, "speedup_serial": round(loadtxt_s / serial_s, 2),
+                     "speedup_serial_cpu": round(loadtxt_cpu / serial_cpu, 2),
+                     "speedup_threads": round(loadtxt_s / threads_s, 2)})
+    del ours
+    cfg = pamap2.default_config()
+    cfg.update({"path": folder, "subjects": subjects, "cache_dir": os.path.join(tmp, "cache"),
+                "workers": workers})
+    cold_s, _ = _seconds(lambda: pamap2.load(cfg))
+    cached_s, ds = _seconds(lambda: pamap2.load(cfg))
+    hash_s, _ = _seconds(lambda: [pamap2._file_digest(p) for p in paths])
+    result.update({"load_cold_s": round(cold_s, 3), "load_cached_s": round(cached_s, 3),
+                   "hash_serial_s": round(hash_s, 3),
+                   "preprocessed_rows": sum(len(r.y) for r in ds.recordings)})
+  print(json.dumps(result))
+  return 0
