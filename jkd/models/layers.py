@@ -13,7 +13,7 @@ Convolution comes in two formulations with identical parameters (kernel `(*windo
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -74,6 +74,8 @@ class Conv(nn.Module):
     padding: zero padding on both sides of every spatial axis (PyTorch's `padding=`).
     feature_group_count: grouped convolution (the ResNeXt bottleneck).
     impl: 'gemm' (im2col + matmul, fast under vmap on CPU) or 'lax' (lax.conv_general_dilated).
+    dtype: computation dtype (e.g. jnp.bfloat16); None computes in the input's dtype. Parameters
+      are stored in float32 either way.
   """
   features: int
   kernel_size: int | Sequence[int]
@@ -84,6 +86,7 @@ class Conv(nn.Module):
   kernel_init: Initializer = conv_fan_out_normal
   bias_init: Initializer | None = None
   impl: str = "gemm"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -96,6 +99,8 @@ class Conv(nn.Module):
     if in_features % groups or self.features % groups:
       raise ValueError(f"Conv: channels in={in_features}, out={self.features} must divide groups={groups}")
     kernel = self.param("kernel", self.kernel_init, (*window, in_features // groups, self.features))
+    if self.dtype is not None:
+      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if self.impl == "lax":
       spec = ("NHC", "HIO", "NHC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
       y = jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=spec,
@@ -107,7 +112,7 @@ class Conv(nn.Module):
     if self.use_bias:
       fan_in = math.prod(window) * in_features // groups
       init = self.bias_init or torch_default_bias(fan_in)
-      y = y + self.param("bias", init, (self.features,))
+      y = y + self.param("bias", init, (self.features,)).astype(y.dtype)
     return y
 
 
@@ -134,6 +139,7 @@ class BatchNorm(nn.Module):
   `running = (1 - momentum) * running + momentum * batch`, using the *unbiased* variance for
   `running_var` (PyTorch's convention; Flax's own BatchNorm uses the biased one).
   Parameters `scale`/`bias`; statistics `mean`/`var` in the `batch_stats` collection.
+  Statistics are computed in at least float32; the output has the input's dtype.
   """
   momentum: float = 0.1
   epsilon: float = 1e-5
@@ -145,6 +151,8 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (c,))
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
     ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
+    out_dtype = x.dtype
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     if train:
       axes = tuple(range(x.ndim - 1))
       n = math.prod(x.shape[:-1])
@@ -157,18 +165,24 @@ class BatchNorm(nn.Module):
     else:
       mean, var = ra_mean.value, ra_var.value
     inv = jax.lax.rsqrt(var + self.epsilon) * scale
-    return x * inv + (bias - mean * inv)
+    return (x * inv + (bias - mean * inv)).astype(out_dtype)
 
 
 class Linear(nn.Module):
-  """PyTorch-style Linear: kernel `(in, out)` ~ U(+-1/sqrt(in)); bias zero unless `bias_init` given."""
+  """PyTorch-style Linear: kernel `(in, out)` ~ U(+-1/sqrt(in)); bias zero unless `bias_init` given.
+
+  `dtype` is the computation dtype (None: the input's); parameters stay float32.
+  """
   features: int
   bias_init: Initializer = nn.initializers.zeros
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", torch_default_kernel, (x.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
+    if self.dtype is not None:
+      x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     return jnp.dot(x, kernel) + bias
 
 
@@ -192,3 +206,13 @@ def global_avg_pool(x: Array) -> Array:
   return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
 
 
+
+
+def check_input(x: Array, ndim: int, model: str) -> None:
+  """Raise a clear error unless `x` is channels-last of rank `ndim + 2` (ndim 1 or 2)."""
+  if ndim not in (1, 2):
+    raise ValueError(f"{model}: ndim must be 1 (signals) or 2 (images), got {ndim}")
+  if x.ndim != ndim + 2:
+    layout = "(batch, length, channels)" if ndim == 1 else "(batch, height, width, channels)"
+    raise ValueError(f"{model} built with ndim={ndim} expects input {layout}, got shape {x.shape}; "
+                     f"create the model with ndim={x.ndim - 2} or reshape the input")
