@@ -1,0 +1,149 @@
+"""Benchmark the real vmapped training program (`jkd.train.make_train_epoch`) on synthetic data.
+
+  python -m jkd.bench train-step --model=wrn16_1 --runs=9 --batch=128 --length=100 --channels=40 \
+      --classes=12 --steps=20 [--torch]
+
+Prints one JSON line: `compile_s` (lowering + XLA compile of the R-run epoch of `steps` steps),
+`ms_per_step` (one step of every run), `samples_per_s` (all runs together). `--torch` adds a
+PyTorch eager loop training the same R models one after another (same WRN, batch, SGD momentum 0.9
+with weight decay, cross-entropy), its samples/s, and `speedup` = jax / torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jkd.models
+from jkd import config as config_lib
+from jkd import objective as objective_lib
+from jkd import runs as runs_lib
+from jkd import state as state_lib
+from jkd import train as train_lib
+
+
+def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
+  config = config_lib.base()
+  config.data.name = "synthetic"
+  config.train.batch_size = a.batch
+  config.optim.schedule = "constant"
+  config.model.kwargs = {"conv_impl": a.conv_impl}
+  n = a.batch * a.steps
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(n, a.length, a.channels)).astype(np.float32))
+  y = jnp.asarray(rng.integers(0, a.classes, n).astype(np.int32))
+  runs = [runs_lib.Run(i, 0, 1234 + i, {}) for i in range(a.runs)]
+  hp = jax.tree.map(jnp.asarray, runs_lib.hparams(config, runs))
+  inputs = train_lib.Runs(key=state_lib.init_keys(np.array([r.seed for r in runs])),
+                          train=jnp.tile(jnp.arange(n, dtype=jnp.int32), (a.runs, 1)),
+                          train_count=jnp.full((a.runs,), n, jnp.int32),
+                          mean=jnp.zeros((a.runs, a.channels)), std=jnp.ones((a.runs, a.channels)),
+                          hp=hp)
+  model = jkd.models.create(a.model, num_classes=a.classes, **config.model.kwargs.to_dict())
+  state = jax.tree.map(jnp.asarray, train_lib.init_state(
+      model, config, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp))
+  epoch_fn = train_lib.make_train_epoch(model, config, objective_lib.make(config), a.steps,
+                                        a.classes)
+  t0 = time.perf_counter()
+  compiled = epoch_fn.lower(state, x, y, inputs, jnp.int32(0)).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for e in range(a.repeats + 1):
+    t0 = time.perf_counter()
+    state, terms = compiled(state, x, y, inputs, jnp.int32(e))
+    jax.block_until_ready(terms)
+    if e:                                      # the first call also transfers and warms up
+      times.append(time.perf_counter() - t0)
+  epoch_s = statistics.median(times)
+  return {"compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
+          "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1),
+          "final_loss": float(jnp.mean(terms["loss"]))}
+
+
+def bench_torch(a: argparse.Namespace) -> dict[str, Any]:
+  """The same R models trained one after another with PyTorch eager (channels-first)."""
+  import torch
+  from torch import nn
+
+  depth, widen = (int(v) for v in a.model[3:].split("_"))
+  n = (depth - 4) // 6
+
+  class Block(nn.Module):
+    def __init__(self, cin, cout, stride, projection):
+      super().__init__()
+      self.bn1, self.bn2 = nn.BatchNorm1d(cin), nn.BatchNorm1d(cout)
+      self.conv1 = nn.Conv1d(cin, cout, 3, stride, 1, bias=False)
+      self.conv2 = nn.Conv1d(cout, cout, 3, 1, 1, bias=False)
+      self.proj = nn.Conv1d(cin, cout, 1, stride, 0, bias=False) if projection else None
+
+    def forward(self, x):
+      h = torch.relu(self.bn1(x))
+      out = self.conv2(torch.relu(self.bn2(self.conv1(h))))
+      return out + (self.proj(h) if self.proj is not None else x)
+
+  def wrn():
+    layers, cin = [nn.Conv1d(a.channels, 16, 3, 1, 1, bias=False)], 16
+    for width, stride in zip((16 * widen, 32 * widen, 64 * widen), (1, 2, 2)):
+      for i in range(n):
+        layers.append(Block(cin, width, stride if i == 0 else 1,
+                            i == 0 and (stride != 1 or width != cin)))
+        cin = width
+    return nn.Sequential(*layers, nn.BatchNorm1d(cin), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                         nn.Flatten(), nn.Linear(cin, a.classes))
+
+  torch.manual_seed(0)
+  nets = [wrn() for _ in range(a.runs)]
+  opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4) for m in nets]
+  x = torch.randn(a.steps, a.batch, a.channels, a.length)
+  y = torch.randint(0, a.classes, (a.steps, a.batch))
+
+  def epoch():
+    for net, opt in zip(nets, opts):          # run after run, as the lab's scripts do
+      for s in range(a.steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[s]), y[s]).backward()
+        opt.step()
+
+  times = []
+  for e in range(a.repeats + 1):
+    t0 = time.perf_counter()
+    epoch()
+    if e:
+      times.append(time.perf_counter() - t0)
+  epoch_s = statistics.median(times)
+  return {"ms_per_step": round(1e3 * epoch_s / a.steps, 2),
+          "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1),
+          "threads": torch.get_num_threads(), "version": torch.__version__}
+
+
+def main(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog=argv[0], description=__doc__.splitlines()[0])
+  p.add_argument("--model", default="wrn16_1")
+  p.add_argument("--runs", type=int, default=9)
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--length", type=int, default=100)
+  p.add_argument("--channels", type=int, default=40)
+  p.add_argument("--classes", type=int, default=12)
+  p.add_argument("--steps", type=int, default=20, help="steps per timed epoch (one lax.scan)")
+  p.add_argument("--repeats", type=int, default=2, help="timed epochs (median)")
+  p.add_argument("--conv_impl", default="gemm", choices=["gemm", "lax"])
+  p.add_argument("--torch", action="store_true", help="add the PyTorch eager loop and the ratio")
+  a = p.parse_args(argv[1:])
+  if a.torch and not a.model.startswith("wrn"):
+    p.error("--torch needs a wrn{d}_{k} model")
+  flags = {k: v for k, v in vars(a).items() if k != "torch"}
+  result: dict[str, Any] = {"bench": "train-step", **flags,
+                            "backend": jax.default_backend(), "devices": jax.device_count(),
+                            **bench_jax(a)}
+  if a.torch:
+    result["torch"] = bench_torch(a)
+    result["speedup"] = round(result["samples_per_s"] / result["torch"]["samples_per_s"], 2)
+  print(json.dumps(result))
+  return 0

@@ -1,0 +1,117 @@
+"""Checkpoints under `workdir/checkpoints` (orbax CheckpointManager, asynchronous writes).
+
+A checkpoint at step e (= epochs completed) holds the whole train state of every run — including
+each run's best-epoch variables (`state.best`) — plus a JSON `meta` item (the host-side record of
+best epochs, confusion matrices and failures). Periodic checkpoints every `train.checkpoint_every`
+epochs and the last epoch are kept (`train.keep_checkpoints` most recent). A checkpoint that fails
+to restore (damaged files) is skipped with a warning in favour of the previous one.
+
+`restore_run(workdir, run)` returns one run's variables for use elsewhere (a teacher, an
+initialisation), with `run` an index or a `(fold, seed)` / `(fold, seed, sweep)` tuple.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+def directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def manager(workdir: str, keep: int = 3, async_writes: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=async_writes)
+  return ocp.CheckpointManager(directory(workdir), options=options,
+                               item_names=("state", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, like: Any, step: int | None = None
+                   ) -> tuple[int, Any, dict] | None:
+  """(step, state, meta) of `step`, else of the newest checkpoint that restores; None if none.
+
+  `like`: the state's structure with shapes, dtypes and shardings (arrays or ShapeDtypeStructs).
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if step is not None:
+    if step not in steps:
+      raise ValueError(f"no checkpoint at step {step} under {mngr.directory}; saved steps: "
+                       f"{sorted(steps)}")
+    steps = [step]
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  for s in steps:
+    try:
+      out = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                    meta=ocp.args.JsonRestore()))
+      return s, out["state"], out["meta"]
+    except Exception as e:  # noqa: BLE001 - any damage means: fall back to an older one
+      if step is not None:
+        raise
+      logging.warning("checkpoint %d under %s cannot be restored (%s: %s); falling back to the "
+                      "previous one", s, mngr.directory, type(e).__name__, str(e)[:200])
+  return None
+
+
+def read_runs(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "runs.json")) as f:
+    return json.load(f)
+
+
+def run_index(workdir: str, run: int | tuple) -> int:
+  runs = read_runs(workdir)
+  if isinstance(run, int):
+    if not 0 <= run < len(runs):
+      raise ValueError(f"run {run} out of range: {workdir} has {len(runs)} runs")
+    return run
+  fold, seed, *rest = run
+  sweep = rest[0] if rest else None
+  for r in runs:
+    if r["fold"] == fold and r["seed"] == seed and (sweep is None or r["sweep"] == dict(sweep)):
+      return r["run"]
+  raise ValueError(f"no run with fold={fold} seed={seed}"
+                   f"{'' if sweep is None else f' sweep={sweep}'} in {workdir}/runs.json")
+
+
+def _restore_raw(workdir: str, step: int | None) -> dict:
+  with ocp.CheckpointManager(directory(workdir), item_names=("state", "meta")) as mngr:
+    steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
+      raise FileNotFoundError(f"no checkpoints under {directory(workdir)}")
+    for s in steps:
+      try:
+        return mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+      except Exception as e:  # noqa: BLE001
+        if step is not None or s == steps[-1]:
+          raise
+        logging.warning("checkpoint %d cannot be restored (%s); trying the previous one", s, e)
+
+
+def restore_runs(workdir: str, indices: list[int], which: str = "last", step: int | None = None
+                 ) -> dict:
+  """Variables of runs `indices`, stacked along a leading axis (numpy)."""
+  if which not in ("last", "best"):
+    raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+  state = _restore_raw(workdir, step)
+  variables = state["best"] if which == "best" else {"params": state["params"],
+                                                      "batch_stats": state["batch_stats"]}
+  return jax.tree.map(lambda a: np.asarray(a)[np.asarray(indices)], variables)
+
+
+def restore_run(workdir: str, run: int | tuple, which: str = "last", step: int | None = None
+                ) -> dict:
+  """One run's `{'params', 'batch_stats'}` ('last': the state at the checkpoint; 'best': its best
+  epoch so far) from the newest (or given) checkpoint of `workdir`, as numpy arrays."""
+  stacked = restore_runs(workdir, [run_index(workdir, run)], which, step)
+  return jax.tree.map(lambda a: a[0], stacked)

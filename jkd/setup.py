@@ -1,0 +1,122 @@
+"""Everything an experiment puts on device before the first step: data, runs, model, programs.
+
+`build(config)` loads the windows once, makes the folds, expands the runs (padded to the device
+count), replicates `x`/`y` over the mesh and shards the per-run inputs along it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jkd.data
+import jkd.models
+from jkd import objective as objective_lib
+from jkd import parallel
+from jkd import runs as runs_lib
+from jkd import state as state_lib
+from jkd import train as train_lib
+from jkd.data import folds as folds_lib
+
+
+@dataclasses.dataclass
+class Setup:
+  config: mc.ConfigDict
+  mesh: Mesh
+  folds: folds_lib.Folds
+  runs: list[runs_lib.Run]          # padded; `real` of them are reported
+  real: int
+  model: nn.Module
+  x: jax.Array                      # replicated
+  y: jax.Array
+  inputs: train_lib.Runs            # sharded along runs
+  host_keys: np.ndarray             # (R, 2) the same keys and hyper-parameters on the host
+  host_hp: dict
+  test: tuple[jax.Array, jax.Array]  # (R, nb, Be) indices and mask, sharded
+  val: tuple[jax.Array, jax.Array] | None
+  num_batches: int
+  num_classes: int
+  train_epoch: Callable
+  evaluate: Callable
+  aux: Any = ()                     # an extension's per-run inputs to its guide, sharded
+
+  @property
+  def num_runs(self) -> int:
+    return len(self.runs)
+
+  def _sample(self) -> jax.Array:
+    c = self.x.shape[-1]
+    fn = lambda a: train_lib.model_input(self.config, a, jnp.zeros(c), jnp.ones(c))
+    shape = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *self.x.shape[1:]), jnp.float32))
+    return jnp.zeros(shape.shape, shape.dtype)
+
+  def init_state(self, init_variables: Any = None) -> state_lib.TrainState:
+    """Fresh states of every run, sharded along the runs axis (`init_variables`: (R, ...))."""
+    state = train_lib.init_state(self.model, self.config, self.host_keys, self._sample(),
+                                 self.host_hp, init_variables)
+    return parallel.shard_runs(state, self.mesh)
+
+  def abstract_state(self) -> state_lib.TrainState:
+    """What init_state returns, as shapes with shardings (the target of a checkpoint restore)."""
+    return state_lib.abstract(self.model, self.host_keys, self._sample(),
+                              lambda h: train_lib.make_tx(self.config, h), self.host_hp,
+                              NamedSharding(self.mesh, P(parallel.AXIS)))
+
+
+def _eval_rows(idx: np.ndarray, count: np.ndarray, fold_of_run: np.ndarray, batch: int):
+  per_fold = [folds_lib.eval_batches(jnp.asarray(idx[f]), int(count[f]), batch)
+              for f in range(len(idx))]
+  indices = np.stack([np.asarray(per_fold[f][0]) for f in fold_of_run])
+  mask = np.stack([np.asarray(per_fold[f][1]) for f in fold_of_run]).astype(np.float32)
+  return indices, mask
+
+
+def build(config: mc.ConfigDict, extension: Any = None) -> Setup:
+  """`extension` (optional) adds to the step: `extension.objective(config)` replaces the
+  objective, and `extension.attach(setup) -> (guide, aux)` supplies `context['teachers']`
+  (see `jkd.train.train_step`); e.g. `jkd.teachers.Distillation`."""
+  x, y, subject = jkd.data.load_windows(config.data)
+  folds = folds_lib.make_folds(x, y, subject, config.data)
+  mesh = parallel.mesh()
+  real_runs = runs_lib.expand(config, len(folds.train))
+  runs = runs_lib.pad(real_runs, mesh.size)
+  fold_of = np.array([r.fold for r in runs])
+  batch = config.train.batch_size
+  too_small = [f for f in range(len(folds.train)) if folds.train_count[f] < batch]
+  if too_small:
+    raise ValueError(f"folds {too_small} have fewer training windows than train.batch_size="
+                     f"{batch}; lower --config.train.batch_size")
+  num_batches = int(folds.train_count.max()) // batch
+  inputs = train_lib.Runs(
+      key=np.asarray(state_lib.init_keys(np.array([r.seed for r in runs]))),
+      train=folds.train[fold_of], train_count=folds.train_count[fold_of],
+      mean=folds.mean[fold_of], std=folds.std[fold_of], hp=runs_lib.hparams(config, runs))
+  eb = config.train.eval_batch_size
+  test = _eval_rows(folds.test, folds.test_count, fold_of, eb)
+  val = _eval_rows(folds.val, folds.val_count, fold_of, eb) if folds.val.shape[1] else None
+  num_classes = int(folds.num_classes)
+  model = jkd.models.create(config.model.name, num_classes=num_classes, ndim=config.model.ndim,
+                            **config.model.kwargs.to_dict())
+  objective = extension.objective(config) if extension else objective_lib.make(config)
+  s = Setup(
+      config=config, mesh=mesh, folds=folds, runs=runs, real=len(real_runs), model=model,
+      x=parallel.replicate(np.asarray(x, np.float32), mesh),
+      y=parallel.replicate(np.asarray(y, np.int32), mesh),
+      inputs=parallel.shard_runs(inputs, mesh), host_keys=inputs.key, host_hp=inputs.hp,
+      test=parallel.shard_runs(test, mesh),
+      val=parallel.shard_runs(val, mesh) if val is not None else None,
+      num_batches=num_batches, num_classes=num_classes, train_epoch=None,
+      evaluate=train_lib.make_evaluate(model, config, num_classes))
+  guide = None
+  if extension is not None:
+    guide, s.aux = extension.attach(s)
+  s.train_epoch = train_lib.make_train_epoch(model, config, objective, num_batches, num_classes,
+                                             guide)
+  return s
