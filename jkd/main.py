@@ -2,6 +2,10 @@
 
 Modes: train (default; resumes from the last checkpoint), eval, report.
 
+A config with a `stages` section (configs/demo.py, configs/pamap_spkd.py) is a distillation
+pipeline (`jkd.pipeline`): every stage trains into W/<stage>/, trained stages are skipped, and
+W/report.md summarises them; `--mode=report` rewrites that report from the workdir alone.
+
 Any config key can be overridden: `--config.train.epochs=5`, `--config.train.seeds=3` (trials) or
 `--config.train.seeds='(1,2,3)'`, `--config.sweep='{"optim": {"lr": [0.05, 0.01]}}'`. An unknown
 key or a bad value stops with one line naming it (exit status 2).
@@ -26,7 +30,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "report"],
                           "train (resumes if possible), eval (restore a checkpoint and evaluate), "
-                          "report (print the results table)")
+                          "report (print the results table; a pipeline workdir: rewrite report.md)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                 "discard the checkpoints and results in --workdir and start over")
 _STEP = flags.DEFINE_integer("step", None,
@@ -79,23 +83,33 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   import jkd.data
-  from jkd import experiment, parallel, results   # after flags: jax starts here
+  from jkd import convert, experiment, parallel, results   # after flags: jax starts here
   parallel.initialize(_COORD.value, _NPROC.value, _PID.value)
   if _MODE.value == "report":
+    from jkd import report
     try:
-      print(results.table(results.read(_WORKDIR.value)))
+      if report.is_pipeline_workdir(_WORKDIR.value):
+        print(report.summary_table(report.write(_WORKDIR.value)))
+      else:
+        print(results.table(results.read(_WORKDIR.value)))
     except FileNotFoundError as e:
       _fail(str(e))
     return
   if _CONFIG.value is None:
     _fail("--config is required (e.g. --config=configs/watch.py)")
+  from jkd import pipeline
   try:
-    if _MODE.value == "eval":
+    if pipeline.is_pipeline(_CONFIG.value):
+      if _MODE.value == "eval":
+        _fail("--mode=eval evaluates one stage: pass --workdir=W/<stage> and that stage's "
+              "config (W/<stage>/config.json)")
+      pipeline.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
+    elif _MODE.value == "eval":
       experiment.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value, _WHICH.value)
     else:
       experiment.train(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
   except (config_lib.ConfigError, experiment.WorkdirError, jkd.data.DataError,
-          FileNotFoundError) as e:
+          FileNotFoundError, convert.CheckpointError) as e:
     _fail(str(e))
 
 

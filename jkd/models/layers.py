@@ -121,7 +121,9 @@ def _conv_gemm(x, kernel, window, strides, padding, groups):
   taps = math.prod(window)
   cin, cout = kernel.shape[-2], kernel.shape[-1]
   if groups == 1:
-    return jnp.dot(patches, kernel.reshape(taps * cin, cout))
+    # One 2-D GEMM over (batch x positions): measurably faster on XLA:CPU than a rank-3 dot.
+    y = jnp.dot(patches.reshape(-1, taps * cin), kernel.reshape(taps * cin, cout))
+    return y.reshape(*patches.shape[:-1], cout)
   # Grouped: split channels into groups inside every tap, contract per group.
   lead = patches.shape[:-1]
   p = patches.reshape(*lead, taps, groups, cin).swapaxes(-2, -3)       # (..., G, taps, cin)

@@ -1,0 +1,36 @@
+"""Demo of the whole distillation pipeline on the embedded smartwatch data (`watch`, 10 subjects,
+7 exercises, 6 channels), a few minutes on a 2-core CPU:
+
+  python -m jkd.main --config=configs/demo.py --workdir=W
+
+Stages: a WRN16-1 signal teacher, a small 2-D WRN10-1 teacher on 16 x 16 GASF images (S = 16, not
+the lab's 64: a 64 x 64 image teacher costs ~2 s per batch-32 step per run on such a CPU), a
+WRN10-1 student from scratch, then the dual-teacher SP-KD student initialised from it. 5 folds of
+2 subjects each, one trial, 5 epochs, non-overlapping windows: numbers to see the pipeline work, not to cite. The lab's
+settings are in configs/pamap_spkd.py.
+"""
+
+import jkd.data
+from jkd import pipeline
+
+
+def get_config():
+  config = pipeline.base(jkd.data.default_config("watch"))
+  config.data.step = 100             # non-overlapping 2 s windows: half the demo's work
+  config.data.num_folds = 5          # 2 subjects per fold: 5 paired folds for the KD-gain test
+  config.train.epochs = 5
+  config.train.batch_size = 64
+  config.train.checkpoint_every = 5
+  config.optim.lr = 0.05
+  config.optim.schedule = "cosine"   # the lab's step schedule needs more epochs than a demo has
+  config.stages.teacher_signal.model.name = "wrn16_1"
+  config.stages.teacher_image.model.name = "wrn10_1"
+  config.stages.teacher_image.model.image_size = 16
+  config.stages.student_scratch.model.name = "wrn10_1"
+  loss = config.stages.student_kd.loss
+  loss.lam = 0.9
+  loss.temperature = 4.0
+  loss.alpha = 0.3
+  loss.beta = 200.0
+  loss.reduction = "mean"
+  return config

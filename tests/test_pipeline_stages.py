@@ -1,0 +1,113 @@
+"""The distillation pipeline end to end through `python -m jkd.main` on tiny synthetic data:
+four stages, W/results.json and W/report.md, skipping trained stages, a changed student config
+reusing the teachers, `--mode=report`; and the KD step with augmentation (teachers see the
+augmented window, labels mixed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = '''
+import jkd.data
+from jkd import pipeline
+
+
+def get_config():
+  c = pipeline.base(jkd.data.default_config("windows"))
+  c.model.name = "wrn10_1"
+  c.train.epochs = 2
+  c.train.batch_size = 8
+  c.train.eval_batch_size = 32
+  c.train.checkpoint_every = 2
+  c.optim.schedule = "constant"
+  c.stages.teacher_signal.model.name = "wrn10_1"
+  c.stages.teacher_image.model.name = "wrn10_1"
+  c.stages.teacher_image.model.image_size = 8
+  c.stages.student_scratch.model.name = "wrn10_1"
+  c.stages.student_kd.loss.beta = 100.0
+  c.stages.student_kd.loss.lam = 0.9
+  return c
+'''
+
+
+def _data(path):
+  rng = np.random.default_rng(0)
+  xs, ys, ss = [], [], []
+  for subj, n in zip([1, 2, 3], [10, 12, 8]):
+    for c in range(3):
+      t = np.arange(16)[None, :, None]
+      x = np.sin(2 * np.pi * (c + 1) * t / 16 + rng.uniform(0, 6.3, (n, 1, 3)))
+      xs.append((x + 0.5 * rng.normal(size=(n, 16, 3))).astype(np.float32))
+      ys.append(np.full(n, c))
+      ss.append(np.full(n, subj))
+  np.savez(path, x=np.concatenate(xs), y=np.concatenate(ys), subject=np.concatenate(ss))
+
+
+def _main(tmp, *extra):
+  p = subprocess.run([sys.executable, "-m", "jkd.main", f"--config={tmp / 'cfg.py'}",
+                      f"--workdir={tmp / 'W'}", f"--config.data.path={tmp / 'd.npz'}", *extra],
+                     cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  return p.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("pipeline")
+  (tmp / "cfg.py").write_text(CONFIG)
+  _data(tmp / "d.npz")
+  return tmp, _main(tmp)
+
+
+def test_four_stages_results_and_report(trained):
+  tmp, out = trained
+  w = tmp / "W"
+  full = json.loads((w / "results.json").read_text())
+  assert list(full["stages"]) == ["teacher_signal", "teacher_image", "student_scratch",
+                                  "student_kd"]
+  assert full["stages"]["teacher_image"]["experiment"]["ndim"] == 2
+  for res in full["stages"].values():
+    assert len(res["runs"]) == 3 and all(r["status"] == "ok" for r in res["runs"])
+  kd_cfg = json.loads((w / "student_kd" / "config.json").read_text())
+  assert kd_cfg["train"]["init_from"] == str(w / "student_scratch")
+  assert kd_cfg["teachers"]["image"]["source"] == str(w / "teacher_image")
+  assert "teacher image: logits and stage (1, 2, 3) outputs cached" in out
+  terms = json.loads((w / "student_kd" / "metrics.jsonl").read_text().splitlines()[0])["train"]
+  assert {"ce", "kd", "kd_signal", "kd_image", "sp"} <= set(terms)
+  md = (w / "report.md").read_text()
+  for text in ("| teacher_signal |", "| student_kd |", "KD gain", "fold 2 (3)", "Teachers' own"):
+    assert text in md
+  gain = [g for g in full["kd_gain"] if (g["which"], g["metric"]) == ("final", "accuracy")][0]
+  kd_acc = [r["final"]["accuracy"] for r in full["stages"]["student_kd"]["runs"]]
+  sc_acc = [r["final"]["accuracy"] for r in full["stages"]["student_scratch"]["runs"]]
+  assert gain["n"] == 3 and np.isclose(gain["mean"], np.mean(kd_acc) - np.mean(sc_acc))
+
+
+def test_second_run_skips_and_changed_student_reuses_teachers(trained):
+  tmp, _ = trained
+  w = tmp / "W"
+  out = _main(tmp)
+  assert out.count("skipped") == 4
+  stamp = {s: os.path.getmtime(w / s / "results.json") for s in
+           ("teacher_signal", "teacher_image", "student_scratch")}
+  p = subprocess.run([sys.executable, "-m", "jkd.main", f"--config={tmp / 'cfg.py'}",
+                      f"--workdir={w}", f"--config.data.path={tmp / 'd.npz'}",
+                      "--config.stages.student_kd.loss.alpha=0.2"],
+                     cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 2 and "--overwrite" in p.stderr
+  out = _main(tmp, "--config.stages.student_kd.loss.alpha=0.2", "--config.kd.signal.which=best",
+              "--overwrite")
+  assert "[student_kd] config changed: retraining" in out and out.count("skipped") == 3
+  for s, t in stamp.items():
+    assert os.path.getmtime(w / s / "results.json") == t
+  assert json.loads((w / "student_kd" / "config.json").read_text())["loss"]["alpha"] == 0.2
+  os.remove(w / "report.md")
+  p = subprocess.run([sys.executable, "-m", "jkd.main", f"--workdir={w}", "--mode=report"],
+                     cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert "student_kd" in p.stdout and (w / "report.md").exists()
