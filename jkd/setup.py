@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jkd.data
 import jkd.models
+from jkd import config as config_lib
 from jkd import objective as objective_lib
 from jkd import parallel
 from jkd import runs as runs_lib
@@ -82,8 +83,9 @@ def build(config: mc.ConfigDict, extension: Any = None) -> Setup:
   """`extension` (optional) adds to the step: `extension.objective(config)` replaces the
   objective, and `extension.attach(setup) -> (guide, aux)` supplies `context['teachers']`
   (see `jkd.train.train_step`); e.g. `jkd.teachers.Distillation`."""
-  x, y, subject = jkd.data.load_windows(config.data)
-  folds = folds_lib.make_folds(x, y, subject, config.data)
+  windows = jkd.data.load(config.data)
+  x, y, subject = windows.x, windows.y, windows.subject
+  folds = folds_lib.make_folds(x, y, subject, config.data, num_classes=len(windows.classes))
   mesh = parallel.mesh()
   real_runs = runs_lib.expand(config, len(folds.train))
   runs = runs_lib.pad(real_runs, mesh.size)
@@ -91,8 +93,8 @@ def build(config: mc.ConfigDict, extension: Any = None) -> Setup:
   batch = config.train.batch_size
   too_small = [f for f in range(len(folds.train)) if folds.train_count[f] < batch]
   if too_small:
-    raise ValueError(f"folds {too_small} have fewer training windows than train.batch_size="
-                     f"{batch}; lower --config.train.batch_size")
+    raise config_lib.ConfigError(f"folds {too_small} have fewer training windows than "
+                                 f"train.batch_size={batch}; lower --config.train.batch_size")
   num_batches = int(folds.train_count.max()) // batch
   inputs = train_lib.Runs(
       key=np.asarray(state_lib.init_keys(np.array([r.seed for r in runs]))),
