@@ -1,0 +1,249 @@
+"""Benchmark the real vmapped `student_kd` training step of configs/pamap_spkd.py on synthetic data.
+
+  python -m jkd.bench kd-step --runs=9 --batch=128 --steps=2 [--cached] [--image_size=64] [--torch]
+
+The student, teachers, KD/SP objective and SP layers are those of the config's `student_kd` stage
+(`jkd.pipeline.stage_config`), run through `jkd.train.make_train_epoch` with `jkd.kd.make`'s
+objective and `jkd.teachers.make_guide`'s guide, on PAMAP2-shaped random windows (100 x 40, 12
+classes) with random teacher variables. By default every teacher runs forward in the step (the
+image teacher on GAF images computed in the step); `--cached` feeds outputs precomputed by
+`jkd.teachers.make_cache_fn`, as the stage does when no augmentation is active.
+
+Prints one JSON line: `compile_s` (lowering + XLA compile of the R-run epoch of `steps` steps),
+`ms_per_step` (one step of every run), `samples_per_s` (all runs together), `student`, `teachers`,
+`sp_layers`. `--torch` adds, in a separate process, a PyTorch eager loop training the R students
+one after another with the same losses: `torch.no_grad` = frozen teachers under `no_grad` on
+precomputed GAF images, `torch.ref` = the reference's pattern where the teachers' forward keeps
+its graph and the backward also flows into them; `speedup_no_grad` and `speedup_ref` = jax / torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jkd.models
+from jkd.bench import isolated
+from jkd import config as config_lib
+from jkd import kd as kd_lib
+from jkd import pipeline
+from jkd import runs as runs_lib
+from jkd import state as state_lib
+from jkd import teachers as teachers_lib
+from jkd import train as train_lib
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pamap_spkd.py")
+
+
+def stage_config(a: argparse.Namespace):
+  """The `student_kd` stage config of configs/pamap_spkd.py, with the benchmark's batch/image."""
+  cfg = pipeline.stage_config(config_lib.load_file(os.path.normpath(CONFIG)), "student_kd",
+                              "/tmp/jkd-bench-kd-step")
+  cfg.train.batch_size = a.batch
+  cfg.teachers.image.image_size = a.image_size
+  cfg.train.init_from = ""
+  return cfg
+
+
+def describe(cfg) -> dict[str, Any]:
+  return {"student": cfg.model.name,
+          "teachers": {n: {"model": cfg.teachers[n].model, "ndim": cfg.teachers[n].ndim,
+                           **({"image_size": cfg.teachers[n].image_size}
+                              if cfg.teachers[n].ndim == 2 else {})}
+                       for n in cfg.teachers.order},
+          "sp_layers": list(cfg.loss.sp_layers) if cfg.loss.beta else [],
+          "loss": {k: cfg.loss[k] for k in ("lam", "alpha", "temperature", "beta", "reduction")}}
+
+
+def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
+  cfg = stage_config(a)
+  n = a.batch * a.steps
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(n, a.length, a.channels)).astype(np.float32))
+  y = jnp.asarray(rng.integers(0, a.classes, n).astype(np.int32))
+  runs = [runs_lib.Run(i, 0, 1234 + i, {}) for i in range(a.runs)]
+  hp = jax.tree.map(jnp.asarray, runs_lib.hparams(cfg, runs))
+  mean, std = jnp.zeros((a.runs, a.channels)), jnp.ones((a.runs, a.channels))
+  inputs = train_lib.Runs(key=state_lib.init_keys(np.array([r.seed for r in runs])),
+                          train=jnp.tile(jnp.arange(n, dtype=jnp.int32), (a.runs, 1)),
+                          train_count=jnp.full((a.runs,), n, jnp.int32), mean=mean, std=std, hp=hp)
+  model = jkd.models.create(cfg.model.name, num_classes=a.classes, ndim=cfg.model.ndim,
+                            **cfg.model.kwargs.to_dict())
+  state = jax.tree.map(jnp.asarray, train_lib.init_state(
+      model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp))
+  ts = teachers_lib.build(cfg, a.classes)
+  layers = kd_lib.needed_layers(cfg.loss)
+  sample = jnp.zeros((1, a.length, a.channels))
+  keys = jax.random.split(jax.random.PRNGKey(7), a.runs)
+  aux = []
+  for t in ts:                                 # random teacher variables, one set per run
+    variables = jax.jit(jax.vmap(lambda k: t.model.init(k, t.input(sample), train=False)))(keys)
+    if a.cached:
+      variables = teachers_lib.make_cache_fn(t, layers, cfg.train.eval_batch_size)(
+          variables, x, mean, std)
+    aux.append(jax.block_until_ready(variables))
+  guide = teachers_lib.make_guide(ts, [a.cached] * len(ts), layers)
+  epoch_fn = train_lib.make_train_epoch(model, cfg, kd_lib.make(cfg), a.steps, a.classes, guide)
+  t0 = time.perf_counter()
+  compiled = epoch_fn.lower(state, x, y, inputs, jnp.int32(0), aux).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for e in range(a.repeats + 1):
+    t0 = time.perf_counter()
+    state, terms = compiled(state, x, y, inputs, jnp.int32(e), aux)
+    jax.block_until_ready(terms)
+    if e:                                      # the first call also transfers and warms up
+      times.append(time.perf_counter() - t0)
+  epoch_s = statistics.median(times)
+  return {"compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
+          "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1),
+          "final_loss": float(jnp.mean(terms["loss"])),
+          "final_terms": {k: round(float(jnp.mean(v)), 4) for k, v in terms.items()
+                          if k not in ("loss", "steps")}}
+
+
+def bench_torch(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
+  """The R students trained one after another with PyTorch eager (channels-first), the same
+  losses; `no_grad`: teachers frozen under no_grad, `ref`: the teachers' graph kept (the lab's)."""
+  import torch
+  from torch import nn
+  import torch.nn.functional as F
+
+  def wrn(name: str, ndim: int):
+    depth, widen = (int(v) for v in name[3:].split("_"))
+    n = (depth - 4) // 6
+    Conv, BN = (nn.Conv1d, nn.BatchNorm1d) if ndim == 1 else (nn.Conv2d, nn.BatchNorm2d)
+
+    class Block(nn.Module):
+      def __init__(self, cin, cout, stride, projection):
+        super().__init__()
+        self.bn1, self.bn2 = BN(cin), BN(cout)
+        self.conv1 = Conv(cin, cout, 3, stride, 1, bias=False)
+        self.conv2 = Conv(cout, cout, 3, 1, 1, bias=False)
+        self.proj = Conv(cin, cout, 1, stride, 0, bias=False) if projection else None
+
+      def forward(self, x):
+        h = torch.relu(self.bn1(x))
+        out = self.conv2(torch.relu(self.bn2(self.conv1(h))))
+        return out + (self.proj(h) if self.proj is not None else x)
+
+    class WRN(nn.Module):
+      def __init__(self):
+        super().__init__()
+        self.stem, cin, stages = Conv(a.channels, 16, 3, 1, 1, bias=False), 16, []
+        for width, stride in zip((16 * widen, 32 * widen, 64 * widen), (1, 2, 2)):
+          blocks = []
+          for i in range(n):
+            blocks.append(Block(cin, width, stride if i == 0 else 1,
+                                i == 0 and (stride != 1 or width != cin)))
+            cin = width
+          stages.append(nn.Sequential(*blocks))
+        self.stages, self.bn, self.fc = nn.ModuleList(stages), BN(cin), nn.Linear(cin, a.classes)
+
+      def forward(self, x):
+        x, feats = self.stem(x), []
+        for s in self.stages:
+          x = s(x)
+          feats.append(x)
+        x = torch.relu(self.bn(x)).flatten(2).mean(-1)
+        return self.fc(x), feats
+
+    return WRN()
+
+  loss_cfg, layers = spec["loss"], spec["sp_layers"]
+  temp, lam, beta = loss_cfg["temperature"], loss_cfg["lam"], loss_cfg["beta"]
+  order = list(spec["teachers"])
+  w = [1.0] if len(order) == 1 else [1.0 - loss_cfg["alpha"], loss_cfg["alpha"]]
+
+  def sim(f):
+    q = f.flatten(1)
+    return q @ q.t()
+
+  def objective(zs, fs, y, outs):
+    ce = F.cross_entropy(zs, y)
+    kd = sum(wt * temp ** 2 * F.kl_div(F.log_softmax(zs / temp, 1), F.softmax(z / temp, 1),
+                                       reduction="sum") / zs.numel()   # = nn.KLDivLoss()
+             for wt, (z, _) in zip(w, outs))
+    sp = 0.0
+    for layer in layers:
+      gt = sum(wt * sim(f[layer - 1]) for wt, (_, f) in zip(w, outs))
+      d = F.normalize(sim(fs[layer - 1]), dim=1) - F.normalize(gt, dim=1)
+      sp = sp + (d * d).sum() / zs.shape[0] ** 2
+    return (1 - lam) * ce + lam * kd + beta * sp
+
+  torch.manual_seed(0)
+  students = [wrn(spec["student"], 1) for _ in range(a.runs)]
+  teachers = [[wrn(spec["teachers"][t]["model"], spec["teachers"][t]["ndim"]).eval()
+               for t in order] for _ in range(a.runs)]
+  opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+          for m in students]
+  x = torch.randn(a.steps, a.batch, a.channels, a.length)
+  s = a.image_size          # GAF images precomputed outside the timed loop (values in [-1, 1])
+  img = torch.rand(a.steps, a.batch, a.channels, s, s) * 2 - 1
+  y = torch.randint(0, a.classes, (a.steps, a.batch))
+  inputs = {1: x, 2: img}
+
+  def epoch(no_grad: bool):
+    for r in range(a.runs):                  # run after run, as the lab's scripts do
+      for step in range(a.steps):
+        opts[r].zero_grad()
+        with torch.set_grad_enabled(not no_grad):
+          outs = [t(inputs[spec["teachers"][name]["ndim"]][step])
+                  for t, name in zip(teachers[r], order)]
+        zs, fs = students[r](x[step])
+        objective(zs, fs, y[step], outs).backward()
+        opts[r].step()
+        for t in teachers[r]:                # the lab never steps the teachers
+          t.zero_grad(set_to_none=True)
+
+  out = {"threads": torch.get_num_threads(), "version": torch.__version__}
+  for mode, no_grad in (("no_grad", True), ("ref", False)):
+    times = []
+    for e in range(a.repeats + 1):
+      t0 = time.perf_counter()
+      epoch(no_grad)
+      if e:
+        times.append(time.perf_counter() - t0)
+    epoch_s = statistics.median(times)
+    out[mode] = {"ms_per_step": round(1e3 * epoch_s / a.steps, 2),
+                 "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1)}
+  return out
+
+
+def main(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog=argv[0], description=__doc__.splitlines()[0])
+  p.add_argument("--runs", type=int, default=9)
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--length", type=int, default=100)
+  p.add_argument("--channels", type=int, default=40)
+  p.add_argument("--classes", type=int, default=12)
+  p.add_argument("--image_size", type=int, default=64, help="GAF image side of the image teacher")
+  p.add_argument("--steps", type=int, default=2, help="steps per timed epoch (one lax.scan)")
+  p.add_argument("--repeats", type=int, default=1, help="timed epochs (median)")
+  p.add_argument("--cached", action="store_true",
+                 help="feed precomputed teacher outputs (the stage's cache) instead of a forward")
+  p.add_argument("--torch", action="store_true", help="add the PyTorch eager loops and ratios")
+  a = p.parse_args(argv[1:])
+  spec = describe(stage_config(a))
+  flags = {k: v for k, v in vars(a).items() if k != "torch"}
+  # PyTorch runs in its own process: after XLA's thread pool has run in this one, torch's eager
+  # loop was measured up to 50x slower, which would flatter jkd.
+  reference = isolated(bench_torch, a, spec) if a.torch else None
+  result: dict[str, Any] = {"bench": "kd-step", **flags, **spec,
+                            "backend": jax.default_backend(), "devices": jax.device_count(),
+                            **bench_jax(a)}
+  if reference is not None:
+    result["torch"] = reference
+    for mode in ("no_grad", "ref"):
+      result[f"speedup_{mode}"] = round(
+          result["samples_per_s"] / reference[mode]["samples_per_s"], 2)
+  print(json.dumps(result))
+  return 0
