@@ -117,46 +117,10 @@ def bench_torch(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
   from torch import nn
   import torch.nn.functional as F
 
+  from jkd.bench._torch_wrn import WRN
+
   def wrn(name: str, ndim: int):
-    depth, widen = (int(v) for v in name[3:].split("_"))
-    n = (depth - 4) // 6
-    Conv, BN = (nn.Conv1d, nn.BatchNorm1d) if ndim == 1 else (nn.Conv2d, nn.BatchNorm2d)
-
-    class Block(nn.Module):
-      def __init__(self, cin, cout, stride, projection):
-        super().__init__()
-        self.bn1, self.bn2 = BN(cin), BN(cout)
-        self.conv1 = Conv(cin, cout, 3, stride, 1, bias=False)
-        self.conv2 = Conv(cout, cout, 3, 1, 1, bias=False)
-        self.proj = Conv(cin, cout, 1, stride, 0, bias=False) if projection else None
-
-      def forward(self, x):
-        h = torch.relu(self.bn1(x))
-        out = self.conv2(torch.relu(self.bn2(self.conv1(h))))
-        return out + (self.proj(h) if self.proj is not None else x)
-
-    class WRN(nn.Module):
-      def __init__(self):
-        super().__init__()
-        self.stem, cin, stages = Conv(a.channels, 16, 3, 1, 1, bias=False), 16, []
-        for width, stride in zip((16 * widen, 32 * widen, 64 * widen), (1, 2, 2)):
-          blocks = []
-          for i in range(n):
-            blocks.append(Block(cin, width, stride if i == 0 else 1,
-                                i == 0 and (stride != 1 or width != cin)))
-            cin = width
-          stages.append(nn.Sequential(*blocks))
-        self.stages, self.bn, self.fc = nn.ModuleList(stages), BN(cin), nn.Linear(cin, a.classes)
-
-      def forward(self, x):
-        x, feats = self.stem(x), []
-        for s in self.stages:
-          x = s(x)
-          feats.append(x)
-        x = torch.relu(self.bn(x)).flatten(2).mean(-1)
-        return self.fc(x), feats
-
-    return WRN()
+    return WRN(name, a.channels, a.classes, ndim)
 
   loss_cfg, layers = spec["loss"], spec["sp_layers"]
   temp, lam, beta = loss_cfg["temperature"], loss_cfg["lam"], loss_cfg["beta"]

@@ -73,31 +73,10 @@ def bench_torch(a: argparse.Namespace) -> dict[str, Any]:
   import torch
   from torch import nn
 
-  depth, widen = (int(v) for v in a.model[3:].split("_"))
-  n = (depth - 4) // 6
-
-  class Block(nn.Module):
-    def __init__(self, cin, cout, stride, projection):
-      super().__init__()
-      self.bn1, self.bn2 = nn.BatchNorm1d(cin), nn.BatchNorm1d(cout)
-      self.conv1 = nn.Conv1d(cin, cout, 3, stride, 1, bias=False)
-      self.conv2 = nn.Conv1d(cout, cout, 3, 1, 1, bias=False)
-      self.proj = nn.Conv1d(cin, cout, 1, stride, 0, bias=False) if projection else None
-
-    def forward(self, x):
-      h = torch.relu(self.bn1(x))
-      out = self.conv2(torch.relu(self.bn2(self.conv1(h))))
-      return out + (self.proj(h) if self.proj is not None else x)
+  from jkd.bench._torch_wrn import WRN
 
   def wrn():
-    layers, cin = [nn.Conv1d(a.channels, 16, 3, 1, 1, bias=False)], 16
-    for width, stride in zip((16 * widen, 32 * widen, 64 * widen), (1, 2, 2)):
-      for i in range(n):
-        layers.append(Block(cin, width, stride if i == 0 else 1,
-                            i == 0 and (stride != 1 or width != cin)))
-        cin = width
-    return nn.Sequential(*layers, nn.BatchNorm1d(cin), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
-                         nn.Flatten(), nn.Linear(cin, a.classes))
+    return WRN(a.model, a.channels, a.classes)
 
   torch.manual_seed(0)
   nets = [wrn() for _ in range(a.runs)]
@@ -109,7 +88,7 @@ def bench_torch(a: argparse.Namespace) -> dict[str, Any]:
     for net, opt in zip(nets, opts):          # run after run, as the lab's scripts do
       for s in range(a.steps):
         opt.zero_grad()
-        nn.functional.cross_entropy(net(x[s]), y[s]).backward()
+        nn.functional.cross_entropy(net(x[s])[0], y[s]).backward()
         opt.step()
 
   times = []
