@@ -17,22 +17,15 @@ import numpy as np
 import pytest
 
 from jkd import checkpoint, results
+from synthetic import write_sine_windows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 4
 
 
 def _data(path):
-  rng = np.random.default_rng(0)
-  xs, ys, ss = [], [], []
-  for subj, n in zip([1, 2, 3, 4], [10, 12, 8, 14]):     # unequal folds: some runs idle
-    for c in range(3):
-      t = np.arange(16)[None, :, None]
-      x = np.sin(2 * np.pi * (c + 1) * t / 16 + rng.uniform(0, 6.3, (n, 1, 3)))
-      xs.append((x + 0.5 * rng.normal(size=(n, 16, 3))).astype(np.float32))
-      ys.append(np.full(n, c))
-      ss.append(np.full(n, subj))
-  np.savez(path, x=np.concatenate(xs), y=np.concatenate(ys), subject=np.concatenate(ss))
+  # unequal folds: some runs idle
+  write_sine_windows(path, [10, 12, 8, 14])
 
 
 def _args(data, workdir):

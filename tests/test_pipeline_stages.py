@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from synthetic import write_sine_windows
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = '''
 import jkd.data
@@ -36,16 +38,7 @@ def get_config():
 
 
 def _data(path):
-  rng = np.random.default_rng(0)
-  xs, ys, ss = [], [], []
-  for subj, n in zip([1, 2, 3], [10, 12, 8]):
-    for c in range(3):
-      t = np.arange(16)[None, :, None]
-      x = np.sin(2 * np.pi * (c + 1) * t / 16 + rng.uniform(0, 6.3, (n, 1, 3)))
-      xs.append((x + 0.5 * rng.normal(size=(n, 16, 3))).astype(np.float32))
-      ys.append(np.full(n, c))
-      ss.append(np.full(n, subj))
-  np.savez(path, x=np.concatenate(xs), y=np.concatenate(ys), subject=np.concatenate(ss))
+  write_sine_windows(path, [10, 12, 8])
 
 
 def _main(tmp, *extra):
