@@ -8,6 +8,7 @@ import math
 import os
 import pickle
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -150,6 +151,89 @@ def test_parse_errors_name_file_and_line(tmp_path, monkeypatch):
       pamap2_parse.parse_dat(str(path))
 
 
+# ---- the polars parser (the `pamap2` extra) and the fallback to numpy ----------------------------
+
+def test_polars_equals_numpy_equals_loadtxt(tmp_path):
+  pytest.importorskip("polars")
+  from jkd.bench.pamap2_parse import write_synthetic
+  paths = write_synthetic(str(tmp_path), files=2, rows=3000, seed=3)
+  write_dat(tmp_path / "mixed.dat", seed=5, rows=300)  # %.3e, %.10g, NaN heart rate, ...
+  paths.append(str(tmp_path / "mixed.dat"))
+  for p in paths:
+    text = open(p).read()
+    assert "NaN" in text and "e-0" in text  # NaN and exponent tokens are in every file
+    fast = pamap2_parse._parse_polars(pamap2_parse.polars_module(), p, 54)
+    assert fast is not None, f"polars fell back on {p}"  # the fast path really ran
+    want = np.loadtxt(p)
+    for got in (fast, pamap2_parse.parse_dat(p, parser="numpy"),
+                pamap2_parse.parse_dat(p, parser="auto")):
+      assert got.dtype == np.float64 and got.shape == want.shape and got.flags.c_contiguous
+      np.testing.assert_array_equal(got, want)  # NaN at the same places
+      np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    assert fast.flags.writeable
+
+
+def test_polars_falls_back_to_numpy(tmp_path):
+  """What polars cannot read strictly goes to the numpy parser: it reads the odd layouts and
+  raises the DataError with file and line for the malformed files."""
+  pytest.importorskip("polars")
+  good = " ".join(["1.5"] * 54)
+  odd = {"tabs": "\t".join(["1.5"] * 54), "blanks": good.replace(" ", "  ", 3),
+         "trailing": good + " ", "empty_line": ""}
+  for name, line in odd.items():
+    path = tmp_path / f"{name}.dat"
+    path.write_text("\n".join([good] * 5 + [line] + [good] * 2) + "\n")
+    got = pamap2_parse.parse_dat(str(path), parser="polars")
+    np.testing.assert_array_equal(got, np.array(_float_table(path)))
+  bad = {"fewer": (" ".join(["1"] * 53), r"fewer\.dat, line 31: 53 columns, expected 54"),
+         "more": (" ".join(["1"] * 55), r"more\.dat, line 31: 55 columns, expected 54"),
+         "token": (good.replace("1.5", "1.2.3", 1), r"token\.dat, line 31: non-numeric token "
+                   "'1.2.3'"),
+         "hex": (good.replace("1.5", "0x10", 1), r"hex\.dat, line 31: non-numeric token")}
+  for name, (line, message) in bad.items():
+    path = tmp_path / f"{name}.dat"
+    path.write_text("\n".join([good] * 30 + [line] + [good] * 3) + "\n")
+    assert pamap2_parse._parse_polars(pamap2_parse.polars_module(), str(path), 54) is None
+    with pytest.raises(DataError, match=message):
+      pamap2_parse.parse_dat(str(path), parser="polars")
+  empty = tmp_path / "empty.dat"
+  empty.write_text("")
+  assert pamap2_parse.parse_dat(str(empty), parser="polars").shape == (0, 54)
+  with pytest.raises(ValueError, match="choose one of auto, numpy, polars"):
+    pamap2_parse.parse_dat(str(empty), parser="fast")
+
+
+def test_without_polars(tmp_path, monkeypatch):
+  """Without the `pamap2` extra, "auto" is the numpy parser and "polars" says what to install."""
+  monkeypatch.setitem(sys.modules, "polars", None)  # `import polars` raises ImportError
+  assert pamap2_parse.polars_module() is None
+  write_dat(tmp_path / "s.dat", seed=2, rows=100)
+  got = pamap2_parse.parse_dat(str(tmp_path / "s.dat"))
+  np.testing.assert_array_equal(got, np.array(_float_table(tmp_path / "s.dat")))
+  with pytest.raises(DataError, match=r"needs polars: pip install 'jkd\[pamap2\]'"):
+    pamap2_parse.parse_dat(str(tmp_path / "s.dat"), parser="polars")
+  bad = tmp_path / "bad.dat"
+  bad.write_text(" ".join(["1"] * 54) + "\n" + " ".join(["1"] * 53) + "\n")
+  with pytest.raises(DataError, match=r"bad\.dat, line 2: 53 columns"):
+    pamap2_parse.parse_dat(str(bad))
+
+
+def test_cache_key_does_not_depend_on_the_parser(protocol, tmp_path, monkeypatch):
+  pytest.importorskip("polars")
+  c = cfg(protocol, subjects=(102,), cache_dir=str(tmp_path / "cache"), parser="polars")
+  first = pamap2.load(c)
+  monkeypatch.setattr(pamap2_parse, "parse_dat", lambda *a, **k: pytest.fail("parsed again"))
+  c.parser = "numpy"
+  again = pamap2.load(c)  # the entry written after the polars parse
+  np.testing.assert_array_equal(again.recordings[0].x, first.recordings[0].x)
+  monkeypatch.undo()
+  fresh = pamap2.load(cfg(protocol, subjects=(102,), parser="numpy"))  # no cache
+  np.testing.assert_array_equal(fresh.recordings[0].x, first.recordings[0].x)
+  np.testing.assert_array_equal(fresh.recordings[0].y, first.recordings[0].y)
+  with pytest.raises(DataError, match="config.data.parser='fast': choose one of auto"):
+    pamap2.load(cfg(protocol, subjects=(102,), parser="fast"))
+
+
 # ---- preprocessing ----------------------------------------------------------------------------
 
 def test_load_matches_row_by_row_reference(protocol):
@@ -285,7 +369,7 @@ def test_cache_hit_invalidation_and_corruption(protocol, tmp_path, monkeypatch):
   calls = []
   real = pamap2_parse.parse_dat
 
-  def no_parse(path, columns=54):
+  def no_parse(path, columns=54, parser="auto"):
     raise AssertionError(f"parsed {path} despite the cache")
 
   monkeypatch.setattr(pamap2_parse, "parse_dat", no_parse)
@@ -302,7 +386,8 @@ def test_cache_hit_invalidation_and_corruption(protocol, tmp_path, monkeypatch):
   toks[col] = str((int(toks[col][0]) + 1) % 10) + toks[col][1:]  # one digit, same size
   lines[row] = " ".join(toks)
   changed = "\n".join(lines)
-  monkeypatch.setattr(pamap2_parse, "parse_dat", lambda p, columns=54: calls.append(p) or real(p))
+  monkeypatch.setattr(pamap2_parse, "parse_dat",
+                      lambda p, columns=54, parser="auto": calls.append(p) or real(p))
   try:
     f.write_text(changed)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -1,15 +1,17 @@
-"""PAMAP2 `.dat` parsing: jkd's parser vs `np.loadtxt` on the same files, and the cached load.
+"""PAMAP2 `.dat` parsing: jkd's parsers vs `np.loadtxt` on the same files, and the cached load.
 
     python -m jkd.bench pamap2-parse [--path=PAMAP2_Dataset/Protocol] [--rows=300000] [--files=9]
-        [--workers=0] [--no-loadtxt]
+        [--workers=0] [--parser=auto|numpy|polars] [--no-loadtxt]
 
 Without --path it writes `files` synthetic Protocol files of `rows` rows each (54 columns, the
 real files' number formats, heart rate valid ~1 row in 11, activity runs including transient and
 dropped ids, a few NaNs and exponents in the IMU columns) to a temp folder; the real nine files are
-~2.9M rows, ~1.3 GB. Times: np.loadtxt over the files one after another; jkd's `parse_dat` one
-after another (serial; wall and CPU seconds) and on `workers` threads (`parse_many`); then
-`pamap2.load` into an empty cache (parse + preprocess + write) and again (hash the files + read the
-cache). Prints one JSON line.
+~2.9M rows, ~1.3 GB. Times np.loadtxt over the files one after another; then each parser (`auto`:
+numpy, and polars when installed; else the one named) one file after another (`serial`: wall and
+CPU seconds; polars uses every core inside a file, the numpy parser one) and on `workers` threads
+(`parse_many`), each checked bit-identical to np.loadtxt; then `pamap2.load` with `--parser` into
+an empty cache (parse + preprocess + write) and again (hash the files + read the cache). Prints one
+JSON line.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def _cpu_seconds(fn) -> tuple[float, float, object]:
   return wall, time.process_time() - cpu, out
 
 
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+  """Equal values, NaN at the same places, same sign of zero."""
+  return all(x.shape == y.shape and np.array_equal(x, y, equal_nan=True)
+             and np.array_equal(np.signbit(x), np.signbit(y)) for x, y in zip(a, b))
+
+
 def main(argv: list[str]) -> int:
   ap = argparse.ArgumentParser(prog=argv[0], description=__doc__.split("\n")[0])
   ap.add_argument("--path", default="", help="PAMAP2_Dataset or Protocol folder (default: "
@@ -68,8 +76,15 @@ def main(argv: list[str]) -> int:
   ap.add_argument("--rows", type=int, default=300_000, help="rows per synthetic file")
   ap.add_argument("--files", type=int, default=9, help="synthetic files")
   ap.add_argument("--workers", type=int, default=0, help="parser threads (0 = one per core)")
+  ap.add_argument("--parser", default="auto", choices=pamap2_parse.PARSERS,
+                  help="auto: time every installed parser and load with the default")
   ap.add_argument("--no-loadtxt", action="store_true", help="skip the np.loadtxt baseline")
   args = ap.parse_args(argv[1:])
+  have_polars = pamap2_parse.polars_module() is not None  # imported here, outside the timings
+  if args.parser == "auto":
+    parsers = ["numpy"] + (["polars"] if have_polars else [])
+  else:
+    parsers = [args.parser]
   with tempfile.TemporaryDirectory() as tmp:
     if args.path:
       _, folder = pamap2.resolve(args.path)
@@ -81,28 +96,36 @@ def main(argv: list[str]) -> int:
       subjects = tuple(range(101, 101 + args.files))
     size = sum(os.path.getsize(p) for p in paths)
     workers = args.workers or min(len(paths), os.cpu_count() or 1)
-    serial_s, serial_cpu, ours = _cpu_seconds(
-        lambda: [pamap2_parse.parse_dat(p) for p in paths])
-    rows = sum(len(a) for a in ours)
-    threads_s, _ = _seconds(lambda: pamap2_parse.parse_many(paths, workers=workers))
-    result = {"bench": "pamap2-parse", "files": len(paths), "rows": rows,
-              "mb": round(size / 1e6, 1), "synthetic": not args.path, "cpus": os.cpu_count(),
-              "workers": workers,
-              "jkd_serial_s": round(serial_s, 3), "jkd_serial_cpu_s": round(serial_cpu, 3),
-              "jkd_threads_s": round(threads_s, 3),
-              "jkd_serial_mb_s": round(size / 1e6 / serial_s, 1)}
+    result = {"bench": "pamap2-parse", "files": len(paths), "mb": round(size / 1e6, 1),
+              "synthetic": not args.path, "cpus": os.cpu_count(), "workers": workers,
+              "parser": args.parser}
+    reference = None
     if not args.no_loadtxt:
-      loadtxt_s, loadtxt_cpu, theirs = _cpu_seconds(lambda: [np.loadtxt(p) for p in paths])
-      same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(ours, theirs))
-      del theirs
-      result.update({"loadtxt_s": round(loadtxt_s, 3), "loadtxt_cpu_s": round(loadtxt_cpu, 3),
-                     "identical": same, "speedup_serial": round(loadtxt_s / serial_s, 2),
-                     "speedup_serial_cpu": round(loadtxt_cpu / serial_cpu, 2),
-                     "speedup_threads": round(loadtxt_s / threads_s, 2)})
-    del ours
+      loadtxt_s, loadtxt_cpu, reference = _cpu_seconds(lambda: [np.loadtxt(p) for p in paths])
+      result.update({"rows": sum(len(a) for a in reference), "loadtxt_s": round(loadtxt_s, 3),
+                     "loadtxt_cpu_s": round(loadtxt_cpu, 3)})
+    for name in parsers:
+      serial_s, serial_cpu, ours = _cpu_seconds(
+          lambda: [pamap2_parse.parse_dat(p, parser=name) for p in paths])
+      threads_s, _ = _seconds(lambda: pamap2_parse.parse_many(paths, workers=workers,
+                                                                parser=name))
+      result.update({"rows": sum(len(a) for a in ours), f"{name}_serial_s": round(serial_s, 3),
+                     f"{name}_serial_cpu_s": round(serial_cpu, 3),
+                     f"{name}_threads_s": round(threads_s, 3),
+                     f"{name}_serial_mb_s": round(size / 1e6 / serial_s, 1)})
+      if reference is None:  # --no-loadtxt: the first parser is the reference
+        reference, result["reference"] = ours, name
+        continue
+      result[f"{name}_identical"] = _same(ours, reference)
+      if not args.no_loadtxt:
+        result.update({f"{name}_speedup_serial": round(loadtxt_s / serial_s, 2),
+                       f"{name}_speedup_threads": round(loadtxt_s / threads_s, 2),
+                       f"{name}_speedup_cpu": round(loadtxt_cpu / serial_cpu, 2)})
+      del ours
+    del reference
     cfg = pamap2.default_config()
     cfg.update({"path": folder, "subjects": subjects, "cache_dir": os.path.join(tmp, "cache"),
-                "workers": workers})
+                "workers": workers, "parser": args.parser})
     cold_s, _ = _seconds(lambda: pamap2.load(cfg))
     cached_s, ds = _seconds(lambda: pamap2.load(cfg))
     hash_s, _ = _seconds(lambda: [pamap2._file_digest(p) for p in paths])

@@ -21,8 +21,10 @@ al. 2016), per subject file, in this order; every step has a config key, default
 Arithmetic is float64 as in the lab (np.loadtxt), cast to float32 at the end. The lab saved the
 result as `pamap2_12cls9sbj.data`, a Python-2 pickle of 9 (X, y) pairs; `path` may point at it
 (read with a restricted unpickler: numpy arrays and containers only) or at the `PAMAP2_Dataset` or
-its `Protocol` folder. Parsed + preprocessed subjects are cached in `cache_dir`, keyed by a SHA-256
-of the file bytes and the options.
+its `Protocol` folder. `parser` picks the `.dat` parser (`jkd.data.pamap2_parse`: "auto" = polars
+when the `pamap2` extra is installed, else numpy; all give the same arrays). Parsed + preprocessed
+subjects are cached in `cache_dir`, keyed by a SHA-256 of the file bytes and the options (not the
+parser).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def default_config() -> ml_collections.ConfigDict:
       "downsample": 3,
       "cache_dir": "~/.cache/jkd",
       "workers": 0,  # threads parsing files; 0 = one per CPU core
+      "parser": "auto",  # .dat parser: auto (polars if installed, else numpy), numpy, polars
   })
 
 
@@ -338,7 +341,10 @@ def _subject_file(folder: str, subject: int) -> str:
 
 
 def _load_dat(folder: str, subjects: list[int], opts: dict, cache_dir: str,
-              workers: int) -> list[Recording]:
+              workers: int, parser: str = "auto") -> list[Recording]:
+  if parser not in pamap2_parse.PARSERS:
+    raise DataError(f"config.data.parser={parser!r}: choose one of "
+                    f"{', '.join(pamap2_parse.PARSERS)}.")
   missing = [_subject_file(folder, s) for s in subjects
              if not os.path.isfile(_subject_file(folder, s))]
   if missing:
@@ -352,7 +358,7 @@ def _load_dat(folder: str, subjects: list[int], opts: dict, cache_dir: str,
     entry = cache_entry(cache_dir, path, subject, opts) if cache_dir else ""
     got = _read_cache(entry, channels) if entry else None
     if got is None:
-      got = preprocess(pamap2_parse.parse_dat(path, COLUMNS), opts, where=path)
+      got = preprocess(pamap2_parse.parse_dat(path, COLUMNS, parser), opts, where=path)
       if entry:
         _write_cache(entry, *got)
     return Recording(subject=subject, x=got[0], y=got[1], session=0)
@@ -399,6 +405,6 @@ def load(cfg) -> Dataset:
     recordings = _load_pickle(where, subjects, opts)
   else:
     recordings = _load_dat(where, subjects, opts, str(_opt(cfg, "cache_dir")),
-                           int(_opt(cfg, "workers")))
+                           int(_opt(cfg, "workers")), str(_opt(cfg, "parser")))
   return Dataset(classes=[ACTIVITY_NAMES.get(a, f"activity {a}") for a in opts["activities"]],
                  channels=channel_names(opts["orientation"]), recordings=recordings)
