@@ -91,7 +91,10 @@ def _restore_raw(workdir: str, step: int | None) -> dict:
       raise FileNotFoundError(f"no checkpoints under {directory(workdir)}")
     for s in steps:
       try:
-        return mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        # Saved on other devices (e.g. one CPU device per run): restore onto this process's first.
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        restore = ocp.args.StandardRestore(fallback_sharding=here)
+        return mngr.restore(s, args=ocp.args.Composite(state=restore))["state"]
       except Exception as e:  # noqa: BLE001
         if step is not None or s == steps[-1]:
           raise

@@ -59,7 +59,7 @@ def prepare_workdir(config: mc.ConfigDict, workdir: str, overwrite: bool) -> Non
   if parallel.is_writer():
     os.makedirs(workdir, exist_ok=True)
     metrics_lib.write_atomic(path, text)
-  if jax.process_count() > 1:
+  if parallel.process_count() > 1:
     multihost_utils.sync_global_devices("jkd: workdir ready")
 
 

@@ -4,12 +4,19 @@ Arrays with a leading runs axis are sharded over it (`shard_runs`); the dataset 
 (`replicate`). Both build global arrays from host numpy arrays that every process holds, so the
 same code runs on one CPU, eight GPUs, or several hosts (`initialize` wraps
 `jax.distributed.initialize`). `to_host` brings a sharded result back to every process.
+
+On a CPU host jkd splits the machine into one XLA CPU device per run (`use_cpu_devices`, up to
+`MAX_CPU_DEVICES`): the per-device programs run concurrently and keep both cores busy between the
+small operations of a step, and each device runs its own (unvmapped) convolutions. Measured on 2
+cores (WRN16-1, batch 128, 9 runs): 23 ms per run and step against 36 ms with all runs vmapped on
+one device (`python -m jkd.bench train-step`). The replicated dataset is not copied per device: CPU
+devices alias one 64-byte-aligned host buffer.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -30,12 +37,53 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
                                process_id=process_id if process_id >= 0 else None)
 
 
+MAX_CPU_DEVICES = 32
+
+
+def cpu_devices_for(num_runs: int) -> int:
+  """Devices for `num_runs` runs: one each up to MAX_CPU_DEVICES, else as few runs per device as
+  possible with the least padding."""
+  per_device = -(-num_runs // MAX_CPU_DEVICES)
+  return max(1, -(-num_runs // per_device))
+
+
+def use_cpu_devices(num_runs: int) -> int | None:
+  """Split this process's CPU into `cpu_devices_for(num_runs)` devices, unless the backend is
+  already running, the count was set explicitly (`jax_num_cpu_devices`, XLA_FLAGS), or this is one
+  process of several. Returns the count set, or None."""
+  from jax._src import distributed, xla_bridge
+  explicit = (jax.config.jax_num_cpu_devices > 0
+              or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+  if explicit or xla_bridge.backends_are_initialized() or distributed.global_state.client:
+    return None
+  n = cpu_devices_for(num_runs)
+  jax.config.update("jax_num_cpu_devices", n)
+  return n
+
+
 def mesh() -> Mesh:
   return Mesh(np.array(jax.devices()), (AXIS,))
 
 
+def per_device(fn: Callable, m: Mesh, args: str, outs: str) -> Callable:
+  """`fn` run by every device on its own runs (`jax.shard_map`). `args`/`outs` spell each
+  argument/output: 'R' = leading runs axis, split over devices; '-' = replicated."""
+  spec = lambda c: P(AXIS) if c == "R" else P()
+  out_specs = tuple(spec(c) for c in outs)
+  return jax.shard_map(fn, mesh=m, in_specs=tuple(spec(c) for c in args),
+                       out_specs=out_specs if len(outs) > 1 else out_specs[0], check_vma=False)
+
+
 def is_writer() -> bool:
-  return jax.process_index() == 0
+  """Process 0 writes results (asked without starting the backend: see use_cpu_devices)."""
+  from jax._src import distributed
+  return distributed.global_state.process_id == 0
+
+
+def process_count() -> int:
+  """`jax.process_count()` without starting the backend."""
+  from jax._src import distributed
+  return distributed.global_state.num_processes
 
 
 def shard_runs(tree: Any, m: Mesh) -> Any:
@@ -45,8 +93,21 @@ def shard_runs(tree: Any, m: Mesh) -> Any:
 
 
 def replicate(tree: Any, m: Mesh) -> Any:
+  """Every device gets the whole array; CPU devices share one aligned host copy (zero-copy)."""
   sharding = NamedSharding(m, P())
-  return jax.tree.map(lambda a: _global(np.asarray(a), sharding), tree)
+  return jax.tree.map(lambda a: _global(aligned(np.asarray(a)), sharding), tree)
+
+
+def aligned(a: np.ndarray, alignment: int = 64) -> np.ndarray:
+  """`a`, or a C-contiguous copy whose data starts on an `alignment`-byte boundary (what XLA:CPU
+  needs to use a host buffer in place)."""
+  if a.flags.c_contiguous and a.ctypes.data % alignment == 0:
+    return a
+  raw = np.empty(a.nbytes + alignment, np.uint8)
+  start = -raw.ctypes.data % alignment
+  out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+  out[...] = a
+  return out
 
 
 def _global(a: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -86,8 +86,9 @@ def build(config: mc.ConfigDict, extension: Any = None) -> Setup:
   windows = jkd.data.load(config.data)
   x, y, subject = windows.x, windows.y, windows.subject
   folds = folds_lib.make_folds(x, y, subject, config.data, num_classes=len(windows.classes))
-  mesh = parallel.mesh()
   real_runs = runs_lib.expand(config, len(folds.train))
+  parallel.use_cpu_devices(len(real_runs))
+  mesh = parallel.mesh()
   runs = runs_lib.pad(real_runs, mesh.size)
   fold_of = np.array([r.fold for r in runs])
   batch = config.train.batch_size
@@ -115,10 +116,10 @@ def build(config: mc.ConfigDict, extension: Any = None) -> Setup:
       test=parallel.shard_runs(test, mesh),
       val=parallel.shard_runs(val, mesh) if val is not None else None,
       num_batches=num_batches, num_classes=num_classes, train_epoch=None,
-      evaluate=train_lib.make_evaluate(model, config, num_classes))
+      evaluate=train_lib.make_evaluate(model, config, num_classes, mesh))
   guide = None
   if extension is not None:
     guide, s.aux = extension.attach(s)
   s.train_epoch = train_lib.make_train_epoch(model, config, objective, num_batches, num_classes,
-                                             guide)
+                                             guide, mesh)
   return s

@@ -32,7 +32,7 @@ import numpy as np
 
 import jkd.models
 from jkd import augment as augment_lib
-from jkd import checkpoint, convert, gaf, kd
+from jkd import checkpoint, convert, gaf, kd, parallel
 from jkd.data import normalize
 
 Array = jax.Array
@@ -174,8 +174,11 @@ def cache_plan(teachers: list[Teacher], config: mc.ConfigDict, windows: int, run
   return plan, lines
 
 
-def make_cache_fn(teacher: Teacher, layers: tuple[int, ...], batch: int) -> Callable:
-  """`fn(variables (R, ...), x (N, L, C), mean (R, C), std (R, C)) -> outputs (R, N, ...)`."""
+def make_cache_fn(teacher: Teacher, layers: tuple[int, ...], batch: int, mesh: Any = None
+                  ) -> Callable:
+  """`fn(variables (R, ...), x (N, L, C), mean (R, C), std (R, C)) -> outputs (R, N, ...)`.
+
+  A device's runs go one after another (`lax.map`), so memory holds one run's batch at a time."""
   def one(variables, x, mean, std):
     n = x.shape[0]
     pad = -n % batch
@@ -184,7 +187,11 @@ def make_cache_fn(teacher: Teacher, layers: tuple[int, ...], batch: int) -> Call
     out = jax.lax.map(lambda xb: teacher.forward(variables, normalize.apply(xb, mean, std),
                                                  layers), xp)
     return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)
-  return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0)))
+  def local(variables, x, mean, std):
+    return jax.lax.map(lambda v: one(v[0], x, v[1], v[2]), (variables, mean, std))
+  if mesh is not None:
+    local = parallel.per_device(local, mesh, "R-RR", "R")
+  return jax.jit(local)
 
 
 # ----------------------------------------------------------------------------- in the step
@@ -216,7 +223,6 @@ class Distillation:
 
   def attach(self, s) -> tuple[Callable, list]:
     """(guide, aux) for setup `s`: aux sharded along runs like the train state."""
-    from jkd import parallel
     config = self.config
     ts = build(config, s.num_classes)
     layers = kd.needed_layers(config.loss)
@@ -228,7 +234,7 @@ class Distillation:
     for t, cached in zip(ts, plan):
       variables = parallel.shard_runs(load(t, s.runs, s.folds.test_subjects, s.num_classes), s.mesh)
       if cached:
-        fn = make_cache_fn(t, layers, config.train.eval_batch_size)
+        fn = make_cache_fn(t, layers, config.train.eval_batch_size, s.mesh)
         variables = fn(variables, s.x, s.inputs.mean, s.inputs.std)
       aux.append(variables)
     return make_guide(ts, plan, layers), aux

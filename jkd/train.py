@@ -20,7 +20,7 @@ import ml_collections as mc
 import optax
 
 from jkd import augment as augment_lib
-from jkd import gaf, optim
+from jkd import gaf, optim, parallel
 from jkd import state as state_lib
 from jkd.data import folds as folds_lib
 from jkd.data import normalize
@@ -99,8 +99,8 @@ def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
 
 
 def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objective,
-                     num_batches: int, num_classes: int, guide: Callable | None = None
-                     ) -> Callable:
+                     num_batches: int, num_classes: int, guide: Callable | None = None,
+                     mesh: Any = None) -> Callable:
   """`epoch_fn(state, x, y, runs, epoch, aux=()) -> (state, {term: (R,) mean over its steps})`.
 
   Jitted with the state donated. Every run takes `num_batches` scan steps; a run with fewer full
@@ -129,10 +129,14 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
     count = sums.pop("count")
     return state, {k: v / jnp.maximum(count, 1.0) for k, v in sums.items()} | {"steps": count}
 
+  if mesh is not None:
+    local = parallel.per_device(epoch_fn, mesh, "R--R-R", "RR")
+    epoch_fn = lambda state, x, y, runs, epoch, aux=(): local(state, x, y, runs, epoch, aux)
   return jax.jit(epoch_fn, donate_argnums=0)
 
 
-def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int) -> Callable:
+def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int, mesh: Any = None
+                  ) -> Callable:
   """`evaluate(variables, x, y, idx, mask, mean, std) -> (confusion (R, K, K), loss (R,))`.
 
   `idx`, `mask` (R, nb, Be): every run's evaluation batches; confusion[r, true, predicted] counts.
@@ -149,7 +153,10 @@ def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int) -> 
     (conf, loss), _ = jax.lax.scan(body, (jnp.zeros((num_classes, num_classes)), 0.0), (idx, mask))
     return conf, loss / jnp.maximum(mask.sum(), 1.0)
 
-  return jax.jit(jax.vmap(one, in_axes=(0, None, None, 0, 0, 0, 0)))
+  evaluate = jax.vmap(one, in_axes=(0, None, None, 0, 0, 0, 0))
+  if mesh is not None:
+    evaluate = parallel.per_device(evaluate, mesh, "R--RRRR", "RR")
+  return jax.jit(evaluate)
 
 
 @jax.jit

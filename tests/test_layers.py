@@ -36,7 +36,7 @@ def numpy_conv2d(x, w, stride, pad):
   return y
 
 
-@pytest.mark.parametrize("impl", ["gemm", "lax"])
+@pytest.mark.parametrize("impl", ["gemm", "lax", "loop"])
 @pytest.mark.parametrize("kernel,stride,pad,groups", [(3, 1, 1, 1), (3, 2, 1, 1), (1, 2, 0, 1),
                                                       (3, 1, 1, 4), (7, 2, 3, 1)])
 def test_conv1d_matches_direct_sum(impl, kernel, stride, pad, groups):
@@ -48,7 +48,7 @@ def test_conv1d_matches_direct_sum(impl, kernel, stride, pad, groups):
   np.testing.assert_allclose(conv.apply(v, x), numpy_conv1d(x, w, stride, pad, groups), atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["gemm", "lax"])
+@pytest.mark.parametrize("impl", ["gemm", "lax", "loop"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv2d_matches_direct_sum(impl, stride):
   x = np.random.default_rng(1).normal(size=(2, 7, 6, 5)).astype(np.float32)
@@ -67,6 +67,26 @@ def test_conv_gemm_under_vmap_equals_per_run_application():
   for r in range(3):
     one = conv.apply(jax.tree.map(lambda a: a[r], vs), x[r])
     np.testing.assert_allclose(stacked[r], one, atol=1e-6)
+
+
+@pytest.mark.parametrize("nd,kernel,stride,pad,size", [(1, 3, 1, 1, 12), (1, 3, 2, 1, 11),
+                                                       (1, 1, 2, 0, 10), (1, 5, 2, 2, 9),
+                                                       (2, 3, 2, 1, 7), (2, 3, 1, 0, 6)])
+@pytest.mark.parametrize("loop", [False, True])
+def test_conv_direct_gradients_equal_xlas_also_vmapped(nd, kernel, stride, pad, size, loop):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 3) + (size,) * nd + (4,)), jnp.float32)   # (runs, B, ..., C)
+  k = jnp.asarray(rng.normal(size=(2,) + (kernel,) * nd + (4, 5)), jnp.float32)
+  strides, padding = (stride,) * nd, ((pad, pad),) * nd
+  spec = layers._SPECS[nd]
+  xla = lambda x, k: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
+      x, k, strides, padding, dimension_numbers=spec)))
+  ours = lambda x, k: jnp.sum(jnp.sin(layers.conv_direct(x, k, strides, padding, loop)))
+  for f in (lambda g: g, jax.vmap):           # one run, and runs vmapped (a per-run loop if `loop`)
+    args = (x, k) if f is jax.vmap else (x[0], k[0])
+    want, got = f(jax.grad(xla, (0, 1)))(*args), f(jax.grad(ours, (0, 1)))(*args)
+    for a, b in zip(want, got):
+      np.testing.assert_allclose(b, a, atol=2e-5, rtol=1e-5)
 
 
 def test_wrn_conv_init_std_is_sqrt_2_over_kernel_times_out():

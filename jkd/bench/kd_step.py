@@ -1,7 +1,9 @@
-"""Benchmark the real vmapped `student_kd` training step of configs/pamap_spkd.py on synthetic data.
+"""Benchmark the real `student_kd` training step of configs/pamap_spkd.py on synthetic data.
 
-  python -m jkd.bench kd-step --runs=9 --batch=128 --steps=2 [--cached] [--image_size=64] [--torch]
+  python -m jkd.bench kd-step --runs=9 --batch=128 --steps=2 [--cached] [--image_size=64] \
+      [--devices=0] [--torch]
 
+Runs are spread over devices as `jkd.main` does (`--devices=0`: one CPU device per run).
 The student, teachers, KD/SP objective and SP layers are those of the config's `student_kd` stage
 (`jkd.pipeline.stage_config`), run through `jkd.train.make_train_epoch` with `jkd.kd.make`'s
 objective and `jkd.teachers.make_guide`'s guide, on PAMAP2-shaped random windows (100 x 40, 12
@@ -34,6 +36,7 @@ import jkd.models
 from jkd.bench import isolated
 from jkd import config as config_lib
 from jkd import kd as kd_lib
+from jkd import parallel
 from jkd import pipeline
 from jkd import runs as runs_lib
 from jkd import state as state_lib
@@ -50,6 +53,10 @@ def stage_config(a: argparse.Namespace):
   cfg.train.batch_size = a.batch
   cfg.teachers.image.image_size = a.image_size
   cfg.train.init_from = ""
+  if a.teacher_conv_impl:
+    with cfg.unlocked():
+      for name in cfg.teachers.order:
+        cfg.teachers[name].kwargs.conv_impl = a.teacher_conv_impl
   return cfg
 
 
@@ -67,31 +74,38 @@ def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
   cfg = stage_config(a)
   n = a.batch * a.steps
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(n, a.length, a.channels)).astype(np.float32))
-  y = jnp.asarray(rng.integers(0, a.classes, n).astype(np.int32))
+  m = parallel.mesh()
+  x = parallel.replicate(rng.normal(size=(n, a.length, a.channels)).astype(np.float32), m)
+  y = parallel.replicate(rng.integers(0, a.classes, n).astype(np.int32), m)
   runs = [runs_lib.Run(i, 0, 1234 + i, {}) for i in range(a.runs)]
-  hp = jax.tree.map(jnp.asarray, runs_lib.hparams(cfg, runs))
-  mean, std = jnp.zeros((a.runs, a.channels)), jnp.ones((a.runs, a.channels))
-  inputs = train_lib.Runs(key=state_lib.init_keys(np.array([r.seed for r in runs])),
-                          train=jnp.tile(jnp.arange(n, dtype=jnp.int32), (a.runs, 1)),
-                          train_count=jnp.full((a.runs,), n, jnp.int32), mean=mean, std=std, hp=hp)
+  inputs = train_lib.Runs(key=np.asarray(state_lib.init_keys(np.array([r.seed for r in runs]))),
+                          train=np.tile(np.arange(n, dtype=np.int32), (a.runs, 1)),
+                          train_count=np.full((a.runs,), n, np.int32),
+                          mean=np.zeros((a.runs, a.channels), np.float32),
+                          std=np.ones((a.runs, a.channels), np.float32),
+                          hp=runs_lib.hparams(cfg, runs))
   model = jkd.models.create(cfg.model.name, num_classes=a.classes, ndim=cfg.model.ndim,
                             **cfg.model.kwargs.to_dict())
-  state = jax.tree.map(jnp.asarray, train_lib.init_state(
-      model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp))
+  state = parallel.shard_runs(train_lib.init_state(
+      model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp), m)
+  inputs = parallel.shard_runs(inputs, m)
   ts = teachers_lib.build(cfg, a.classes)
   layers = kd_lib.needed_layers(cfg.loss)
   sample = jnp.zeros((1, a.length, a.channels))
   keys = jax.random.split(jax.random.PRNGKey(7), a.runs)
-  aux = []
+  aux, cache_s = [], 0.0
   for t in ts:                                 # random teacher variables, one set per run
     variables = jax.jit(jax.vmap(lambda k: t.model.init(k, t.input(sample), train=False)))(keys)
+    variables = parallel.shard_runs(jax.device_get(variables), m)
     if a.cached:
-      variables = teachers_lib.make_cache_fn(t, layers, cfg.train.eval_batch_size)(
-          variables, x, mean, std)
-    aux.append(jax.block_until_ready(variables))
+      t0 = time.perf_counter()
+      variables = jax.block_until_ready(teachers_lib.make_cache_fn(
+          t, layers, cfg.train.eval_batch_size, m)(variables, x, inputs.mean, inputs.std))
+      cache_s += time.perf_counter() - t0
+    aux.append(variables)
   guide = teachers_lib.make_guide(ts, [a.cached] * len(ts), layers)
-  epoch_fn = train_lib.make_train_epoch(model, cfg, kd_lib.make(cfg), a.steps, a.classes, guide)
+  epoch_fn = train_lib.make_train_epoch(model, cfg, kd_lib.make(cfg), a.steps, a.classes, guide,
+                                        mesh=m)
   t0 = time.perf_counter()
   compiled = epoch_fn.lower(state, x, y, inputs, jnp.int32(0), aux).compile()
   compile_s = time.perf_counter() - t0
@@ -103,7 +117,8 @@ def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
     if e:                                      # the first call also transfers and warms up
       times.append(time.perf_counter() - t0)
   epoch_s = statistics.median(times)
-  return {"compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
+  return {"devices": m.size, **({"cache_s": round(cache_s, 2)} if a.cached else {}),
+          "compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
           "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1),
           "final_loss": float(jnp.mean(terms["loss"])),
           "final_terms": {k: round(float(jnp.mean(v)), 4) for k, v in terms.items()
@@ -195,15 +210,22 @@ def main(argv: list[str]) -> int:
   p.add_argument("--cached", action="store_true",
                  help="feed precomputed teacher outputs (the stage's cache) instead of a forward")
   p.add_argument("--torch", action="store_true", help="add the PyTorch eager loops and ratios")
+  p.add_argument("--teacher_conv_impl", default="", choices=("", *jkd.models.layers.CONV_IMPLS),
+                 help="override the teachers' conv_impl (default: the config's)")
+  p.add_argument("--devices", type=int, default=0,
+                 help="CPU devices: 0 = one per run (as jkd.main), N = N devices")
   a = p.parse_args(argv[1:])
   spec = describe(stage_config(a))
   flags = {k: v for k, v in vars(a).items() if k != "torch"}
   # PyTorch runs in its own process: after XLA's thread pool has run in this one, torch's eager
   # loop was measured up to 50x slower, which would flatter jkd.
   reference = isolated(bench_torch, a, spec) if a.torch else None
-  result: dict[str, Any] = {"bench": "kd-step", **flags, **spec,
-                            "backend": jax.default_backend(), "devices": jax.device_count(),
-                            **bench_jax(a)}
+  if a.devices:
+    jax.config.update("jax_num_cpu_devices", a.devices)
+  else:
+    parallel.use_cpu_devices(a.runs)
+  result: dict[str, Any] = {"bench": "kd-step", **flags, **spec, **bench_jax(a),
+                            "backend": jax.default_backend()}
   if reference is not None:
     result["torch"] = reference
     for mode in ("no_grad", "ref"):

@@ -1,12 +1,16 @@
 """Benchmark the real vmapped training program (`jkd.train.make_train_epoch`) on synthetic data.
 
   python -m jkd.bench train-step --model=wrn16_1 --runs=9 --batch=128 --length=100 --channels=40 \
-      --classes=12 --steps=20 [--torch]
+      --classes=12 --steps=20 [--ndim=2] [--devices=0] [--conv_impl=gemm] [--torch]
 
+The runs are spread over XLA devices as `jkd.main` does (`--devices=0`: one CPU device per run,
+`jkd.parallel.use_cpu_devices`; 1: every run vmapped on one device). With `--ndim=2` the model is
+the 2-D variant fed the GAF images of the windows (`--image_size`), computed in the step.
 Prints one JSON line: `compile_s` (lowering + XLA compile of the R-run epoch of `steps` steps),
 `ms_per_step` (one step of every run), `samples_per_s` (all runs together). `--torch` adds a
 PyTorch eager loop training the same R models one after another (same WRN, batch, SGD momentum 0.9
-with weight decay, cross-entropy), its samples/s, and `speedup` = jax / torch.
+with weight decay, cross-entropy; images precomputed when 2-D), its samples/s, and `speedup` =
+jax / torch.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import jkd.models
 from jkd.bench import isolated
 from jkd import config as config_lib
+from jkd import parallel
 from jkd import objective as objective_lib
 from jkd import runs as runs_lib
 from jkd import state as state_lib
@@ -36,22 +41,29 @@ def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
   config.train.batch_size = a.batch
   config.optim.schedule = "constant"
   config.model.kwargs = {"conv_impl": a.conv_impl}
+  config.model.ndim = a.ndim
+  config.model.image_size = a.image_size
   n = a.batch * a.steps
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(n, a.length, a.channels)).astype(np.float32))
-  y = jnp.asarray(rng.integers(0, a.classes, n).astype(np.int32))
+  x = rng.normal(size=(n, a.length, a.channels)).astype(np.float32)
+  y = rng.integers(0, a.classes, n).astype(np.int32)
   runs = [runs_lib.Run(i, 0, 1234 + i, {}) for i in range(a.runs)]
-  hp = jax.tree.map(jnp.asarray, runs_lib.hparams(config, runs))
-  inputs = train_lib.Runs(key=state_lib.init_keys(np.array([r.seed for r in runs])),
-                          train=jnp.tile(jnp.arange(n, dtype=jnp.int32), (a.runs, 1)),
-                          train_count=jnp.full((a.runs,), n, jnp.int32),
-                          mean=jnp.zeros((a.runs, a.channels)), std=jnp.ones((a.runs, a.channels)),
-                          hp=hp)
-  model = jkd.models.create(a.model, num_classes=a.classes, **config.model.kwargs.to_dict())
-  state = jax.tree.map(jnp.asarray, train_lib.init_state(
-      model, config, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp))
+  inputs = train_lib.Runs(key=np.asarray(state_lib.init_keys(np.array([r.seed for r in runs]))),
+                          train=np.tile(np.arange(n, dtype=np.int32), (a.runs, 1)),
+                          train_count=np.full((a.runs,), n, np.int32),
+                          mean=np.zeros((a.runs, a.channels), np.float32),
+                          std=np.ones((a.runs, a.channels), np.float32),
+                          hp=runs_lib.hparams(config, runs))
+  model = jkd.models.create(a.model, num_classes=a.classes, ndim=a.ndim,
+                            **config.model.kwargs.to_dict())
+  sample = train_lib.model_input(config, jnp.zeros((1, a.length, a.channels)),
+                                 jnp.zeros(a.channels), jnp.ones(a.channels))
+  state = train_lib.init_state(model, config, inputs.key, sample, inputs.hp)
+  m = parallel.mesh()
+  state, inputs = parallel.shard_runs(state, m), parallel.shard_runs(inputs, m)
+  x, y = parallel.replicate(x, m), parallel.replicate(y, m)
   epoch_fn = train_lib.make_train_epoch(model, config, objective_lib.make(config), a.steps,
-                                        a.classes)
+                                        a.classes, mesh=m)
   t0 = time.perf_counter()
   compiled = epoch_fn.lower(state, x, y, inputs, jnp.int32(0)).compile()
   compile_s = time.perf_counter() - t0
@@ -63,7 +75,7 @@ def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
     if e:                                      # the first call also transfers and warms up
       times.append(time.perf_counter() - t0)
   epoch_s = statistics.median(times)
-  return {"compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
+  return {"devices": m.size, "compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
           "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1),
           "final_loss": float(jnp.mean(terms["loss"]))}
 
@@ -76,12 +88,13 @@ def bench_torch(a: argparse.Namespace) -> dict[str, Any]:
   from jkd.bench._torch_wrn import WRN
 
   def wrn():
-    return WRN(a.model, a.channels, a.classes)
+    return WRN(a.model, a.channels, a.classes, ndim=a.ndim)
 
   torch.manual_seed(0)
   nets = [wrn() for _ in range(a.runs)]
   opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4) for m in nets]
-  x = torch.randn(a.steps, a.batch, a.channels, a.length)
+  side = (a.length,) if a.ndim == 1 else (a.image_size, a.image_size)
+  x = torch.randn(a.steps, a.batch, a.channels, *side)
   y = torch.randint(0, a.classes, (a.steps, a.batch))
 
   def epoch():
@@ -113,7 +126,11 @@ def main(argv: list[str]) -> int:
   p.add_argument("--classes", type=int, default=12)
   p.add_argument("--steps", type=int, default=20, help="steps per timed epoch (one lax.scan)")
   p.add_argument("--repeats", type=int, default=2, help="timed epochs (median)")
-  p.add_argument("--conv_impl", default="gemm", choices=["gemm", "lax"])
+  p.add_argument("--ndim", type=int, default=1, choices=(1, 2))
+  p.add_argument("--image_size", type=int, default=64, help="GAF side when --ndim=2")
+  p.add_argument("--conv_impl", default="gemm", choices=jkd.models.layers.CONV_IMPLS)
+  p.add_argument("--devices", type=int, default=0,
+                 help="CPU devices: 0 = one per run (as jkd.main), N = N devices")
   p.add_argument("--torch", action="store_true", help="add the PyTorch eager loop and the ratio")
   a = p.parse_args(argv[1:])
   if a.torch and not a.model.startswith("wrn"):
@@ -122,9 +139,12 @@ def main(argv: list[str]) -> int:
   # PyTorch runs in its own process: after XLA's thread pool has run in this one, torch's eager
   # loop was measured up to 50x slower, which would flatter jkd.
   reference = isolated(bench_torch, a) if a.torch else None
-  result: dict[str, Any] = {"bench": "train-step", **flags,
-                            "backend": jax.default_backend(), "devices": jax.device_count(),
-                            **bench_jax(a)}
+  if a.devices:
+    jax.config.update("jax_num_cpu_devices", a.devices)
+  else:
+    parallel.use_cpu_devices(a.runs)
+  result: dict[str, Any] = {"bench": "train-step", **flags, **bench_jax(a),
+                            "backend": jax.default_backend()}
   if reference is not None:
     result["torch"] = reference
     result["speedup"] = round(result["samples_per_s"] / result["torch"]["samples_per_s"], 2)

@@ -62,8 +62,8 @@ def _build(name: str, cls: type[nn.Module], kwargs: dict[str, Any], **fixed: Any
   unknown = sorted(set(kwargs) - allowed)
   if unknown:
     raise ValueError(f"model {name!r}: unknown option(s) {unknown}; accepted: {sorted(allowed)}")
-  if kwargs.get("conv_impl", "gemm") not in ("gemm", "lax"):
-    raise ValueError(f"model {name!r}: conv_impl must be 'gemm' or 'lax', got {kwargs['conv_impl']!r}")
+  if kwargs.get("conv_impl", "gemm") not in layers.CONV_IMPLS:
+    raise ValueError(f"model {name!r}: conv_impl must be one of {layers.CONV_IMPLS}, got {kwargs['conv_impl']!r}")
   layers.activation(kwargs.get("activation", "relu"))  # raises for an unknown name, listing valid ones
   if not 0.0 <= kwargs.get("dropout", 0.0) < 1.0:
     raise ValueError(f"model {name!r}: dropout must be in [0, 1), got {kwargs['dropout']!r}")

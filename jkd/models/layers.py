@@ -1,25 +1,32 @@
 """Building blocks shared by every model family: convolution, PyTorch-style BatchNorm, Linear.
 
-Convolution comes in two formulations with identical parameters (kernel `(*window, in, out)`):
+Convolution comes in three formulations with identical parameters (kernel `(*window, in, out)`):
 
 * ``impl='gemm'`` (default): im2col — the kernel taps are gathered as strided slices of the padded
   input, concatenated along channels, and contracted with one matrix multiply. Under ``jax.vmap``
   over runs this stays a batched GEMM, which XLA:CPU runs at full speed.
-* ``impl='lax'``: ``lax.conv_general_dilated``. Vmapping over runs turns its weights into a grouped
-  convolution, which XLA:CPU executes slowly; it is kept for comparison (``python -m jkd.bench conv``)
-  and for accelerators, where cuDNN handles both well.
+* ``impl='lax'``: ``lax.conv_general_dilated``, with gradients spelled out as canonical
+  convolutions (`conv_direct`: XLA's own are 7-40x slower inside a `lax.scan` on XLA:CPU).
+  Vmapping over runs turns its weights into a grouped convolution, which XLA:CPU executes slowly.
+* ``impl='loop'``: as 'lax', but a vmap over runs runs one convolution per run (unrolled).
+
+Which is fastest depends on how many runs share a device (``python -m jkd.bench conv`` and
+``train-step``); on CPU `jkd.main` gives every run its own device (`jkd.parallel`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import custom_batching
 
 Array = jax.Array
+CONV_IMPLS = ("gemm", "lax", "loop")
 Initializer = Callable[..., Array]
 
 # The lab's WRN init: Normal(0, sqrt(2 / n)) with n = kernel elements x out_channels.
@@ -101,19 +108,84 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (*window, in_features // groups, self.features))
     if self.dtype is not None:
       x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if self.impl == "lax":
-      spec = ("NHC", "HIO", "NHC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
-      y = jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=spec,
+    if self.impl in ("lax", "loop") and groups == 1:
+      y = conv_direct(x, kernel, tuple(strides), tuple(padding), self.impl == "loop")
+    elif self.impl in ("lax", "loop"):
+      y = jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_SPECS[nd],
                                        feature_group_count=groups)
     elif self.impl == "gemm":
       y = _conv_gemm(x, kernel, window, strides, padding, groups)
     else:
-      raise ValueError(f"Conv: impl must be 'gemm' or 'lax', got {self.impl!r}")
+      raise ValueError(f"Conv: impl must be one of {CONV_IMPLS}, got {self.impl!r}")
     if self.use_bias:
       fan_in = math.prod(window) * in_features // groups
       init = self.bias_init or torch_default_bias(fan_in)
       y = y + self.param("bias", init, (self.features,)).astype(y.dtype)
     return y
+
+
+_SPECS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC")}
+
+
+def _conv(x, kernel, strides, padding, lhs_dilation=None, rhs_dilation=None):
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation, rhs_dilation,
+                                      dimension_numbers=_SPECS[x.ndim - 2])
+
+
+def per_run(f):
+  """`f` whose vmap runs `f` once per mapped element (unrolled) instead of batching it."""
+  f = custom_batching.custom_vmap(f)
+
+  @f.def_vmap
+  def rule(axis_size, in_batched, *args):
+    args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+            for a, b in zip(args, in_batched)]
+    outs = [f(*[a[i] for a in args]) for i in range(axis_size)]
+    return jnp.stack(outs), True
+  return f
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_direct(x, kernel, strides, padding, loop=False):
+  """Convolution (channels-last, HWIO kernel) whose gradients are plain canonical convolutions.
+
+  XLA's own transposes of a convolution use non-canonical dimension labels which XLA:CPU runs
+  7-40x slower inside a loop (a `lax.scan` epoch); here they are spelled out with explicit
+  transposes. With `loop`, vmapping runs one convolution per mapped element instead of a grouped
+  convolution.
+  """
+  return _maybe_per_run(lambda x, k: _conv(x, k, strides, padding), loop)(x, kernel)
+
+
+def _maybe_per_run(f, loop):
+  return per_run(f) if loop else f
+
+
+def _direct_fwd(x, kernel, strides, padding, loop):
+  return conv_direct(x, kernel, strides, padding, loop), (x, kernel)
+
+
+def _direct_bwd(strides, padding, loop, res, g):
+  x, kernel = res
+  nd = x.ndim - 2
+  sizes, window = x.shape[1:-1], kernel.shape[:nd]
+  outs = g.shape[1:-1]
+  # d/dx: the stride-dilated output gradient convolved with the flipped, in/out-swapped kernel.
+  pad_x = [(k - 1 - lo, n - 1 - (o - 1) * s + lo)
+           for k, (lo, _), n, o, s in zip(window, padding, sizes, outs, strides)]
+  k_t = jnp.flip(kernel, tuple(range(nd))).swapaxes(-1, -2)
+  dx = _maybe_per_run(lambda g, k: _conv(g, k, (1,) * nd, pad_x, lhs_dilation=strides), loop)(
+      g, k_t)
+  # d/dkernel: channels as batch, batch as features, the output gradient as a dilated window.
+  pad_k = [(lo, k + (o - 1) * s - n - lo)
+           for k, (lo, _), n, o, s in zip(window, padding, sizes, outs, strides)]
+  perm = (nd + 1, *range(1, nd + 1), 0)
+  dk = _maybe_per_run(lambda x, g: _conv(x, g, (1,) * nd, pad_k, rhs_dilation=strides), loop)(
+      x.transpose(perm), jnp.moveaxis(g, 0, -2))
+  return dx, jnp.moveaxis(dk, 0, -2)
+
+
+conv_direct.defvjp(_direct_fwd, _direct_bwd)
 
 
 def _conv_gemm(x, kernel, window, strides, padding, groups):
