@@ -150,8 +150,8 @@ def conv_direct(x, kernel, strides, padding, loop=False):
   """Convolution (channels-last, HWIO kernel) whose gradients are plain canonical convolutions.
 
   XLA's own transposes of a convolution use non-canonical dimension labels which XLA:CPU runs
-  7-40x slower inside a loop (a `lax.scan` epoch); here they are spelled out with explicit
-  transposes. With `loop`, vmapping runs one convolution per mapped element instead of a grouped
+  7-40x (1-D) and ~100x (2-D) slower inside a loop such as the epoch's `lax.scan` (measured: one
+  WRN16-1 train step 355 ms vs 29 ms); here they are spelled out with explicit transposes. With `loop`, vmapping runs one convolution per mapped element instead of a grouped
   convolution.
   """
   return _maybe_per_run(lambda x, k: _conv(x, k, strides, padding), loop)(x, kernel)
