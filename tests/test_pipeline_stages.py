@@ -3,8 +3,10 @@ four stages, W/results.json and W/report.md, skipping trained stages, a changed 
 reusing the teachers, `--mode=report`; and the KD step with augmentation (teachers see the
 augmented window, labels mixed)."""
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -81,6 +83,17 @@ def test_four_stages_results_and_report(trained):
   assert gain["n"] == 3 and np.isclose(gain["mean"], np.mean(kd_acc) - np.mean(sc_acc))
 
 
+def test_plots_of_every_stage_when_matplotlib_is_installed(trained):
+  pytest.importorskip("matplotlib")
+  w = trained[0] / "W"
+  stages = ("teacher_signal", "teacher_image", "student_scratch", "student_kd")
+  names = sorted(os.listdir(w / "plots"))
+  assert names == sorted(["curves.png", "folds.png", *(f"confusion_{s}.png" for s in stages)])
+  for name in names:
+    assert (w / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"](plots/{name})" in (w / "report.md").read_text()
+
+
 def test_second_run_skips_and_changed_student_reuses_teachers(trained):
   tmp, _ = trained
   w = tmp / "W"
@@ -100,7 +113,10 @@ def test_second_run_skips_and_changed_student_reuses_teachers(trained):
     assert os.path.getmtime(w / s / "results.json") == t
   assert json.loads((w / "student_kd" / "config.json").read_text())["loss"]["alpha"] == 0.2
   os.remove(w / "report.md")
+  shutil.rmtree(w / "plots", ignore_errors=True)
   p = subprocess.run([sys.executable, "-m", "jkd.main", f"--workdir={w}", "--mode=report"],
                      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert p.returncode == 0, p.stderr[-2000:]
   assert "student_kd" in p.stdout and (w / "report.md").exists()
+  if importlib.util.find_spec("matplotlib"):                  # --mode=report redraws the plots
+    assert (w / "plots" / "curves.png").exists()
