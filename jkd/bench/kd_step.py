@@ -30,16 +30,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jkd.models
-from jkd.bench import isolated
+from jkd.bench import _epoch, isolated
 from jkd import config as config_lib
 from jkd import kd as kd_lib
 from jkd import parallel
 from jkd import pipeline
-from jkd import runs as runs_lib
-from jkd import state as state_lib
 from jkd import teachers as teachers_lib
 from jkd import train as train_lib
 
@@ -72,18 +69,8 @@ def describe(cfg) -> dict[str, Any]:
 
 def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
   cfg = stage_config(a)
-  n = a.batch * a.steps
-  rng = np.random.default_rng(0)
   m = parallel.mesh()
-  x = parallel.replicate(rng.normal(size=(n, a.length, a.channels)).astype(np.float32), m)
-  y = parallel.replicate(rng.integers(0, a.classes, n).astype(np.int32), m)
-  runs = [runs_lib.Run(i, 0, 1234 + i, {}) for i in range(a.runs)]
-  inputs = train_lib.Runs(key=np.asarray(state_lib.init_keys(np.array([r.seed for r in runs]))),
-                          train=np.tile(np.arange(n, dtype=np.int32), (a.runs, 1)),
-                          train_count=np.full((a.runs,), n, np.int32),
-                          mean=np.zeros((a.runs, a.channels), np.float32),
-                          std=np.ones((a.runs, a.channels), np.float32),
-                          hp=runs_lib.hparams(cfg, runs))
+  x, y, inputs = _epoch.synthetic(cfg, a, m)
   model = jkd.models.create(cfg.model.name, num_classes=a.classes, ndim=cfg.model.ndim,
                             **cfg.model.kwargs.to_dict())
   state = parallel.shard_runs(train_lib.init_state(
@@ -106,20 +93,9 @@ def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
   guide = teachers_lib.make_guide(ts, [a.cached] * len(ts), layers)
   epoch_fn = train_lib.make_train_epoch(model, cfg, kd_lib.make(cfg), a.steps, a.classes, guide,
                                         mesh=m)
-  t0 = time.perf_counter()
-  compiled = epoch_fn.lower(state, x, y, inputs, jnp.int32(0), aux).compile()
-  compile_s = time.perf_counter() - t0
-  times = []
-  for e in range(a.repeats + 1):
-    t0 = time.perf_counter()
-    state, terms = compiled(state, x, y, inputs, jnp.int32(e), aux)
-    jax.block_until_ready(terms)
-    if e:                                      # the first call also transfers and warms up
-      times.append(time.perf_counter() - t0)
-  epoch_s = statistics.median(times)
-  return {"devices": m.size, **({"cache_s": round(cache_s, 2)} if a.cached else {}),
-          "compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
-          "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1),
+  out = _epoch.time_epochs(epoch_fn, state, (x, y, inputs, None, aux), a)
+  terms = out.pop("terms")
+  return {"devices": m.size, **({"cache_s": round(cache_s, 2)} if a.cached else {}), **out,
           "final_loss": float(jnp.mean(terms["loss"])),
           "final_terms": {k: round(float(jnp.mean(v)), 4) for k, v in terms.items()
                           if k not in ("loss", "steps")}}
@@ -129,7 +105,6 @@ def bench_torch(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
   """The R students trained one after another with PyTorch eager (channels-first), the same
   losses; `no_grad`: teachers frozen under no_grad, `ref`: the teachers' graph kept (the lab's)."""
   import torch
-  from torch import nn
   import torch.nn.functional as F
 
   from jkd.bench._torch_wrn import WRN
@@ -212,18 +187,14 @@ def main(argv: list[str]) -> int:
   p.add_argument("--torch", action="store_true", help="add the PyTorch eager loops and ratios")
   p.add_argument("--teacher_conv_impl", default="", choices=("", *jkd.models.layers.CONV_IMPLS),
                  help="override the teachers' conv_impl (default: the config's)")
-  p.add_argument("--devices", type=int, default=0,
-                 help="CPU devices: 0 = one per run (as jkd.main), N = N devices")
+  _epoch.add_devices_flag(p)
   a = p.parse_args(argv[1:])
   spec = describe(stage_config(a))
   flags = {k: v for k, v in vars(a).items() if k != "torch"}
   # PyTorch runs in its own process: after XLA's thread pool has run in this one, torch's eager
   # loop was measured up to 50x slower, which would flatter jkd.
   reference = isolated(bench_torch, a, spec) if a.torch else None
-  if a.devices:
-    jax.config.update("jax_num_cpu_devices", a.devices)
-  else:
-    parallel.use_cpu_devices(a.runs)
+  _epoch.set_devices(a)
   result: dict[str, Any] = {"bench": "kd-step", **flags, **spec, **bench_jax(a),
                             "backend": jax.default_backend()}
   if reference is not None:

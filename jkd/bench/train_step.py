@@ -23,15 +23,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jkd.models
-from jkd.bench import isolated
+from jkd.bench import _epoch, isolated
 from jkd import config as config_lib
 from jkd import parallel
 from jkd import objective as objective_lib
-from jkd import runs as runs_lib
-from jkd import state as state_lib
 from jkd import train as train_lib
 
 
@@ -43,41 +40,19 @@ def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
   config.model.kwargs = {"conv_impl": a.conv_impl}
   config.model.ndim = a.ndim
   config.model.image_size = a.image_size
-  n = a.batch * a.steps
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(n, a.length, a.channels)).astype(np.float32)
-  y = rng.integers(0, a.classes, n).astype(np.int32)
-  runs = [runs_lib.Run(i, 0, 1234 + i, {}) for i in range(a.runs)]
-  inputs = train_lib.Runs(key=np.asarray(state_lib.init_keys(np.array([r.seed for r in runs]))),
-                          train=np.tile(np.arange(n, dtype=np.int32), (a.runs, 1)),
-                          train_count=np.full((a.runs,), n, np.int32),
-                          mean=np.zeros((a.runs, a.channels), np.float32),
-                          std=np.ones((a.runs, a.channels), np.float32),
-                          hp=runs_lib.hparams(config, runs))
+  m = parallel.mesh()
+  x, y, inputs = _epoch.synthetic(config, a, m)
   model = jkd.models.create(a.model, num_classes=a.classes, ndim=a.ndim,
                             **config.model.kwargs.to_dict())
   sample = train_lib.model_input(config, jnp.zeros((1, a.length, a.channels)),
                                  jnp.zeros(a.channels), jnp.ones(a.channels))
   state = train_lib.init_state(model, config, inputs.key, sample, inputs.hp)
-  m = parallel.mesh()
   state, inputs = parallel.shard_runs(state, m), parallel.shard_runs(inputs, m)
-  x, y = parallel.replicate(x, m), parallel.replicate(y, m)
   epoch_fn = train_lib.make_train_epoch(model, config, objective_lib.make(config), a.steps,
                                         a.classes, mesh=m)
-  t0 = time.perf_counter()
-  compiled = epoch_fn.lower(state, x, y, inputs, jnp.int32(0)).compile()
-  compile_s = time.perf_counter() - t0
-  times = []
-  for e in range(a.repeats + 1):
-    t0 = time.perf_counter()
-    state, terms = compiled(state, x, y, inputs, jnp.int32(e))
-    jax.block_until_ready(terms)
-    if e:                                      # the first call also transfers and warms up
-      times.append(time.perf_counter() - t0)
-  epoch_s = statistics.median(times)
-  return {"devices": m.size, "compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
-          "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1),
-          "final_loss": float(jnp.mean(terms["loss"]))}
+  out = _epoch.time_epochs(epoch_fn, state, (x, y, inputs, None), a)
+  terms = out.pop("terms")
+  return {"devices": m.size, **out, "final_loss": float(jnp.mean(terms["loss"]))}
 
 
 def bench_torch(a: argparse.Namespace) -> dict[str, Any]:
@@ -129,8 +104,7 @@ def main(argv: list[str]) -> int:
   p.add_argument("--ndim", type=int, default=1, choices=(1, 2))
   p.add_argument("--image_size", type=int, default=64, help="GAF side when --ndim=2")
   p.add_argument("--conv_impl", default="gemm", choices=jkd.models.layers.CONV_IMPLS)
-  p.add_argument("--devices", type=int, default=0,
-                 help="CPU devices: 0 = one per run (as jkd.main), N = N devices")
+  _epoch.add_devices_flag(p)
   p.add_argument("--torch", action="store_true", help="add the PyTorch eager loop and the ratio")
   a = p.parse_args(argv[1:])
   if a.torch and not a.model.startswith("wrn"):
@@ -139,10 +113,7 @@ def main(argv: list[str]) -> int:
   # PyTorch runs in its own process: after XLA's thread pool has run in this one, torch's eager
   # loop was measured up to 50x slower, which would flatter jkd.
   reference = isolated(bench_torch, a) if a.torch else None
-  if a.devices:
-    jax.config.update("jax_num_cpu_devices", a.devices)
-  else:
-    parallel.use_cpu_devices(a.runs)
+  _epoch.set_devices(a)
   result: dict[str, Any] = {"bench": "train-step", **flags, **bench_jax(a),
                             "backend": jax.default_backend()}
   if reference is not None:

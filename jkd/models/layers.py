@@ -110,9 +110,8 @@ class Conv(nn.Module):
       x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if self.impl in ("lax", "loop") and groups == 1:
       y = conv_direct(x, kernel, tuple(strides), tuple(padding), self.impl == "loop")
-    elif self.impl in ("lax", "loop"):
-      y = jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_SPECS[nd],
-                                       feature_group_count=groups)
+    elif self.impl in ("lax", "loop"):      # grouped: XLA's own gradients
+      y = _conv(x, kernel, strides, padding, groups=groups)
     elif self.impl == "gemm":
       y = _conv_gemm(x, kernel, window, strides, padding, groups)
     else:
@@ -127,9 +126,10 @@ class Conv(nn.Module):
 _SPECS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 
-def _conv(x, kernel, strides, padding, lhs_dilation=None, rhs_dilation=None):
+def _conv(x, kernel, strides, padding, lhs_dilation=None, rhs_dilation=None, groups=1):
   return jax.lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation, rhs_dilation,
-                                      dimension_numbers=_SPECS[x.ndim - 2])
+                                      dimension_numbers=_SPECS[x.ndim - 2],
+                                      feature_group_count=groups)
 
 
 def per_run(f):

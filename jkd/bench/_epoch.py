@@ -1,0 +1,71 @@
+"""What the train-step and kd-step benchmarks share: device placement, synthetic runs, timing.
+
+Both time the real epoch program (`jkd.train.make_train_epoch`) on random windows, with runs
+spread over devices as `jkd.main` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jkd import parallel
+from jkd import runs as runs_lib
+from jkd import state as state_lib
+from jkd import train as train_lib
+
+
+def add_devices_flag(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--devices", type=int, default=0,
+                 help="CPU devices: 0 = one per run (as jkd.main), N = N devices")
+
+
+def set_devices(a: argparse.Namespace) -> None:
+  """Before the backend starts: `--devices` CPU devices, or one per run."""
+  if a.devices:
+    jax.config.update("jax_num_cpu_devices", a.devices)
+  else:
+    parallel.use_cpu_devices(a.runs)
+
+
+def synthetic(config, a: argparse.Namespace, m) -> tuple[jax.Array, jax.Array, train_lib.Runs]:
+  """`batch * steps` random windows and labels (replicated over mesh `m`) and the runs' inputs
+  (host arrays: every run trains on all windows, identity normalisation, seeds 1234 + i)."""
+  n = a.batch * a.steps
+  rng = np.random.default_rng(0)
+  x = parallel.replicate(rng.normal(size=(n, a.length, a.channels)).astype(np.float32), m)
+  y = parallel.replicate(rng.integers(0, a.classes, n).astype(np.int32), m)
+  runs = [runs_lib.Run(i, 0, 1234 + i, {}) for i in range(a.runs)]
+  inputs = train_lib.Runs(key=np.asarray(state_lib.init_keys(np.array([r.seed for r in runs]))),
+                          train=np.tile(np.arange(n, dtype=np.int32), (a.runs, 1)),
+                          train_count=np.full((a.runs,), n, np.int32),
+                          mean=np.zeros((a.runs, a.channels), np.float32),
+                          std=np.ones((a.runs, a.channels), np.float32),
+                          hp=runs_lib.hparams(config, runs))
+  return x, y, inputs
+
+
+def time_epochs(epoch_fn: Callable, state: Any, args: tuple, a: argparse.Namespace
+                ) -> dict[str, Any]:
+  """Compile `epoch_fn(state, *args)` and time `a.repeats` epochs after a warm-up; the None in
+  `args` stands for the epoch number. Returns the timings and the last epoch's loss terms."""
+  at = lambda e: tuple(jnp.int32(e) if v is None else v for v in args)
+  t0 = time.perf_counter()
+  compiled = epoch_fn.lower(state, *at(0)).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for e in range(a.repeats + 1):
+    t0 = time.perf_counter()
+    state, terms = compiled(state, *at(e))
+    jax.block_until_ready(terms)
+    if e:                                      # the first call also transfers and warms up
+      times.append(time.perf_counter() - t0)
+  epoch_s = statistics.median(times)
+  return {"compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
+          "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1), "terms": terms}
