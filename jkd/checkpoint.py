@@ -89,12 +89,12 @@ def _restore_raw(workdir: str, step: int | None) -> dict:
     steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
     if not steps:
       raise FileNotFoundError(f"no checkpoints under {directory(workdir)}")
+    # Saved on other devices (e.g. one CPU device per run): restore onto this process's first.
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restore = ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=here))
     for s in steps:
       try:
-        # Saved on other devices (e.g. one CPU device per run): restore onto this process's first.
-        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        restore = ocp.args.StandardRestore(fallback_sharding=here)
-        return mngr.restore(s, args=ocp.args.Composite(state=restore))["state"]
+        return mngr.restore(s, args=restore)["state"]
       except Exception as e:  # noqa: BLE001
         if step is not None or s == steps[-1]:
           raise

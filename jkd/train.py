@@ -106,6 +106,7 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
   Jitted with the state donated. Every run takes `num_batches` scan steps; a run with fewer full
   batches (`train_count // batch_size`) idles on the rest. `aux` (leading runs axis) goes to
   `guide` (see train_step).
+  `mesh`: each device runs its own runs (`jkd.parallel.per_device`).
   """
   batch = config.train.batch_size
   step = jax.vmap(lambda s, x, y, i, a, k, hp, m, sd, e, ax: train_step(
@@ -140,6 +141,7 @@ def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int, mes
   """`evaluate(variables, x, y, idx, mask, mean, std) -> (confusion (R, K, K), loss (R,))`.
 
   `idx`, `mask` (R, nb, Be): every run's evaluation batches; confusion[r, true, predicted] counts.
+  `mesh`: as in make_train_epoch.
   """
   def one(variables, x, y, idx, mask, mean, std):
     def body(carry, inputs):
