@@ -39,8 +39,9 @@ def numpy_conv2d(x, w, stride, pad):
 @pytest.mark.parametrize("impl", ["gemm", "lax", "loop"])
 @pytest.mark.parametrize("kernel,stride,pad,groups", [(3, 1, 1, 1), (3, 2, 1, 1), (1, 2, 0, 1),
                                                       (3, 1, 1, 4), (7, 2, 3, 1)])
-def test_conv1d_matches_direct_sum(impl, kernel, stride, pad, groups):
-  x = np.random.default_rng(0).normal(size=(3, 13, 8)).astype(np.float32)
+@pytest.mark.parametrize("length", [13, 14])    # padded length not / a multiple of the stride
+def test_conv1d_matches_direct_sum(impl, kernel, stride, pad, groups, length):
+  x = np.random.default_rng(0).normal(size=(3, length, 8)).astype(np.float32)
   conv = layers.Conv(12, kernel, stride, pad, feature_group_count=groups, impl=impl)
   v = conv.init(jax.random.PRNGKey(0), x)
   w = np.asarray(v["params"]["kernel"])
@@ -50,8 +51,9 @@ def test_conv1d_matches_direct_sum(impl, kernel, stride, pad, groups):
 
 @pytest.mark.parametrize("impl", ["gemm", "lax", "loop"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv2d_matches_direct_sum(impl, stride):
-  x = np.random.default_rng(1).normal(size=(2, 7, 6, 5)).astype(np.float32)
+@pytest.mark.parametrize("size", [(7, 6), (8, 6)])
+def test_conv2d_matches_direct_sum(impl, stride, size):
+  x = np.random.default_rng(1).normal(size=(2, *size, 5)).astype(np.float32)
   conv = layers.Conv(4, 3, stride, 1, impl=impl)
   v = conv.init(jax.random.PRNGKey(0), x)
   np.testing.assert_allclose(conv.apply(v, x), numpy_conv2d(x, np.asarray(v["params"]["kernel"]),

@@ -45,7 +45,7 @@ def test_input_rank_and_activation_errors():
     models.create("wrn16_1", num_classes=3, activation="swish")
 
 
-def test_conv_formulation_defaults_to_gemm_in_1d_and_lax_in_2d_and_can_be_chosen():
+def test_conv_formulation_defaults_to_gemm_in_1d_and_loop_in_2d_and_can_be_chosen():
   assert models.create("wrn16_1", num_classes=3).conv_impl == "gemm"
-  assert models.create("wrn16_1", num_classes=3, ndim=2).conv_impl == "lax"
+  assert models.create("wrn16_1", num_classes=3, ndim=2).conv_impl == "loop"
   assert models.create("resnet18", num_classes=3, ndim=2, conv_impl="gemm").conv_impl == "gemm"

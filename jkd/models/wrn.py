@@ -89,7 +89,7 @@ class WideResNet(nn.Module):
     ndim: 1 for signals `(B, L, C)`, 2 for images `(B, H, W, C)`.
     activation: layers.ACTIVATIONS name (the lab: relu).
     dropout: rate between the two convs of each block (the lab: 0); needs rng 'dropout' in training.
-    conv_impl: 'gemm' or 'lax' (layers.Conv).
+    conv_impl: 'gemm', 'lax' or 'loop' (layers.Conv).
     dtype: computation dtype or None; logits are returned as float32.
   """
   depth: int
