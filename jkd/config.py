@@ -27,6 +27,7 @@ from jkd import augment
 SWEEPABLE_SECTIONS = ("optim", "loss")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("lab", "constant", "step", "multistep", "cosine")
+MATMUL_PRECISIONS = ("default", "highest")
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,10 @@ def base(data: mc.ConfigDict | None = None) -> mc.ConfigDict:
       "keep_checkpoints": 3,
       "init_from": "",           # workdir whose (fold, seed) runs initialise this one
       "init_which": "last",      # 'last' or 'best' variables of init_from
+      # float32 matmuls and convolutions: 'default' lets the hardware pick its fast mode (TF32 on
+      # NVIDIA GPUs since Ampere, as PyTorch's cuDNN convolutions do); 'highest' = full float32.
+      # CPUs compute full float32 either way.
+      "matmul_precision": "default",
   })
   c.loss = mc.ConfigDict({
       "name": "ce",              # 'ce' or 'focal'
@@ -170,6 +175,7 @@ def validate(config: mc.ConfigDict) -> None:
   _choice("model.ndim", config.model.ndim, (1, 2))
   _choice("loss.name", config.loss.name, ("ce", "focal"))
   _choice("train.init_which", config.train.init_which, ("last", "best"))
+  _choice("train.matmul_precision", config.train.matmul_precision, MATMUL_PRECISIONS)
   for key in ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.checkpoint_every",
               "train.keep_checkpoints"):
     if get(config, key) < 1:

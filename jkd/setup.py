@@ -83,6 +83,8 @@ def build(config: mc.ConfigDict, extension: Any = None) -> Setup:
   """`extension` (optional) adds to the step: `extension.objective(config)` replaces the
   objective, and `extension.attach(setup) -> (guide, aux)` supplies `context['teachers']`
   (see `jkd.train.train_step`); e.g. `jkd.teachers.Distillation`."""
+  # Read when each program is traced: every step, evaluation and teacher cache built below.
+  jax.config.update("jax_default_matmul_precision", config.train.matmul_precision)
   windows = jkd.data.load(config.data)
   x, y, subject = windows.x, windows.y, windows.subject
   folds = folds_lib.make_folds(x, y, subject, config.data, num_classes=len(windows.classes))

@@ -6,8 +6,12 @@ import sys
 import numpy as np
 import pytest
 
+import jax
+
 from jkd import config as config_lib
 from jkd import runs as runs_lib
+from jkd import setup
+from synthetic import write_sine_windows
 
 
 def _config(**train):
@@ -83,3 +87,30 @@ def test_cli_unknown_key_and_bad_type_are_one_line():
   assert p.returncode == 2
   err = p.stderr.strip().splitlines()
   assert len(err) == 1 and "config.optim.lr" in err[0], p.stderr
+
+
+@pytest.fixture
+def restore_precision():
+  before = jax.config.jax_default_matmul_precision
+  yield
+  jax.config.update("jax_default_matmul_precision", before)
+
+
+@pytest.mark.parametrize("precision", ["highest", "default"])
+def test_matmul_precision_reaches_every_product_the_run_compiles(tmp_path, restore_precision,
+                                                                   precision):
+  write_sine_windows(tmp_path / "w.npz", [6, 6])
+  c = config_lib.load_file("configs/windows.py")
+  c.data.path = str(tmp_path / "w.npz")
+  c.model.name, c.train.batch_size = "wrn10_1", 8
+  c.train.matmul_precision = precision
+  s = setup.build(c)
+  assert jax.config.jax_default_matmul_precision == precision
+  x = jax.numpy.zeros((2, 16, 3))
+  variables = s.model.init(jax.random.PRNGKey(0), x, train=False)
+  hlo = jax.jit(lambda v: s.model.apply(v, x, train=False)).lower(variables).as_text()
+  products = hlo.count("stablehlo.dot_general") + hlo.count("stablehlo.convolution")
+  assert products > 0 and hlo.count("precision = [HIGHEST, HIGHEST]") == (products if precision == "highest" else 0)
+  c.train.matmul_precision = "float64"
+  with pytest.raises(config_lib.ConfigError, match="train.matmul_precision='float64'"):
+    config_lib.validate(c)
