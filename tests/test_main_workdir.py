@@ -35,7 +35,10 @@ def _args(data, workdir):
           "--config.optim.schedule=constant", "--config.optim.lr=0.02"]
 
 
-CACHE = {}   # a persistent compilation cache shared by the subprocesses
+# A persistent compilation cache shared by the subprocesses, all on the CPU: bitwise resume and
+# equality across device and process layouts are CPU claims (a GPU picks convolution algorithms
+# per shape), and two local processes cannot share one GPU.
+CACHE = {"JAX_PLATFORMS": "cpu"}
 
 
 def _start(args, env=None, launcher=None):
