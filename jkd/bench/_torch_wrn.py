@@ -45,3 +45,16 @@ class WRN(nn.Module):
       x = stage(x)
       feats.append(x)
     return self.fc(torch.relu(self.bn(x)).flatten(2).mean(-1)), feats
+
+
+def pick_device(choice: str) -> torch.device:
+  """'auto': the GPU when PyTorch sees one (jax then runs there too), else the CPU."""
+  if choice == "auto":
+    choice = "cuda" if torch.cuda.is_available() else "cpu"
+  return torch.device(choice)
+
+
+def synchronize(device: torch.device) -> None:
+  """Wait for queued GPU work, so a wall-clock timing covers it."""
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)

@@ -107,10 +107,12 @@ def bench_torch(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
   import torch
   import torch.nn.functional as F
 
-  from jkd.bench._torch_wrn import WRN
+  from jkd.bench._torch_wrn import WRN, pick_device, synchronize
+
+  dev = pick_device(a.torch_device)
 
   def wrn(name: str, ndim: int):
-    return WRN(name, a.channels, a.classes, ndim)
+    return WRN(name, a.channels, a.classes, ndim).to(dev)
 
   loss_cfg, layers = spec["loss"], spec["sp_layers"]
   temp, lam, beta = loss_cfg["temperature"], loss_cfg["lam"], loss_cfg["beta"]
@@ -139,10 +141,10 @@ def bench_torch(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
                for t in order] for _ in range(a.runs)]
   opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
           for m in students]
-  x = torch.randn(a.steps, a.batch, a.channels, a.length)
+  x = torch.randn(a.steps, a.batch, a.channels, a.length).to(dev)
   s = a.image_size          # GAF images precomputed outside the timed loop (values in [-1, 1])
-  img = torch.rand(a.steps, a.batch, a.channels, s, s) * 2 - 1
-  y = torch.randint(0, a.classes, (a.steps, a.batch))
+  img = (torch.rand(a.steps, a.batch, a.channels, s, s) * 2 - 1).to(dev)
+  y = torch.randint(0, a.classes, (a.steps, a.batch)).to(dev)
   inputs = {1: x, 2: img}
 
   def epoch(no_grad: bool):
@@ -158,12 +160,13 @@ def bench_torch(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
         for t in teachers[r]:                # the lab never steps the teachers
           t.zero_grad(set_to_none=True)
 
-  out = {"threads": torch.get_num_threads(), "version": torch.__version__}
+  out = {"threads": torch.get_num_threads(), "version": torch.__version__, "device": str(dev)}
   for mode, no_grad in (("no_grad", True), ("ref", False)):
     times = []
     for e in range(a.repeats + 1):
       t0 = time.perf_counter()
       epoch(no_grad)
+      synchronize(dev)
       if e:
         times.append(time.perf_counter() - t0)
     epoch_s = statistics.median(times)
@@ -185,6 +188,8 @@ def main(argv: list[str]) -> int:
   p.add_argument("--cached", action="store_true",
                  help="feed precomputed teacher outputs (the stage's cache) instead of a forward")
   p.add_argument("--torch", action="store_true", help="add the PyTorch eager loops and ratios")
+  p.add_argument("--torch_device", default="auto",
+                 help="device of the PyTorch loops: auto (the GPU when there is one), cpu, cuda")
   p.add_argument("--teacher_conv_impl", default="", choices=("", *jkd.models.layers.CONV_IMPLS),
                  help="override the teachers' conv_impl (default: the config's)")
   _epoch.add_devices_flag(p)

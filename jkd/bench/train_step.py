@@ -9,8 +9,8 @@ the 2-D variant fed the GAF images of the windows (`--image_size`), computed in 
 Prints one JSON line: `compile_s` (lowering + XLA compile of the R-run epoch of `steps` steps),
 `ms_per_step` (one step of every run), `samples_per_s` (all runs together). `--torch` adds a
 PyTorch eager loop training the same R models one after another (same WRN, batch, SGD momentum 0.9
-with weight decay, cross-entropy; images precomputed when 2-D), its samples/s, and `speedup` =
-jax / torch.
+with weight decay, cross-entropy; images precomputed when 2-D; on the GPU when there is one), its
+samples/s, and `speedup` = jax / torch.
 """
 
 from __future__ import annotations
@@ -60,17 +60,19 @@ def bench_torch(a: argparse.Namespace) -> dict[str, Any]:
   import torch
   from torch import nn
 
-  from jkd.bench._torch_wrn import WRN
+  from jkd.bench._torch_wrn import WRN, pick_device, synchronize
+
+  dev = pick_device(a.torch_device)
 
   def wrn():
-    return WRN(a.model, a.channels, a.classes, ndim=a.ndim)
+    return WRN(a.model, a.channels, a.classes, ndim=a.ndim).to(dev)
 
   torch.manual_seed(0)
   nets = [wrn() for _ in range(a.runs)]
   opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4) for m in nets]
   side = (a.length,) if a.ndim == 1 else (a.image_size, a.image_size)
-  x = torch.randn(a.steps, a.batch, a.channels, *side)
-  y = torch.randint(0, a.classes, (a.steps, a.batch))
+  x = torch.randn(a.steps, a.batch, a.channels, *side).to(dev)
+  y = torch.randint(0, a.classes, (a.steps, a.batch)).to(dev)
 
   def epoch():
     for net, opt in zip(nets, opts):          # run after run, as the lab's scripts do
@@ -83,12 +85,13 @@ def bench_torch(a: argparse.Namespace) -> dict[str, Any]:
   for e in range(a.repeats + 1):
     t0 = time.perf_counter()
     epoch()
+    synchronize(dev)
     if e:
       times.append(time.perf_counter() - t0)
   epoch_s = statistics.median(times)
   return {"ms_per_step": round(1e3 * epoch_s / a.steps, 2),
           "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1),
-          "threads": torch.get_num_threads(), "version": torch.__version__}
+          "threads": torch.get_num_threads(), "version": torch.__version__, "device": str(dev)}
 
 
 def main(argv: list[str]) -> int:
@@ -106,6 +109,8 @@ def main(argv: list[str]) -> int:
   p.add_argument("--conv_impl", default="gemm", choices=jkd.models.layers.CONV_IMPLS)
   _epoch.add_devices_flag(p)
   p.add_argument("--torch", action="store_true", help="add the PyTorch eager loop and the ratio")
+  p.add_argument("--torch_device", default="auto",
+                 help="device of the PyTorch loop: auto (the GPU when there is one), cpu, cuda")
   a = p.parse_args(argv[1:])
   if a.torch and not a.model.startswith("wrn"):
     p.error("--torch needs a wrn{d}_{k} model")
