@@ -21,6 +21,10 @@ magnitude (rounding noise; after the shift of step 1 an exactly constant channel
 maps to `cos φ = lo`, `sin φ = sqrt(1 − lo²)`, as pyts does (scikit-learn's MinMaxScaler sends a
 zero range to the lower bound): with the default range GASF ≡ 1 and GADF ≡ 0. Never NaN.
 
+`gaf_factors` returns the same images as their rank-2 factors (`GafFactors`: per sample and
+channel two S-vectors for rows and two for columns); jkd's models take them as input and their
+first convolution never builds the S x S images (`jkd.models.layers.conv_factors`).
+
 Everything is `jnp`, so the function jits and vmaps; `image_size`, `method`, `sample_range` and
 `overlapping` are Python values fixed at trace time. Call it on each batch inside the jitted
 step rather than storing images: a PAMAP2 fold stored as images would be ~17 GB.
@@ -94,6 +98,16 @@ def gramian_angular_field(x: Array, image_size: int | float, *, method: str = "s
       on device; values outside act as ±1 for sin φ).
     overlapping: pyts' `overlapping` PAA windows (default False, as pyts).
   """
+  return gaf_factors(x, image_size, method=method, sample_range=sample_range,
+                     overlapping=overlapping).dense()
+
+
+def gaf_factors(x: Array, image_size: int | float, *, method: str = "summation",
+                sample_range: tuple[float, float] | None = (-1.0, 1.0),
+                overlapping: bool = False) -> "GafFactors":
+  """`gramian_angular_field`'s images as their rank-2 factors (arguments as there): S x C numbers
+  per image instead of S x S x C. `.dense()` gives the same images; `jkd.models.layers.Conv`
+  convolves the factors directly."""
   if x.ndim != 3:
     raise ValueError(f"gaf: x must be (batch, length, channels), got shape {x.shape}")
   if method not in _METHODS:
@@ -111,12 +125,56 @@ def gramian_angular_field(x: Array, image_size: int | float, *, method: str = "s
   else:
     a = jnp.asarray(paa_matrix(length, size, overlapping))
     p = jnp.einsum("blc,ls->bsc", x, a, precision=jax.lax.Precision.HIGHEST)
+  return gaf_factors_of_paa(p, bounds, method)
+
+
+def gaf_factors_of_paa(p: Array, bounds: tuple[float, float] | None, method: str
+                       ) -> "GafFactors":
   cos, sin = _angles(p, bounds)
-  ci, cj = cos[:, :, None, :], cos[:, None, :, :]
-  si, sj = sin[:, :, None, :], sin[:, None, :, :]
-  if _METHODS[method] == "summation":
-    return ci * cj - si * sj
-  return si * cj - ci * sj
+  if _METHODS[method] == "summation":       # cos φi cos φj − sin φi sin φj
+    return GafFactors(jnp.stack([cos, sin], 2), jnp.stack([cos, -sin], 2))
+  return GafFactors(jnp.stack([sin, cos], 2), jnp.stack([cos, -sin], 2))   # sin φi cos φj − ...
+
+
+@jax.tree_util.register_pytree_node_class
+class GafFactors:
+  """A batch of GAF images held as rank-2 factors: image[n, i, j, c] = Σ_r rows[n, i, r, c] *
+  cols[n, j, r, c], with `rows`, `cols` of shape (B, S, 2, C). Looks like its `(B, S, S, C)`
+  images to shape checks (`shape`, `ndim`, `dtype`)."""
+
+  def __init__(self, rows: Array, cols: Array):
+    self.rows, self.cols = rows, cols
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    b, s, _, c = self.rows.shape
+    return (b, s, self.cols.shape[1], c)
+
+  ndim = 4
+
+  @property
+  def dtype(self):
+    return self.rows.dtype
+
+  def astype(self, dtype) -> "GafFactors":
+    return GafFactors(self.rows.astype(dtype), self.cols.astype(dtype))
+
+  def dense(self) -> Array:
+    """The `(B, S, S, C)` images (what `gramian_angular_field` returns)."""
+    r, c = self.rows[:, :, None], self.cols[:, None]          # (B, S, 1, 2, C), (B, 1, S, 2, C)
+    return r[..., 0, :] * c[..., 0, :] + r[..., 1, :] * c[..., 1, :]
+
+  def tree_flatten(self):
+    return (self.rows, self.cols), None
+
+  @classmethod
+  def tree_unflatten(cls, _, children):
+    return cls(*children)
+
+
+def as_dense(x: "Array | GafFactors") -> Array:
+  """Images from factors; arrays unchanged (for models whose first layer is not a convolution)."""
+  return x.dense() if isinstance(x, GafFactors) else x
 
 
 def _angles(p: Array, bounds: tuple[float, float] | None) -> tuple[Array, Array]:

@@ -56,10 +56,11 @@ class Teacher:
   model: nn.Module
   spec: mc.ConfigDict
 
-  def input(self, x: Array) -> Array:
-    """The teacher's input from normalised windows (B, L, C): the windows or their GAF images."""
+  def input(self, x: Array) -> Array | gaf.GafFactors:
+    """The teacher's input from normalised windows (B, L, C): the windows or their GAF images
+    (as factors: see `jkd.gaf.GafFactors`)."""
     if self.spec.ndim == 2:
-      return gaf.gramian_angular_field(x, self.spec.image_size, method=self.spec.gaf_method)
+      return gaf.gaf_factors(x, self.spec.image_size, method=self.spec.gaf_method)
     return x
 
   def forward(self, variables: Any, x: Array, layers: tuple[int, ...]) -> tuple[Array, tuple]:

@@ -40,11 +40,13 @@ class Runs:
   hp: dict            # name -> (R,) float32: every numeric optim.*/loss.* value
 
 
-def model_input(config: mc.ConfigDict, x: Array, mean: Array, std: Array) -> Array:
-  """Normalised windows, or their GAF images when the model is 2-D."""
+def model_input(config: mc.ConfigDict, x: Array, mean: Array, std: Array
+                ) -> Array | gaf.GafFactors:
+  """Normalised windows, or their GAF images when the model is 2-D (as rank-2 factors, which the
+  model's first convolution consumes without building the images)."""
   x = normalize.apply(x, mean, std)
   if config.model.ndim == 2:
-    x = gaf.gramian_angular_field(x, config.model.image_size, method=config.model.gaf_method)
+    x = gaf.gaf_factors(x, config.model.image_size, method=config.model.gaf_method)
   return x
 
 
@@ -73,7 +75,7 @@ def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
   if guide is not None:
     context["teachers"] = guide(aux, xb, idx)
   if config.model.ndim == 2:
-    xb = gaf.gramian_angular_field(xb, config.model.image_size, method=config.model.gaf_method)
+    xb = gaf.gaf_factors(xb, config.model.image_size, method=config.model.gaf_method)
 
   def loss_fn(params):
     (logits, features), mutated = model.apply(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pyts.utils import segmentation
 
+from jkd import gaf
 from jkd.gaf import gramian_angular_field, output_size, paa_bounds, paa_matrix
 
 # pyts' own fields (importing pyts.image takes a minute of numba compiles); see the script there.
@@ -90,3 +91,13 @@ def test_bad_arguments_raise(kwargs, match):
 def test_needs_channels_last_windows():
   with pytest.raises(ValueError, match="batch, length, channels"):
     gramian_angular_field(jnp.zeros((100, 3)), 64)
+
+
+@pytest.mark.parametrize("method", ["summation", "difference"])
+def test_factors_hold_exactly_the_images(method):
+  x = np.random.default_rng(5).normal(size=(3, 40, 4)).astype(np.float32)
+  factors = gaf.gaf_factors(x, 16, method=method)
+  assert factors.shape == (3, 16, 16, 4) and factors.ndim == 4
+  assert factors.rows.shape == factors.cols.shape == (3, 16, 2, 4)
+  np.testing.assert_array_equal(factors.dense(), gaf.gramian_angular_field(x, 16, method=method))
+  np.testing.assert_array_equal(gaf.as_dense(factors), factors.dense())

@@ -134,3 +134,36 @@ def test_unknown_activation_and_conv_impl_are_clear_errors():
     layers.activation("relu6")
   with pytest.raises(ValueError, match="impl must be"):
     layers.Conv(2, 3, impl="fft").init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 2)))
+
+
+# ----------------------------------------------------------------------------- GAF factors
+
+@pytest.mark.parametrize("method", ["summation", "difference"])
+@pytest.mark.parametrize("kernel,stride,pad", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (7, 2, 3),
+                                               (3, 1, 0)])
+def test_conv_of_gaf_factors_equals_conv_of_the_images(method, kernel, stride, pad):
+  from jkd import gaf
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 30, 5)), jnp.float32)
+  factors = gaf.gaf_factors(x, 13, method=method)
+  images = gaf.gramian_angular_field(x, 13, method=method)
+  conv = layers.Conv(6, kernel, stride, pad, impl="loop")
+  v = conv.init(jax.random.PRNGKey(0), images)
+  np.testing.assert_allclose(conv.apply(v, factors), conv.apply(v, images), atol=1e-5)
+  w = v["params"]["kernel"]
+  by_sample = layers.conv_factors(factors, w, (stride,) * 2, [(pad, pad)] * 2, cache_bytes=1)
+  np.testing.assert_allclose(by_sample, conv.apply(v, images), atol=1e-5)   # 1 sample per group
+  grad = lambda inp: jax.grad(lambda v: jnp.sum(jnp.sin(conv.apply(v, inp))))(v)["params"]["kernel"]
+  np.testing.assert_allclose(grad(factors), grad(images), atol=1e-4)
+
+
+def test_conv_of_gaf_factors_vmapped_over_runs_equals_each_run():
+  from jkd import gaf
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 2, 20, 4)), jnp.float32)   # 3 runs
+  conv = layers.Conv(5, 3, 2, 1, impl="loop")
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  vs = jax.vmap(lambda k, xi: conv.init(k, gaf.gramian_angular_field(xi, 10)))(keys, x)
+  run = lambda v, xi: conv.apply(v, gaf.gaf_factors(xi, 10))
+  stacked = jax.vmap(run)(vs, x)
+  for r in range(3):
+    one = conv.apply(jax.tree.map(lambda a: a[r], vs), gaf.gramian_angular_field(x[r], 10))
+    np.testing.assert_allclose(stacked[r], one, atol=1e-5)

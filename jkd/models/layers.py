@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 from jax import custom_batching
 
+from jkd import gaf
+
 Array = jax.Array
 CONV_IMPLS = ("gemm", "lax", "loop")
 Initializer = Callable[..., Array]
@@ -136,7 +138,11 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (*window, in_features // groups, self.features))
     if self.dtype is not None:
       x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if self.impl in ("lax", "loop") and groups == 1:
+    if isinstance(x, gaf.GafFactors) and groups > 1:
+      x = x.dense()
+    if isinstance(x, gaf.GafFactors):
+      y = conv_factors(x, kernel, strides, padding)
+    elif self.impl in ("lax", "loop") and groups == 1:
       y = conv_direct(x, kernel, tuple(strides), tuple(padding), self.impl == "loop")
     elif self.impl in ("lax", "loop"):      # grouped: XLA's own gradients
       y = _conv(x, kernel, strides, padding, groups=groups)
@@ -149,6 +155,50 @@ class Conv(nn.Module):
       init = self.bias_init or torch_default_bias(fan_in)
       y = y + self.param("bias", init, (self.features,)).astype(y.dtype)
     return y
+
+
+def conv_factors(x: gaf.GafFactors, kernel: Array, strides: Sequence[int],
+                 padding: Sequence[tuple[int, int]], cache_bytes: int = 1 << 20) -> Array:
+  """Convolution of GAF images given as factors, image[n, i, j, c] = Σ_r rows[n,i,r,c] cols[n,j,r,c]:
+
+    out[n,i,j,o] = Σ_{di,r,c} rows[n, s i + di, r, c] · P[n, di, r, c, j, o],
+    P[n,di,r,c,j,o] = Σ_dj cols[n, s j + dj, r, c] · kernel[di, dj, c, o]
+
+  (zero padding pads the factors): one GEMM per sample over (di, r, c) = kh·2·C instead of a
+  convolution over kh·kw·C, and the S x S x C images are never built. On a CPU the samples go
+  through a loop in groups whose P fits in `cache_bytes` (~L2). Measured on the 2-core CPU, GASF
+  64 x 64 x 40 -> 16 channels, batch 128: 75 ms, against 158 ms for the whole batch at once and
+  212 ms for GAF images + convolution.
+  """
+  (b, _, rank, c), (kh, kw, _, o) = x.rows.shape, kernel.shape
+  wo = (x.cols.shape[1] + sum(padding[1]) - kw) // strides[1] + 1
+  p_bytes = kh * rank * c * wo * o * 4
+  on_cpu = jax.default_backend() == "cpu"
+  group = _largest_divisor(b, max(1, cache_bytes // p_bytes)) if on_cpu else b
+  if group == b:
+    return _conv_factors(x.rows, x.cols, kernel, strides, padding)
+  split = lambda a: a.reshape(b // group, group, *a.shape[1:])
+  out = jax.lax.map(lambda rc: _conv_factors(*rc, kernel, strides, padding),
+                    (split(x.rows), split(x.cols)))
+  return out.reshape(b, *out.shape[2:])
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+  return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
+def _conv_factors(rows, cols, kernel, strides, padding):
+  (kh, kw), (sh, sw), (ph, pw) = kernel.shape[:2], strides, padding
+  b, _, rank, c = rows.shape
+  rows = im2col(rows.reshape(b, -1, rank * c), (kh,), (sh,), [ph])      # (B, Ho, kh·R·C)
+  cols = im2col(cols.reshape(b, -1, rank * c), (kw,), (sw,), [pw])      # (B, Wo, kw·R·C)
+  wo, o = cols.shape[1], kernel.shape[-1]
+  cols = cols.reshape(b, wo, kw, rank, c).transpose(0, 2, 3, 4, 1)     # (B, kw, R, C, Wo)
+  p = sum(cols[:, None, dj, :, :, :, None] * kernel[None, :, dj, None, :, None, :]
+          for dj in range(kw))                                          # (B, kh, R, C, Wo, O)
+  p = p.reshape(b, kh * rank * c, wo * o)
+  out = jax.lax.dot_general(rows, p, (((2,), (1,)), ((0,), (0,))))     # (B, Ho, Wo·O)
+  return out.reshape(b, rows.shape[1], wo, o)
 
 
 _SPECS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC")}

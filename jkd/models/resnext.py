@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jkd import gaf
 from jkd.models import layers
 
 Array = jax.Array
@@ -133,6 +134,7 @@ class ResNeXt1D(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, tuple[Array, ...]]:
     layers.check_input(x, self.ndim, "resnext1d")
+    x = gaf.as_dense(x)                      # the raw-input branch needs the images themselves
     blocks = self._blocks()
     bad = [i for i in self.new_connection if not 0 <= i < len(self.stages)]
     if bad:
