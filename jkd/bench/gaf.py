@@ -11,6 +11,8 @@ Times (median ms over `repeats`, after a warm-up call):
   stem: a 3x3 conv stem `Conv(16, 3, padding=1)` (gemm and lax impls) on the field, with the field
     computed inside the same jit (`fused`) or in a separate jit and handed over (`split`), and the
     conv alone on a ready field (`conv_only`).
+  stem_factors: the same stem on the field's rank-2 factors (`jkd.gaf.gaf_factors`, what jkd's
+    2-D models receive), factors computed in the same jit; the images are never built.
 `fused_materializes_field` says whether the compiled fused program still holds a `(B, S, S, C)`
 buffer, i.e. whether XLA computed the field where the conv consumes it (False) or not (True).
 `jkd_page_faults` counts minor page faults per call: XLA:CPU maps every large buffer afresh, and
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkd.gaf import gramian_angular_field
+from jkd.gaf import gaf_factors, gramian_angular_field
 from jkd.models.layers import Conv
 
 
@@ -71,6 +73,13 @@ def _stem(impl: str, gaf: Callable, x: jax.Array, size: int, repeats: int) -> di
   }
 
 
+def _stem_factors(x: jax.Array, size: int, method: str, repeats: int) -> dict:
+  conv = Conv(16, 3, padding=1, impl="loop")
+  params = conv.init(jax.random.key(0), jnp.zeros((1, size, size, x.shape[-1])))
+  stem = jax.jit(lambda p, x: conv.apply(p, gaf_factors(x, size, method=method)))
+  return {"stem_factors_ms": _median_ms(lambda: stem(params, x), repeats)}
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog=argv[0], description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=128)
@@ -106,5 +115,7 @@ def main(argv: list[str]) -> int:
       out.update(_stem(impl, gaf, x, s, min(args.repeats, 3)))
       out[f"stem_{impl}_split_over_fused"] = (out[f"stem_{impl}_split_ms"]
                                               / out[f"stem_{impl}_fused_ms"])
+    out.update(_stem_factors(x, s, args.method, min(args.repeats, 3)))
+    out["stem_lax_fused_over_factors"] = out["stem_lax_fused_ms"] / out["stem_factors_ms"]
   print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
   return 0
