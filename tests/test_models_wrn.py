@@ -248,16 +248,15 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   np.testing.assert_allclose(logits, ref, rtol=0.1, atol=0.1)
 
 
-@pytest.mark.parametrize("name", ["wrn10_1", "resnet18", "resnext1d"])
-def test_2d_models_give_the_same_outputs_on_gaf_factors_as_on_the_images(name):
+def test_2d_wrn_gives_the_same_outputs_on_gaf_factors_as_on_the_images():
   from jkd import gaf
-  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 24, 3)), jnp.float32)
-  kwargs = {"groups": 2, "stem_channels": 8} if name == "resnext1d" else {}
-  model = models.create(name, num_classes=4, ndim=2, **kwargs)
-  images = gaf.gramian_angular_field(x, 16)
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 12, 3)), jnp.float32)
+  model = models.create("wrn10_1", num_classes=4, ndim=2)
+  images = gaf.gramian_angular_field(x, 8)
   v = model.init(jax.random.PRNGKey(0), images, train=False)
-  (za, fa), (zb, fb) = (model.apply(v, inp, train=False)
-                        for inp in (gaf.gaf_factors(x, 16), images))
+  both = jax.jit(lambda v, x: [model.apply(v, inp, train=False)
+                               for inp in (gaf.gaf_factors(x, 8), gaf.gramian_angular_field(x, 8))])
+  (za, fa), (zb, fb) = both(v, x)
   np.testing.assert_allclose(za, zb, atol=1e-4)
   for a, b in zip(fa, fb):
     np.testing.assert_allclose(a, b, atol=1e-4)
