@@ -125,10 +125,10 @@ def gaf_factors(x: Array, image_size: int | float, *, method: str = "summation",
   else:
     a = jnp.asarray(paa_matrix(length, size, overlapping))
     p = jnp.einsum("blc,ls->bsc", x, a, precision=jax.lax.Precision.HIGHEST)
-  return gaf_factors_of_paa(p, bounds, method)
+  return _factors_of_paa(p, bounds, method)
 
 
-def gaf_factors_of_paa(p: Array, bounds: tuple[float, float] | None, method: str
+def _factors_of_paa(p: Array, bounds: tuple[float, float] | None, method: str
                        ) -> "GafFactors":
   cos, sin = _angles(p, bounds)
   if _METHODS[method] == "summation":       # cos φi cos φj − sin φi sin φj
