@@ -65,7 +65,7 @@ def _build(name: str, cls: type[nn.Module], kwargs: dict[str, Any], **fixed: Any
   unknown = sorted(set(kwargs) - allowed)
   if unknown:
     raise ValueError(f"model {name!r}: unknown option(s) {unknown}; accepted: {sorted(allowed)}")
-  if kwargs.get("conv_impl", "gemm") not in layers.CONV_IMPLS:
+  if kwargs["conv_impl"] not in layers.CONV_IMPLS:          # create() always sets it
     raise ValueError(f"model {name!r}: conv_impl must be one of {layers.CONV_IMPLS}, got {kwargs['conv_impl']!r}")
   layers.activation(kwargs.get("activation", "relu"))  # raises for an unknown name, listing valid ones
   if not 0.0 <= kwargs.get("dropout", 0.0) < 1.0:
