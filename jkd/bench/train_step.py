@@ -5,7 +5,8 @@
 
 The runs are spread over XLA devices as `jkd.main` does (`--devices=0`: one CPU device per run,
 `jkd.parallel.use_cpu_devices`; 1: every run vmapped on one device). With `--ndim=2` the model is
-the 2-D variant fed the GAF images of the windows (`--image_size`), computed in the step.
+the 2-D variant fed the GAF images of the windows (`--image_size`), computed in the step (as
+rank-2 factors, `jkd.gaf.gaf_factors`, as `jkd.main` feeds them).
 Prints one JSON line: `compile_s` (lowering + XLA compile of the R-run epoch of `steps` steps),
 `ms_per_step` (one step of every run), `samples_per_s` (all runs together). `--torch` adds a
 PyTorch eager loop training the same R models one after another (same WRN, batch, SGD momentum 0.9
