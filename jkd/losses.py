@@ -263,9 +263,10 @@ def gram(features: Array, *, normalize: bool = True, mask: Array | None = None) 
   The product runs at full float32 precision (no TF32/bf16 passes on accelerators, like PyTorch).
   """
   q = features.reshape(features.shape[0], -1).astype(jnp.float32)
-  if mask is not None:
-    q = q * (_check_mask(mask, q.shape[0]) > 0)[:, None]
   g = jnp.matmul(q, q.T, precision=jax.lax.Precision.HIGHEST)
+  if mask is not None:       # on G, not on Q: the same zeros without a pass over the features
+    keep = _check_mask(mask, q.shape[0]) > 0
+    g = jnp.where(keep[:, None] & keep[None, :], g, 0.0)
   return _l2_normalize(g) if normalize else g
 
 
