@@ -151,6 +151,62 @@ def test_parse_errors_name_file_and_line(tmp_path, monkeypatch):
       pamap2_parse.parse_dat(str(path))
 
 
+# ---- the compiled parser (jkd/data/_datparse.c, built by pip where a C compiler is) -------------
+
+C_TOKENS = [t for t in TRICKY if "inf" not in t] + [
+    "12345678901234567890", "0.12345678901234567890123", "9007199254740993", "1e-30", "-0.0",
+    "2.2250738585072014e-308", "00000.5", "1.e3", "+.5", "NAN"]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_c_parser_is_exactly_pythons_float(tmp_path, monkeypatch, newline):
+  """Fast-path and strtod tokens, tabs, blank lines, a last line without newline, pieces of a few
+  bytes (lines cut across reads, a line longer than the buffer): bit for bit Python's float."""
+  mod = pamap2_parse.c_module()
+  if mod is None:
+    pytest.skip("the C parser was not built (no C compiler at install)")
+  rng = np.random.default_rng(1)
+  lines = [" ".join(rng.choice(C_TOKENS, 54)) for _ in range(60)]
+  lines[5] = "\t".join(lines[5].split()) + "  "
+  path = tmp_path / "c.dat"
+  path.write_bytes((newline.join(lines[:30]) + newline * 3 + newline.join(lines[30:])).encode())
+  want = np.array(_float_table(path))
+  for piece in (1 << 20, 100):                        # 100 bytes: every line spans pieces
+    monkeypatch.setattr(pamap2_parse, "C_PIECE", piece)
+    got = pamap2_parse._parse_c(mod, str(path), 54)
+    assert got is not None, "the C parser handed a plain file on"
+    assert got.shape == (60, 54) and got.dtype == np.float64 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+  empty = tmp_path / "empty.dat"
+  empty.write_text("")
+  assert pamap2_parse.parse_dat(str(empty), parser="c").shape == (0, 54)
+
+
+def test_c_parser_hands_odd_files_to_numpy(tmp_path, monkeypatch):
+  """`inf`, a signed NaN or a wrong column count: the whole file goes to the numpy parser, which
+  reads the first two like np.loadtxt and names file and line of the third."""
+  mod = pamap2_parse.c_module()
+  if mod is None:
+    pytest.skip("the C parser was not built (no C compiler at install)")
+  good = " ".join(["1.5"] * 54)
+  for token in ("-inf", "-nan", "Infinity"):
+    path = tmp_path / "odd.dat"
+    path.write_text("\n".join([good] * 3 + [good.replace("1.5", token, 1)]) + "\n")
+    assert pamap2_parse._parse_c(mod, str(path), 54) is None
+    got = pamap2_parse.parse_dat(str(path), parser="c")
+    np.testing.assert_array_equal(got, np.array(_float_table(path)))
+  for line, message in ((" ".join(["1"] * 53), r"cols\.dat, line 31: 53 columns, expected 54"),
+                        (good.replace("1.5", "1.2.3", 1), r"line 31: non-numeric token '1\.2\.3'")):
+    path = tmp_path / "cols.dat"
+    path.write_text("\n".join([good] * 30 + [line] + [good] * 3) + "\n")
+    with pytest.raises(DataError, match=message):
+      pamap2_parse.parse_dat(str(path), parser="c")
+  monkeypatch.setattr(pamap2_parse, "c_module", lambda: None)
+  with pytest.raises(DataError, match=r"parser='c' needs jkd's compiled parser.*use parser='auto'"):
+    pamap2_parse.parse_dat(str(path), parser="c")
+
+
 # ---- the polars parser (the `pamap2` extra) and the fallback to numpy ----------------------------
 
 def test_polars_equals_numpy_equals_loadtxt(tmp_path):
@@ -199,7 +255,7 @@ def test_polars_falls_back_to_numpy(tmp_path):
   empty = tmp_path / "empty.dat"
   empty.write_text("")
   assert pamap2_parse.parse_dat(str(empty), parser="polars").shape == (0, 54)
-  with pytest.raises(ValueError, match="choose one of auto, numpy, polars"):
+  with pytest.raises(ValueError, match="choose one of auto, c, numpy, polars"):
     pamap2_parse.parse_dat(str(empty), parser="fast")
 
 

@@ -1,14 +1,15 @@
 """PAMAP2 `.dat` parsing: jkd's parsers vs `np.loadtxt` on the same files, and the cached load.
 
     python -m jkd.bench pamap2-parse [--path=PAMAP2_Dataset/Protocol] [--rows=300000] [--files=9]
-        [--workers=0] [--parser=auto|numpy|polars] [--no-loadtxt]
+        [--workers=0] [--parser=auto|c|numpy|polars] [--no-loadtxt]
 
 Without --path it writes `files` synthetic Protocol files of `rows` rows each (54 columns, the
 real files' number formats, heart rate valid ~1 row in 11, activity runs including transient and
 dropped ids, a few NaNs and exponents in the IMU columns) to a temp folder; the real nine files are
 ~2.9M rows, ~1.3 GB. Times np.loadtxt over the files one after another; then each parser (`auto`:
-numpy, and polars when installed; else the one named) one file after another (`serial`: wall and
-CPU seconds; polars uses every core inside a file, the numpy parser one) and on `workers` threads
+numpy, then polars when installed and c when built; else the one named) one file after another
+(`serial`: wall and CPU seconds; polars uses every core inside a file, numpy and c one) and on
+`workers` threads
 (`parse_many`), each checked bit-identical to np.loadtxt; then `pamap2.load` with `--parser` into
 an empty cache (parse + preprocess + write) and again (hash the files + read the cache). Prints one
 JSON line.
@@ -81,8 +82,9 @@ def main(argv: list[str]) -> int:
   ap.add_argument("--no-loadtxt", action="store_true", help="skip the np.loadtxt baseline")
   args = ap.parse_args(argv[1:])
   have_polars = pamap2_parse.polars_module() is not None  # imported here, outside the timings
+  have_c = pamap2_parse.c_module() is not None
   if args.parser == "auto":
-    parsers = ["numpy"] + (["polars"] if have_polars else [])
+    parsers = ["numpy"] + (["polars"] if have_polars else []) + (["c"] if have_c else [])
   else:
     parsers = [args.parser]
   with tempfile.TemporaryDirectory() as tmp:

@@ -21,8 +21,9 @@ al. 2016), per subject file, in this order; every step has a config key, default
 Arithmetic is float64 as in the lab (np.loadtxt), cast to float32 at the end. The lab saved the
 result as `pamap2_12cls9sbj.data`, a Python-2 pickle of 9 (X, y) pairs; `path` may point at it
 (read with a restricted unpickler: numpy arrays and containers only) or at the `PAMAP2_Dataset` or
-its `Protocol` folder. `parser` picks the `.dat` parser (`jkd.data.pamap2_parse`: "auto" = polars
-when the `pamap2` extra is installed, else numpy; all give the same arrays). Parsed + preprocessed
+its `Protocol` folder. `parser` picks the `.dat` parser (`jkd.data.pamap2_parse`: "auto" = the
+compiled one where the install built it, else polars when the `pamap2` extra is installed, else
+numpy; all give the same arrays). Parsed + preprocessed
 subjects are cached in `cache_dir`, keyed by a SHA-256 of the file bytes and the options (not the
 parser).
 """
@@ -100,7 +101,7 @@ def default_config() -> ml_collections.ConfigDict:
       "downsample": 3,
       "cache_dir": "~/.cache/jkd",
       "workers": 0,  # threads parsing files; 0 = one per CPU core
-      "parser": "auto",  # .dat parser: auto (polars if installed, else numpy), numpy, polars
+      "parser": "auto",  # .dat parser: auto (c, else polars, else numpy), c, numpy, polars
   })
 
 
