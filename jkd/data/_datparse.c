@@ -108,7 +108,8 @@ static int first_stop(uint64_t w) {
 }
 
 /* The common token, [+-]digits[.digits] of at most 15 characters, without a branch per character
- * (branch mispredictions dominated the character loop: 230 -> ??? MB/s). NULL: parse_token's job.
+ * (branch mispredictions dominated a loop with a branch per character: 230 -> ~400 MB/s on one
+ * core, file in memory). NULL: parse_token's job.
  * Needs 24 readable bytes from p. */
 static const char *parse_plain(const char *p, double *out) {
   const char *s = p;
