@@ -117,8 +117,7 @@ static const char *parse_plain(const char *p, double *out) {
   s += negative | (*s == '+');
   int length = first_stop(load8(s));
   if (length == 8) length += first_stop(load8(s + 8));
-  if (length == 0 || length > 15 || !(s[length] == ' ' || s[length] == '\n' || is_blank(s[length])))
-    return NULL;
+  if (length == 0 || length > 15 || (s[length] != '\n' && !is_blank(s[length]))) return NULL;
   uint64_t m = 0;
   int dots = 0, fraction = 0, bad = 0;
   for (int i = 0; i < length; i++) {
@@ -143,7 +142,7 @@ static Py_ssize_t parse_text(const char *text, Py_ssize_t n, int columns, double
   int col = 0;
   while (p < end) {
     char c = *p;
-    if (c == ' ') {
+    if (is_blank(c)) {
       p++;
     } else if (c == '\n') {
       if (col) {
@@ -151,8 +150,6 @@ static Py_ssize_t parse_text(const char *text, Py_ssize_t n, int columns, double
         row++;
         col = 0;
       }
-      p++;
-    } else if (is_blank(c)) {
       p++;
     } else {
       if (col == columns || row == max_rows) return -1;

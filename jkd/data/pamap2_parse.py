@@ -36,6 +36,7 @@ A wrong column count or a non-numeric token raises `DataError` naming the file a
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import os
 import re
 
@@ -221,13 +222,22 @@ def _parse_numpy(path: str, columns: int) -> np.ndarray:
   return np.concatenate(out) if out else np.zeros((0, columns))
 
 
-def polars_module():
-  """polars, or None without the `pamap2` extra (imported on first use: ~0.25 s, only to parse)."""
+def _optional(name: str):
+  """Module `name`, or None where it is not installed (or was not built)."""
   try:
-    import polars
+    return importlib.import_module(name)
   except ImportError:
     return None
-  return polars
+
+
+def polars_module():
+  """polars, or None without the `pamap2` extra (imported on first use: ~0.25 s, only to parse)."""
+  return _optional("polars")
+
+
+def c_module():
+  """The compiled parser `jkd.data._datparse`, or None where it was not built (no C compiler)."""
+  return _optional("jkd.data._datparse")
 
 
 def _parse_polars(pl, path: str, columns: int) -> np.ndarray | None:
@@ -240,15 +250,6 @@ def _parse_polars(pl, path: str, columns: int) -> np.ndarray | None:
   if frame.width != columns or sum(frame.null_count().row(0)):
     return None
   return frame.to_numpy(order="c", writable=True)
-
-
-def c_module():
-  """The compiled parser `jkd.data._datparse`, or None where it was not built (no C compiler)."""
-  try:
-    from jkd.data import _datparse
-  except ImportError:
-    return None
-  return _datparse
 
 
 def _parse_c(mod, path: str, columns: int) -> np.ndarray | None:
@@ -283,22 +284,20 @@ def parse_dat(path: str, columns: int = 54, parser: str = "auto") -> np.ndarray:
   "polars"."""
   if parser not in PARSERS:
     raise ValueError(f"parser={parser!r}; choose one of {', '.join(PARSERS)}")
-  c = c_module() if parser in ("auto", "c") else None
-  if parser == "c" and c is None:
-    raise DataError("parser='c' needs jkd's compiled parser, built at install where a C compiler "
-                    "is: install gcc and reinstall jkd (pip install -e .), or use parser='auto'")
-  if c is not None:
-    values = _parse_c(c, path, columns)
-    if values is not None:
-      return values
-    return _parse_numpy(path, columns)
-  pl = polars_module() if parser != "numpy" else None
-  if parser == "polars" and pl is None:
-    raise DataError("parser='polars' needs polars: pip install 'jkd[pamap2]' (or parser='numpy')")
-  if pl is not None:
-    values = _parse_polars(pl, path, columns)
-    if values is not None:
-      return values
+  compiled = {  # name: (module or None, its parser, what to do without it)
+      "c": (c_module, _parse_c, "parser='c' needs jkd's compiled parser, built at install where a "
+            "C compiler is: install gcc and reinstall jkd (pip install -e .), or use parser='auto'"),
+      "polars": (polars_module, _parse_polars,
+                 "parser='polars' needs polars: pip install 'jkd[pamap2]' (or parser='numpy')")}
+  for name in {"auto": ("c", "polars"), "numpy": ()}.get(parser, (parser,)):
+    module, parse, missing = compiled[name]
+    module = module()
+    if module is None:
+      if parser == name:
+        raise DataError(missing)
+      continue
+    values = parse(module, path, columns)   # None: the numpy parser reads it or names the line
+    return _parse_numpy(path, columns) if values is None else values
   return _parse_numpy(path, columns)
 
 
