@@ -5,9 +5,10 @@
 
 Stages: a WRN16-1 signal teacher, a small 2-D WRN10-1 teacher on 16 x 16 GASF images (S = 16, not
 the lab's 64: a 64 x 64 image teacher costs ~2 s per batch-32 step per run on such a CPU), a
-WRN10-1 student from scratch, then the dual-teacher SP-KD student initialised from it. 5 folds of
-2 subjects each, one trial, 5 epochs, non-overlapping windows: numbers to see the pipeline work, not to cite. The lab's
-settings are in configs/pamap_spkd.py.
+WRN10-1 student from scratch, then the dual-teacher KD student initialised from it, with and without
+the SP term (a sweep over β, both points trained in the same program as the folds). 5 folds of 2
+subjects each, one trial, 5 epochs, non-overlapping windows: numbers to see the pipeline work, not
+to cite. The lab's settings are in configs/pamap_spkd.py.
 """
 
 import jkd.data
@@ -33,4 +34,5 @@ def get_config():
   loss.alpha = 0.3
   loss.beta = 200.0
   loss.reduction = "mean"
+  config.sweep = {"loss": {"beta": (0.0, 200.0)}}   # KD alone, and KD + SP at the lab's PAMAP2 β
   return config

@@ -183,14 +183,14 @@ def _init_variables(s: setup_lib.Setup) -> Any:
 
 
 def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
-          extension: Any = None) -> dict:
+          extension: Any = None, runs_per_fold: int = 0) -> dict:
   """Train every run (resuming from the newest checkpoint), write results; returns them.
 
-  `extension`: see `jkd.setup.build` (e.g. frozen teachers for distillation)."""
+  `extension`, `runs_per_fold`: see `jkd.setup.build` (e.g. frozen teachers for distillation)."""
   config_lib.validate(config)
   prepare_workdir(config, workdir, overwrite)
   t_setup = time.time()
-  s = setup_lib.build(config, extension)
+  s = setup_lib.build(config, extension, runs_per_fold)
   if parallel.is_writer():
     metrics_lib.write_atomic(os.path.join(workdir, "runs.json"),
                              json.dumps(_runs_json(s), indent=1))

@@ -61,8 +61,14 @@ def use_cpu_devices(num_runs: int) -> int | None:
   return n
 
 
-def mesh() -> Mesh:
-  return Mesh(np.array(jax.devices()), (AXIS,))
+def mesh(num_runs: int = 0) -> Mesh:
+  """The mesh for a program of `num_runs` runs: every device; but on a single-process CPU only the
+  first `cpu_devices_for(num_runs)`, so that a process split for a larger program (a pipeline's
+  KD sweep) runs a smaller one (its teachers) without inert padding runs."""
+  devices = jax.devices()
+  if num_runs and jax.process_count() == 1 and devices[0].platform == "cpu":
+    devices = devices[:cpu_devices_for(num_runs)]
+  return Mesh(np.array(devices), (AXIS,))
 
 
 def per_device(fn: Callable, m: Mesh, args: str, outs: str) -> Callable:

@@ -33,6 +33,7 @@ import ml_collections as mc
 
 from jkd import config as config_lib
 from jkd import kd, report, teachers
+from jkd import runs as runs_lib
 
 STAGES = report.STAGES
 TEACHER_STAGE = {"signal": "teacher_signal", "image": "teacher_image"}
@@ -165,6 +166,11 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
+  # The CPU is split once, for the stage with the most runs (every stage has the same folds), so
+  # each stage runs on the same devices whether the pipeline started fresh or resumed: XLA:CPU's
+  # float results depend on how many devices the process has.
+  runs_per_fold = max(len(runs_lib.sweep_points(config_lib.sweep(c))) * len(config_lib.seeds(c))
+                      for c in cfgs.values())
   trained: set[str] = set()
   for n in names:
     d = os.path.join(workdir, n)
@@ -181,7 +187,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
            "done": f"retraining ({', '.join(sorted(stale))} retrained)"}[st]
     log(f"[{n}] {why} -> {d}")
     ext = teachers.Distillation(cfgs[n], log) if n == "student_kd" else None
-    experiment.train(cfgs[n], d, overwrite=fresh, extension=ext)
+    experiment.train(cfgs[n], d, overwrite=fresh, extension=ext, runs_per_fold=runs_per_fold)
     trained.add(n)
   if not parallel.is_writer():
     return report.build(workdir)

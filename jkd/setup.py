@@ -79,18 +79,20 @@ def _eval_rows(idx: np.ndarray, count: np.ndarray, fold_of_run: np.ndarray, batc
   return indices, mask
 
 
-def build(config: mc.ConfigDict, extension: Any = None) -> Setup:
+def build(config: mc.ConfigDict, extension: Any = None, runs_per_fold: int = 0) -> Setup:
   """`extension` (optional) adds to the step: `extension.objective(config)` replaces the
   objective, and `extension.attach(setup) -> (guide, aux)` supplies `context['teachers']`
-  (see `jkd.train.train_step`); e.g. `jkd.teachers.Distillation`."""
+  (see `jkd.train.train_step`); e.g. `jkd.teachers.Distillation`. `runs_per_fold`: the most runs
+  per fold of any program this process will build (a pipeline's stages), so that a fresh backend
+  is split into enough CPU devices for all of them."""
   # Read when each program is traced: every step, evaluation and teacher cache built below.
   jax.config.update("jax_default_matmul_precision", config.train.matmul_precision)
   windows = jkd.data.load(config.data)
   x, y, subject = windows.x, windows.y, windows.subject
   folds = folds_lib.make_folds(x, y, subject, config.data, num_classes=len(windows.classes))
   real_runs = runs_lib.expand(config, len(folds.train))
-  parallel.use_cpu_devices(len(real_runs))
-  mesh = parallel.mesh()
+  parallel.use_cpu_devices(max(len(real_runs), runs_per_fold * len(folds.train)))
+  mesh = parallel.mesh(len(real_runs))
   runs = runs_lib.pad(real_runs, mesh.size)
   fold_of = np.array([r.fold for r in runs])
   batch = config.train.batch_size

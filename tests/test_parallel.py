@@ -51,3 +51,11 @@ def test_explicit_device_count_is_respected():
                 "print(parallel.use_cpu_devices(5), jax.device_count())",
                 "--xla_force_host_platform_device_count=3")
   assert out == "None 3"
+
+
+def test_a_smaller_program_uses_the_first_devices_it_needs_instead_of_padding():
+  out = _python("import jax\nfrom jkd import parallel\n"
+                "parallel.use_cpu_devices(10)\n"
+                "print([parallel.mesh(n).size for n in (0, 3, 10, 12)],"
+                " [d.id for d in parallel.mesh(3).devices])")
+  assert out == "[10, 3, 10, 10] [0, 1, 2]"

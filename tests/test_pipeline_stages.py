@@ -35,6 +35,7 @@ def get_config():
   c.stages.student_scratch.model.name = "wrn10_1"
   c.stages.student_kd.loss.beta = 100.0
   c.stages.student_kd.loss.lam = 0.9
+  c.sweep = {"loss": {"beta": (100.0, 0.0)}}      # student_kd: 6 runs, the other stages 3
   return c
 '''
 
@@ -66,8 +67,9 @@ def test_four_stages_results_and_report(trained):
   assert list(full["stages"]) == ["teacher_signal", "teacher_image", "student_scratch",
                                   "student_kd"]
   assert full["stages"]["teacher_image"]["experiment"]["ndim"] == 2
-  for res in full["stages"].values():
-    assert len(res["runs"]) == 3 and all(r["status"] == "ok" for r in res["runs"])
+  for name, res in full["stages"].items():
+    assert len(res["runs"]) == (6 if name == "student_kd" else 3)
+    assert all(r["status"] == "ok" for r in res["runs"])
   kd_cfg = json.loads((w / "student_kd" / "config.json").read_text())
   assert kd_cfg["train"]["init_from"] == str(w / "student_scratch")
   assert kd_cfg["teachers"]["image"]["source"] == str(w / "teacher_image")
@@ -77,10 +79,30 @@ def test_four_stages_results_and_report(trained):
   md = (w / "report.md").read_text()
   for text in ("| teacher_signal |", "| student_kd |", "KD gain", "fold 2 (3)", "Teachers' own"):
     assert text in md
-  gain = [g for g in full["kd_gain"] if (g["which"], g["metric"]) == ("final", "accuracy")][0]
-  kd_acc = [r["final"]["accuracy"] for r in full["stages"]["student_kd"]["runs"]]
   sc_acc = [r["final"]["accuracy"] for r in full["stages"]["student_scratch"]["runs"]]
-  assert gain["n"] == 3 and np.isclose(gain["mean"], np.mean(kd_acc) - np.mean(sc_acc))
+  for beta in (100.0, 0.0):
+    gain, = [g for g in full["kd_gain"] if (g["which"], g["metric"]) == ("final", "accuracy")
+             and g["sweep"] == f"loss.beta={beta:g}"]
+    kd_acc = [r["final"]["accuracy"] for r in full["stages"]["student_kd"]["runs"]
+              if r["sweep"] == {"loss.beta": beta}]
+    assert gain["n"] == 3 and np.isclose(gain["mean"], np.mean(kd_acc) - np.mean(sc_acc))
+
+
+def test_pipeline_resumed_after_its_teachers_gives_the_same_numbers(trained):
+  """The first run trained all four stages in one process; a process that starts at student_kd
+  (its 6 runs outnumber the teachers' 3) must reproduce it bit for bit."""
+  tmp, _ = trained
+  w, again = tmp / "W", tmp / "again"
+  shutil.copytree(w, again)
+  shutil.rmtree(again / "student_kd")
+  p = subprocess.run([sys.executable, "-m", "jkd.main", f"--config={tmp / 'cfg.py'}",
+                      f"--workdir={again}", f"--config.data.path={tmp / 'd.npz'}"],
+                     cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  assert p.stdout.count("skipped") == 3
+  records = lambda d: [{k: v for k, v in json.loads(line).items() if k != "time"}
+                       for line in (d / "student_kd" / "metrics.jsonl").read_text().splitlines()]
+  assert records(again) == records(w)
 
 
 def test_plots_of_every_stage_when_matplotlib_is_installed(trained):
