@@ -51,21 +51,41 @@ def synthetic(config, a: argparse.Namespace, m) -> tuple[jax.Array, jax.Array, t
   return x, y, inputs
 
 
-def time_epochs(epoch_fn: Callable, state: Any, args: tuple, a: argparse.Namespace
-                ) -> dict[str, Any]:
+def time_epochs(epoch_fn: Callable, state: Any, args: tuple, a: argparse.Namespace,
+                references: dict[str, Any] | None = None) -> dict[str, Any]:
   """Compile `epoch_fn(state, *args)` and time `a.repeats` epochs after a warm-up; the None in
-  `args` stands for the epoch number. Returns the timings and the last epoch's loss terms."""
+  `args` stands for the epoch number. Returns the timings and the last epoch's loss terms.
+
+  `references` maps a loop name to the `jkd.bench.Reference` that runs it: one epoch of each
+  follows each of jkd's (warm-up included), so they alternate on the machine; `ref_s` holds
+  their epoch times."""
+  references = references or {}
   at = lambda e: tuple(jnp.int32(e) if v is None else v for v in args)
   t0 = time.perf_counter()
   compiled = epoch_fn.lower(state, *at(0)).compile()
   compile_s = time.perf_counter() - t0
-  times = []
+  times, ref_s = [], {m: [] for m in references}
   for e in range(a.repeats + 1):
     t0 = time.perf_counter()
     state, terms = compiled(state, *at(e))
     jax.block_until_ready(terms)
     if e:                                      # the first call also transfers and warms up
       times.append(time.perf_counter() - t0)
+    for m, reference in references.items():
+      seconds = reference.seconds(m)
+      if e:
+        ref_s[m].append(seconds)
   epoch_s = statistics.median(times)
   return {"compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * epoch_s / a.steps, 2),
-          "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1), "terms": terms}
+          "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1), "terms": terms,
+          "epoch_s": times, "ref_s": ref_s}
+
+
+def versus(a: argparse.Namespace, epoch_s: list[float], ref_s: list[float]) -> dict[str, Any]:
+  """The reference's median speed, and jkd's speed-up over it: the ratio of the medians
+  (`speedup`) and of each alternating pair of epochs (`speedup_pairs`)."""
+  med = statistics.median(ref_s)
+  return {"ms_per_step": round(1e3 * med / a.steps, 2),
+          "samples_per_s": round(a.runs * a.batch * a.steps / med, 1),
+          "speedup": round(med / statistics.median(epoch_s), 2),
+          "speedup_pairs": [round(r / j, 2) for j, r in zip(epoch_s, ref_s)]}

@@ -16,7 +16,9 @@ Prints one JSON line: `compile_s` (lowering + XLA compile of the R-run epoch of 
 `sp_layers`. `--torch` adds, in a separate process, a PyTorch eager loop training the R students
 one after another with the same losses: `torch.no_grad` = frozen teachers under `no_grad` on
 precomputed GAF images, `torch.ref` = the reference's pattern where the teachers' forward keeps
-its graph and the backward also flows into them; `speedup_no_grad` and `speedup_ref` = jax / torch.
+its graph and the backward also flows into them. One epoch of each runs after each of jkd's;
+`speedup_no_grad` and `speedup_ref` = jax / torch (ratio of the median epochs), `*_pairs` the
+ratio in each alternating round.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from typing import Any
 
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 import jkd.models
-from jkd.bench import _epoch, isolated
+from jkd.bench import Reference, _epoch
 from jkd import config as config_lib
 from jkd import kd as kd_lib
 from jkd import parallel
@@ -67,7 +68,8 @@ def describe(cfg) -> dict[str, Any]:
           "loss": {k: cfg.loss[k] for k in ("lam", "alpha", "temperature", "beta", "reduction")}}
 
 
-def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
+def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
   cfg = stage_config(a)
   m = parallel.mesh()
   x, y, inputs = _epoch.synthetic(cfg, a, m)
@@ -93,17 +95,26 @@ def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
   guide = teachers_lib.make_guide(ts, [a.cached] * len(ts), layers)
   epoch_fn = train_lib.make_train_epoch(model, cfg, kd_lib.make(cfg), a.steps, a.classes, guide,
                                         mesh=m)
-  out = _epoch.time_epochs(epoch_fn, state, (x, y, inputs, None, aux), a)
-  terms = out.pop("terms")
-  return {"devices": m.size, **({"cache_s": round(cache_s, 2)} if a.cached else {}), **out,
-          "final_loss": float(jnp.mean(terms["loss"])),
-          "final_terms": {k: round(float(jnp.mean(v)), 4) for k, v in terms.items()
-                          if k not in ("loss", "steps")}}
+  out = _epoch.time_epochs(epoch_fn, state, (x, y, inputs, None, aux), a, references)
+  terms, epoch_s, ref_s = out.pop("terms"), out.pop("epoch_s"), out.pop("ref_s")
+  result = {"devices": m.size, **({"cache_s": round(cache_s, 2)} if a.cached else {}), **out,
+            "final_loss": float(jnp.mean(terms["loss"])),
+            "final_terms": {k: round(float(jnp.mean(v)), 4) for k, v in terms.items()
+                            if k not in ("loss", "steps")}}
+  if references:
+    result["torch"] = dict(next(iter(references.values())).info)
+    for mode in references:
+      versus = _epoch.versus(a, epoch_s, ref_s[mode])
+      result[f"speedup_{mode}"] = versus.pop("speedup")
+      result[f"speedup_{mode}_pairs"] = versus.pop("speedup_pairs")
+      result["torch"][mode] = versus
+  return result
 
 
-def bench_torch(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
+def torch_loops(a: argparse.Namespace, spec: dict[str, Any]):
   """The R students trained one after another with PyTorch eager (channels-first), the same
-  losses; `no_grad`: teachers frozen under no_grad, `ref`: the teachers' graph kept (the lab's)."""
+  losses, one epoch per call (a `jkd.bench.Reference` factory); `no_grad`: teachers frozen under
+  no_grad, `ref`: the teachers' graph kept and the backward flowing into them (the lab's)."""
   import torch
   import torch.nn.functional as F
 
@@ -159,20 +170,10 @@ def bench_torch(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
         opts[r].step()
         for t in teachers[r]:                # the lab never steps the teachers
           t.zero_grad(set_to_none=True)
+    synchronize(dev)
 
-  out = {"threads": torch.get_num_threads(), "version": torch.__version__, "device": str(dev)}
-  for mode, no_grad in (("no_grad", True), ("ref", False)):
-    times = []
-    for e in range(a.repeats + 1):
-      t0 = time.perf_counter()
-      epoch(no_grad)
-      synchronize(dev)
-      if e:
-        times.append(time.perf_counter() - t0)
-    epoch_s = statistics.median(times)
-    out[mode] = {"ms_per_step": round(1e3 * epoch_s / a.steps, 2),
-                 "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1)}
-  return out
+  info = {"threads": torch.get_num_threads(), "version": torch.__version__, "device": str(dev)}
+  return {"no_grad": lambda: epoch(True), "ref": lambda: epoch(False)}, info
 
 
 def main(argv: list[str]) -> int:
@@ -196,16 +197,15 @@ def main(argv: list[str]) -> int:
   a = p.parse_args(argv[1:])
   spec = describe(stage_config(a))
   flags = {k: v for k, v in vars(a).items() if k != "torch"}
-  # PyTorch runs in its own process: after XLA's thread pool has run in this one, torch's eager
-  # loop was measured up to 50x slower, which would flatter jkd.
-  reference = isolated(bench_torch, a, spec) if a.torch else None
+  # One process per PyTorch loop, started before XLA's threads: run in one process, the no_grad
+  # loop ran 2x faster after a reference-pattern epoch than before one (glibc's allocator state).
+  references = {m: Reference(torch_loops, a, spec) for m in ("no_grad", "ref")} if a.torch else {}
   _epoch.set_devices(a)
-  result: dict[str, Any] = {"bench": "kd-step", **flags, **spec, **bench_jax(a),
-                            "backend": jax.default_backend()}
-  if reference is not None:
-    result["torch"] = reference
-    for mode in ("no_grad", "ref"):
-      result[f"speedup_{mode}"] = round(
-          result["samples_per_s"] / reference[mode]["samples_per_s"], 2)
+  try:
+    result: dict[str, Any] = {"bench": "kd-step", **flags, **spec, **bench_jax(a, references),
+                              "backend": jax.default_backend()}
+  finally:
+    for reference in references.values():
+      reference.close()
   print(json.dumps(result))
   return 0

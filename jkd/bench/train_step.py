@@ -10,30 +10,29 @@ rank-2 factors, `jkd.gaf.gaf_factors`, as `jkd.main` feeds them).
 Prints one JSON line: `compile_s` (lowering + XLA compile of the R-run epoch of `steps` steps),
 `ms_per_step` (one step of every run), `samples_per_s` (all runs together). `--torch` adds a
 PyTorch eager loop training the same R models one after another (same WRN, batch, SGD momentum 0.9
-with weight decay, cross-entropy; images precomputed when 2-D; on the GPU when there is one), its
-samples/s, and `speedup` = jax / torch.
+with weight decay, cross-entropy; images precomputed when 2-D; on the GPU when there is one) in its
+own process, one of its epochs after each of jkd's: its samples/s, `speedup` = jax / torch (ratio of
+the median epochs) and `speedup_pairs` (each alternating pair).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 import jkd.models
-from jkd.bench import _epoch, isolated
+from jkd.bench import Reference, _epoch
 from jkd import config as config_lib
 from jkd import parallel
 from jkd import objective as objective_lib
 from jkd import train as train_lib
 
 
-def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
+def bench_jax(a: argparse.Namespace, reference: Any = None) -> dict[str, Any]:
   config = config_lib.base()
   config.data.name = "synthetic"
   config.train.batch_size = a.batch
@@ -51,13 +50,21 @@ def bench_jax(a: argparse.Namespace) -> dict[str, Any]:
   state, inputs = parallel.shard_runs(state, m), parallel.shard_runs(inputs, m)
   epoch_fn = train_lib.make_train_epoch(model, config, objective_lib.make(config), a.steps,
                                         a.classes, mesh=m)
-  out = _epoch.time_epochs(epoch_fn, state, (x, y, inputs, None), a)
-  terms = out.pop("terms")
-  return {"devices": m.size, **out, "final_loss": float(jnp.mean(terms["loss"]))}
+  out = _epoch.time_epochs(epoch_fn, state, (x, y, inputs, None), a,
+                           {"train": reference} if reference else None)
+  terms, epoch_s, ref_s = out.pop("terms"), out.pop("epoch_s"), out.pop("ref_s")
+  result = {"devices": m.size, **out, "final_loss": float(jnp.mean(terms["loss"]))}
+  if reference is not None:
+    torch_result = {**reference.info, **_epoch.versus(a, epoch_s, ref_s["train"])}
+    result["speedup"] = torch_result.pop("speedup")
+    result["speedup_pairs"] = torch_result.pop("speedup_pairs")
+    result["torch"] = torch_result
+  return result
 
 
-def bench_torch(a: argparse.Namespace) -> dict[str, Any]:
-  """The same R models trained one after another with PyTorch eager (channels-first)."""
+def torch_loops(a: argparse.Namespace):
+  """The same R models trained one after another with PyTorch eager (channels-first): one
+  epoch of `a.steps` steps per model (a `jkd.bench.Reference` factory)."""
   import torch
   from torch import nn
 
@@ -81,18 +88,10 @@ def bench_torch(a: argparse.Namespace) -> dict[str, Any]:
         opt.zero_grad()
         nn.functional.cross_entropy(net(x[s])[0], y[s]).backward()
         opt.step()
-
-  times = []
-  for e in range(a.repeats + 1):
-    t0 = time.perf_counter()
-    epoch()
     synchronize(dev)
-    if e:
-      times.append(time.perf_counter() - t0)
-  epoch_s = statistics.median(times)
-  return {"ms_per_step": round(1e3 * epoch_s / a.steps, 2),
-          "samples_per_s": round(a.runs * a.batch * a.steps / epoch_s, 1),
-          "threads": torch.get_num_threads(), "version": torch.__version__, "device": str(dev)}
+
+  info = {"threads": torch.get_num_threads(), "version": torch.__version__, "device": str(dev)}
+  return {"train": epoch}, info
 
 
 def main(argv: list[str]) -> int:
@@ -116,14 +115,13 @@ def main(argv: list[str]) -> int:
   if a.torch and not a.model.startswith("wrn"):
     p.error("--torch needs a wrn{d}_{k} model")
   flags = {k: v for k, v in vars(a).items() if k != "torch"}
-  # PyTorch runs in its own process: after XLA's thread pool has run in this one, torch's eager
-  # loop was measured up to 50x slower, which would flatter jkd.
-  reference = isolated(bench_torch, a) if a.torch else None
+  reference = Reference(torch_loops, a) if a.torch else None   # started before XLA's threads
   _epoch.set_devices(a)
-  result: dict[str, Any] = {"bench": "train-step", **flags, **bench_jax(a),
-                            "backend": jax.default_backend()}
-  if reference is not None:
-    result["torch"] = reference
-    result["speedup"] = round(result["samples_per_s"] / result["torch"]["samples_per_s"], 2)
+  try:
+    result: dict[str, Any] = {"bench": "train-step", **flags, **bench_jax(a, reference),
+                              "backend": jax.default_backend()}
+  finally:
+    if reference is not None:
+      reference.close()
   print(json.dumps(result))
   return 0
