@@ -183,6 +183,32 @@ def test_c_parser_is_exactly_pythons_float(tmp_path, monkeypatch, newline):
   assert pamap2_parse.parse_dat(str(empty), parser="c").shape == (0, 54)
 
 
+def test_c_parser_reads_random_plain_decimals_as_pythons_float():
+  """Random [+-]digits[.digits] tokens of 1-16 characters (the parser's branch-free path and its
+  edges: leading or trailing dot, leading zeros, 15 digits): bit for bit Python's float."""
+  mod = pamap2_parse.c_module()
+  if mod is None:
+    pytest.skip("the C parser was not built (no C compiler at install)")
+  rng = np.random.default_rng(2)
+  tokens = []
+  for _ in range(20_000):
+    digits = "".join(rng.choice(list("0123456789"), rng.integers(1, 16)))
+    if rng.random() < 0.7:
+      q = rng.integers(0, len(digits) + 1)
+      digits = digits[:q] + "." + digits[q:]
+    tokens.append(rng.choice(["", "", "-", "+"]) + digits)
+  tokens += ["-0.0", "+0", ".5", "5.", "-.5", "0.05", "123456789012345", "1234567.89012345"]
+  cols = 8
+  tokens = tokens[:len(tokens) // cols * cols]
+  text = "\n".join(" ".join(tokens[i:i + cols]) for i in range(0, len(tokens), cols)) + "\n"
+  out = np.empty((len(tokens) // cols, cols))
+  end, used = mod.parse(text.encode(), cols, out, 0, True)
+  assert (end, used) == (len(tokens) // cols, len(text))
+  want = np.array([float(t) for t in tokens])
+  np.testing.assert_array_equal(out.ravel(), want)
+  np.testing.assert_array_equal(np.signbit(out.ravel()), np.signbit(want))
+
+
 def test_c_parser_hands_odd_files_to_numpy(tmp_path, monkeypatch):
   """`inf`, a signed NaN or a wrong column count: the whole file goes to the numpy parser, which
   reads the first two like np.loadtxt and names file and line of the third."""
