@@ -1,12 +1,14 @@
 """PAMAP2 `.dat` parsing: jkd's parsers vs `np.loadtxt` on the same files, and the cached load.
 
     python -m jkd.bench pamap2-parse [--path=PAMAP2_Dataset/Protocol] [--rows=300000] [--files=9]
-        [--workers=0] [--parser=auto|c|numpy|polars] [--no-loadtxt]
+        [--workers=0] [--parser=auto|c|numpy|polars] [--no-loadtxt] [--repeats=1]
 
 Without --path it writes `files` synthetic Protocol files of `rows` rows each (54 columns, the
 real files' number formats, heart rate valid ~1 row in 11, activity runs including transient and
 dropped ids, a few NaNs and exponents in the IMU columns) to a temp folder; the real nine files are
-~2.9M rows, ~1.3 GB. Times np.loadtxt over the files one after another; then each parser (`auto`:
+~2.9M rows, ~1.3 GB. Every timing starts with its files in the page cache (read just before; the
+kernel of this project's VMs evicts pages unused for ~30 s). Times np.loadtxt over the files one
+after another; then each parser (`auto`:
 numpy, then polars when installed and c when built; else the one named) one file after another
 (`serial`: wall and CPU seconds; polars uses every core inside a file, numpy and c one) and on
 `workers` threads
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -64,6 +67,37 @@ def _cpu_seconds(fn) -> tuple[float, float, object]:
   return wall, time.process_time() - cpu, out
 
 
+def _warm(paths: list[str]) -> None:
+  """Read the files into the page cache, so that parsers are timed on parsing and not on the disk
+  (on this project's VMs the kernel evicts pages unused for ~30 s)."""
+  for p in paths:
+    with open(p, "rb") as f:
+      while f.read(1 << 24):
+        pass
+
+
+def _loadtxt(paths: list[str]) -> tuple[float, float, list[np.ndarray]]:
+  """np.loadtxt of each file, each warmed just before its own timing: (wall, CPU, arrays)."""
+  wall = cpu = 0.0
+  arrays = []
+  for p in paths:
+    _warm([p])
+    w, c, a = _cpu_seconds(lambda: np.loadtxt(p))
+    wall, cpu = wall + w, cpu + c
+    arrays.append(a)
+  return wall, cpu, arrays
+
+
+def _median(repeats: int, paths: list[str], fn) -> tuple[float, float, object]:
+  """`fn()` `repeats` times, each on warm files: (median wall, median CPU, last result)."""
+  runs = []
+  for _ in range(repeats):
+    _warm(paths)
+    runs.append(_cpu_seconds(fn))
+  return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
+          runs[-1][2])
+
+
 def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
   """Equal values, NaN at the same places, same sign of zero."""
   return all(x.shape == y.shape and np.array_equal(x, y, equal_nan=True)
@@ -80,6 +114,8 @@ def main(argv: list[str]) -> int:
   ap.add_argument("--parser", default="auto", choices=pamap2_parse.PARSERS,
                   help="auto: time every installed parser and load with the default")
   ap.add_argument("--no-loadtxt", action="store_true", help="skip the np.loadtxt baseline")
+  ap.add_argument("--repeats", type=int, default=1,
+                  help="time every parse (np.loadtxt included) this often; report the median")
   args = ap.parse_args(argv[1:])
   have_polars = pamap2_parse.polars_module() is not None  # imported here, outside the timings
   have_c = pamap2_parse.c_module() is not None
@@ -103,14 +139,18 @@ def main(argv: list[str]) -> int:
               "parser": args.parser}
     reference = None
     if not args.no_loadtxt:
-      loadtxt_s, loadtxt_cpu, reference = _cpu_seconds(lambda: [np.loadtxt(p) for p in paths])
+      runs = [_loadtxt(paths) for _ in range(args.repeats)]
+      loadtxt_s = statistics.median(r[0] for r in runs)
+      loadtxt_cpu, reference = statistics.median(r[1] for r in runs), runs[-1][2]
+      del runs
       result.update({"rows": sum(len(a) for a in reference), "loadtxt_s": round(loadtxt_s, 3),
                      "loadtxt_cpu_s": round(loadtxt_cpu, 3)})
     for name in parsers:
-      serial_s, serial_cpu, ours = _cpu_seconds(
-          lambda: [pamap2_parse.parse_dat(p, parser=name) for p in paths])
-      threads_s, _ = _seconds(lambda: pamap2_parse.parse_many(paths, workers=workers,
-                                                                parser=name))
+      serial_s, serial_cpu, ours = _median(
+          args.repeats, paths, lambda: [pamap2_parse.parse_dat(p, parser=name) for p in paths])
+      threads_s, _, _ = _median(
+          args.repeats, paths, lambda: pamap2_parse.parse_many(paths, workers=workers,
+                                                               parser=name))
       result.update({"rows": sum(len(a) for a in ours), f"{name}_serial_s": round(serial_s, 3),
                      f"{name}_serial_cpu_s": round(serial_cpu, 3),
                      f"{name}_threads_s": round(threads_s, 3),
@@ -128,6 +168,7 @@ def main(argv: list[str]) -> int:
     cfg = pamap2.default_config()
     cfg.update({"path": folder, "subjects": subjects, "cache_dir": os.path.join(tmp, "cache"),
                 "workers": workers, "parser": args.parser})
+    _warm(paths)
     cold_s, _ = _seconds(lambda: pamap2.load(cfg))
     cached_s, ds = _seconds(lambda: pamap2.load(cfg))
     hash_s, _ = _seconds(lambda: [pamap2._file_digest(p) for p in paths])

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib
+import mmap
 import os
 import re
 
@@ -256,8 +257,11 @@ def _parse_c(mod, path: str, columns: int) -> np.ndarray | None:
   """The file through the C parser, or None where it hands the file on (see the docstring). The
   file is read in pieces of C_PIECE bytes into one reused buffer that stays in cache."""
   # A row takes at least 2 bytes a column: room for every row; only the pages written to are ever
-  # backed by memory.
-  out = np.empty((os.path.getsize(path) // (2 * columns) + 1, columns))
+  # backed by memory. An anonymous map of its own, not np.empty: numpy advises transparent huge
+  # pages for large arrays, and faulting those in (with the kernel compacting memory for them)
+  # made the 9-file benchmark 3.4 instead of 2.2-2.4 s on 2 threads.
+  rows_max = os.path.getsize(path) // (2 * columns) + 1
+  out = np.frombuffer(mmap.mmap(-1, rows_max * columns * 8), np.float64).reshape(rows_max, columns)
   buf = bytearray(C_PIECE)
   view, rows, kept = memoryview(buf), 0, 0
   with open(path, "rb") as f:
