@@ -76,6 +76,20 @@ def test_jit_and_vmap_agree_with_eager():
   np.testing.assert_allclose(jax.jit(jax.vmap(fn))(x), eager, rtol=0, atol=1e-6)
 
 
+def test_image_batches_write_each_batch_into_the_last_ones_memory():
+  rng = np.random.default_rng(1)
+  xs = [jnp.asarray(rng.normal(size=(3, 40, 2)), jnp.float32) for _ in range(3)]
+  images = gaf.image_batches(8, method="difference")
+  field = jax.jit(lambda x: gramian_angular_field(x, 8, method="difference"))
+  out = jnp.zeros((3, 8, 8, 2))
+  for x in xs:
+    previous, out = out, images(x, out)
+    assert previous.is_deleted()                       # donated: its memory holds `out` now
+    np.testing.assert_array_equal(out, field(x))
+  alias = images.lower(xs[0], out).compile().as_text().splitlines()[0]
+  assert "input_output_alias={ {}: (1, {}" in alias
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"image_size": 101}, "image_size"),
     ({"image_size": 1.5}, "image_size"),

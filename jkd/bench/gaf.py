@@ -7,7 +7,10 @@ Times (median ms over `repeats`, after a warm-up call):
   jkd: the jitted field `(B, L, C) -> (B, S, S, C)` float32, until `block_until_ready`;
   pyts: `pyts.image.GramianAngularField` on the same data as `(C * B, L)` float64 (one call for
     every channel; the transposition to channels-last is not counted);
-  copy: `np.copy` of a float32 array the size of the output (the memory-bandwidth floor);
+  jkd_reuse: the same field made batch after batch into the previous batch's memory
+    (`jkd.gaf.image_batches`, the buffer donated), as a loop exporting images would;
+  copy: `np.copy` of a float32 array the size of the output (the memory-bandwidth floor with a
+    fresh output), copyto: `np.copyto` into an existing one (the floor when memory is reused);
   stem: a 3x3 conv stem `Conv(16, 3, padding=1)` (gemm and lax impls) on the field, with the field
     computed inside the same jit (`fused`) or in a separate jit and handed over (`split`), and the
     conv alone on a ready field (`conv_only`).
@@ -34,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkd.gaf import gaf_factors, gramian_angular_field
+from jkd.gaf import gaf_factors, gramian_angular_field, image_batches
 from jkd.models.layers import Conv
 
 
@@ -101,15 +104,26 @@ def main(argv: list[str]) -> int:
          "method": args.method, "output_mb": b * s * s * c * 4 / 1e6}
   out["jkd_ms"] = _median_ms(lambda: jitted(x), args.repeats)
   out["jkd_page_faults"] = _faults_per_call(lambda: jitted(x), args.repeats)
+  images, batch = image_batches(s, method=args.method), {"last": jitted(x)}
+
+  def reuse():                       # each batch into the previous batch's memory (donated)
+    batch["last"] = images(x, batch["last"])
+    return batch["last"]
+  out["jkd_reuse_ms"] = _median_ms(reuse, args.repeats)
+  out["jkd_reuse_page_faults"] = _faults_per_call(reuse, args.repeats)
   src = np.ones((b, s, s, c), np.float32)
+  dst = np.zeros_like(src)
   out["copy_ms"] = _median_ms(lambda: np.copy(src), args.repeats)
+  out["copyto_ms"] = _median_ms(lambda: np.copyto(dst, src), args.repeats)
   out["jkd_over_copy"] = out["jkd_ms"] / out["copy_ms"]
+  out["jkd_reuse_over_copyto"] = out["jkd_reuse_ms"] / out["copyto_ms"]
   if args.pyts:
     from pyts.image import GramianAngularField
     rows = x_np.transpose(2, 0, 1).reshape(c * b, l).astype(np.float64)
     ref = GramianAngularField(image_size=s, method=args.method)
     out["pyts_ms"] = _median_ms(lambda: ref.fit_transform(rows), max(1, args.repeats // 2))
     out["pyts_over_jkd"] = out["pyts_ms"] / out["jkd_ms"]
+    out["pyts_over_jkd_reuse"] = out["pyts_ms"] / out["jkd_reuse_ms"]
   if args.stem:
     for impl in ("gemm", "lax"):
       out.update(_stem(impl, gaf, x, s, min(args.repeats, 3)))
