@@ -81,11 +81,12 @@ def time_epochs(epoch_fn: Callable, state: Any, args: tuple, a: argparse.Namespa
           "epoch_s": times, "ref_s": ref_s}
 
 
-def versus(a: argparse.Namespace, epoch_s: list[float], ref_s: list[float]) -> dict[str, Any]:
-  """The reference's median speed, and jkd's speed-up over it: the ratio of the medians
-  (`speedup`) and of each alternating pair of epochs (`speedup_pairs`)."""
+def versus(a: argparse.Namespace, epoch_s: list[float], ref_s: list[float]
+           ) -> tuple[dict[str, Any], float, list[float]]:
+  """The reference's median speed, and jkd's speed-up over it: the ratio of the medians and
+  of each alternating pair of epochs."""
   med = statistics.median(ref_s)
-  return {"ms_per_step": round(1e3 * med / a.steps, 2),
-          "samples_per_s": round(a.runs * a.batch * a.steps / med, 1),
-          "speedup": round(med / statistics.median(epoch_s), 2),
-          "speedup_pairs": [round(r / j, 2) for j, r in zip(epoch_s, ref_s)]}
+  speed = {"ms_per_step": round(1e3 * med / a.steps, 2),
+           "samples_per_s": round(a.runs * a.batch * a.steps / med, 1)}
+  return (speed, round(med / statistics.median(epoch_s), 2),
+          [round(r / j, 2) for j, r in zip(epoch_s, ref_s)])

@@ -104,10 +104,8 @@ def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None
   if references:
     result["torch"] = dict(next(iter(references.values())).info)
     for mode in references:
-      versus = _epoch.versus(a, epoch_s, ref_s[mode])
-      result[f"speedup_{mode}"] = versus.pop("speedup")
-      result[f"speedup_{mode}_pairs"] = versus.pop("speedup_pairs")
-      result["torch"][mode] = versus
+      result["torch"][mode], result[f"speedup_{mode}"], result[f"speedup_{mode}_pairs"] = (
+          _epoch.versus(a, epoch_s, ref_s[mode]))
   return result
 
 

@@ -78,22 +78,22 @@ def _warm(paths: list[str]) -> None:
 
 def _loadtxt(paths: list[str]) -> tuple[float, float, list[np.ndarray]]:
   """np.loadtxt of each file, each warmed just before its own timing: (wall, CPU, arrays)."""
-  wall = cpu = 0.0
-  arrays = []
+  timed = []
   for p in paths:
     _warm([p])
-    w, c, a = _cpu_seconds(lambda: np.loadtxt(p))
-    wall, cpu = wall + w, cpu + c
-    arrays.append(a)
-  return wall, cpu, arrays
+    timed.append(_cpu_seconds(lambda: np.loadtxt(p)))
+  return sum(t[0] for t in timed), sum(t[1] for t in timed), [t[2] for t in timed]
 
 
-def _median(repeats: int, paths: list[str], fn) -> tuple[float, float, object]:
-  """`fn()` `repeats` times, each on warm files: (median wall, median CPU, last result)."""
-  runs = []
-  for _ in range(repeats):
-    _warm(paths)
-    runs.append(_cpu_seconds(fn))
+def _warm_then(paths: list[str], fn) -> tuple[float, float, object]:
+  """`fn()` timed on warm files: (wall, CPU, result)."""
+  _warm(paths)
+  return _cpu_seconds(fn)
+
+
+def _median(repeats: int, measure) -> tuple[float, float, object]:
+  """`measure()` -> (wall, CPU, result), `repeats` times: (median wall, median CPU, last result)."""
+  runs = [measure() for _ in range(repeats)]
   return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
           runs[-1][2])
 
@@ -139,18 +139,14 @@ def main(argv: list[str]) -> int:
               "parser": args.parser}
     reference = None
     if not args.no_loadtxt:
-      runs = [_loadtxt(paths) for _ in range(args.repeats)]
-      loadtxt_s = statistics.median(r[0] for r in runs)
-      loadtxt_cpu, reference = statistics.median(r[1] for r in runs), runs[-1][2]
-      del runs
+      loadtxt_s, loadtxt_cpu, reference = _median(args.repeats, lambda: _loadtxt(paths))
       result.update({"rows": sum(len(a) for a in reference), "loadtxt_s": round(loadtxt_s, 3),
                      "loadtxt_cpu_s": round(loadtxt_cpu, 3)})
     for name in parsers:
-      serial_s, serial_cpu, ours = _median(
-          args.repeats, paths, lambda: [pamap2_parse.parse_dat(p, parser=name) for p in paths])
-      threads_s, _, _ = _median(
-          args.repeats, paths, lambda: pamap2_parse.parse_many(paths, workers=workers,
-                                                               parser=name))
+      serial_s, serial_cpu, ours = _median(args.repeats, lambda: _warm_then(
+          paths, lambda: [pamap2_parse.parse_dat(p, parser=name) for p in paths]))
+      threads_s, _, _ = _median(args.repeats, lambda: _warm_then(
+          paths, lambda: pamap2_parse.parse_many(paths, workers=workers, parser=name)))
       result.update({"rows": sum(len(a) for a in ours), f"{name}_serial_s": round(serial_s, 3),
                      f"{name}_serial_cpu_s": round(serial_cpu, 3),
                      f"{name}_threads_s": round(threads_s, 3),

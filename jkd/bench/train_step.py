@@ -55,10 +55,8 @@ def bench_jax(a: argparse.Namespace, reference: Any = None) -> dict[str, Any]:
   terms, epoch_s, ref_s = out.pop("terms"), out.pop("epoch_s"), out.pop("ref_s")
   result = {"devices": m.size, **out, "final_loss": float(jnp.mean(terms["loss"]))}
   if reference is not None:
-    torch_result = {**reference.info, **_epoch.versus(a, epoch_s, ref_s["train"])}
-    result["speedup"] = torch_result.pop("speedup")
-    result["speedup_pairs"] = torch_result.pop("speedup_pairs")
-    result["torch"] = torch_result
+    speed, result["speedup"], result["speedup_pairs"] = _epoch.versus(a, epoch_s, ref_s["train"])
+    result["torch"] = {**reference.info, **speed}
   return result
 
 

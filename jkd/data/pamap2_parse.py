@@ -281,6 +281,17 @@ def _parse_c(mod, path: str, columns: int) -> np.ndarray | None:
         view = memoryview(buf)
 
 
+# name: (its module or None, its parser, what to do without it); "auto" tries them in this order.
+# The modules are looked up when called (lambda), so that tests can replace c_module/polars_module.
+_OPTIONAL_PARSERS = {
+    "c": (lambda: c_module(), _parse_c, "parser='c' needs jkd's compiled parser, built at install "
+          "where a C compiler is: install gcc and reinstall jkd (pip install -e .), or use "
+          "parser='auto'"),
+    "polars": (lambda: polars_module(), _parse_polars,
+               "parser='polars' needs polars: pip install 'jkd[pamap2]' (or parser='numpy')"),
+}
+
+
 def parse_dat(path: str, columns: int = 54, parser: str = "auto") -> np.ndarray:
   """(rows, columns) float64 of a whitespace-separated numeric text file, exactly as np.loadtxt.
 
@@ -288,13 +299,8 @@ def parse_dat(path: str, columns: int = 54, parser: str = "auto") -> np.ndarray:
   "polars"."""
   if parser not in PARSERS:
     raise ValueError(f"parser={parser!r}; choose one of {', '.join(PARSERS)}")
-  compiled = {  # name: (module or None, its parser, what to do without it)
-      "c": (c_module, _parse_c, "parser='c' needs jkd's compiled parser, built at install where a "
-            "C compiler is: install gcc and reinstall jkd (pip install -e .), or use parser='auto'"),
-      "polars": (polars_module, _parse_polars,
-                 "parser='polars' needs polars: pip install 'jkd[pamap2]' (or parser='numpy')")}
   for name in {"auto": ("c", "polars"), "numpy": ()}.get(parser, (parser,)):
-    module, parse, missing = compiled[name]
+    module, parse, missing = _OPTIONAL_PARSERS[name]
     module = module()
     if module is None:
       if parser == name:
