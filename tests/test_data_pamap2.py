@@ -183,12 +183,16 @@ def test_c_parser_is_exactly_pythons_float(tmp_path, monkeypatch, newline):
   assert pamap2_parse.parse_dat(str(empty), parser="c").shape == (0, 54)
 
 
-def test_c_parser_reads_random_plain_decimals_as_pythons_float():
+@pytest.mark.parametrize("portable", [False, True])
+def test_c_parser_reads_random_plain_decimals_as_pythons_float(portable):
   """Random [+-]digits[.digits] tokens of 1-16 characters (the parser's branch-free path and its
-  edges: leading or trailing dot, leading zeros, 15 digits): bit for bit Python's float."""
+  edges: leading or trailing dot, leading zeros, 15 digits): bit for bit Python's float, both with
+  the AVX-512 token reader (where the CPU has it) and with the portable one."""
   mod = pamap2_parse.c_module()
   if mod is None:
     pytest.skip("the C parser was not built (no C compiler at install)")
+  if not portable and not mod.SIMD:
+    pytest.skip("this CPU has no AVX-512 VBMI2: the C parser uses its portable reader only")
   rng = np.random.default_rng(2)
   tokens = []
   for _ in range(20_000):
@@ -202,7 +206,7 @@ def test_c_parser_reads_random_plain_decimals_as_pythons_float():
   tokens = tokens[:len(tokens) // cols * cols]
   text = "\n".join(" ".join(tokens[i:i + cols]) for i in range(0, len(tokens), cols)) + "\n"
   out = np.empty((len(tokens) // cols, cols))
-  end, used = mod.parse(text.encode(), cols, out, 0, True)
+  end, used = mod.parse(text.encode(), cols, out, 0, True, portable)
   assert (end, used) == (len(tokens) // cols, len(text))
   want = np.array([float(t) for t in tokens])
   np.testing.assert_array_equal(out.ravel(), want)
