@@ -263,7 +263,8 @@ def _parse_c(mod, path: str, columns: int) -> np.ndarray | None:
   # made the 9-file benchmark 3.4 instead of 2.2-2.4 s on 2 threads; and not mmap's default shared
   # map, whose pages go through the kernel's shmem (first touch of 1.2 GB 0.82-0.94 s vs 0.52-0.60).
   rows_max = os.path.getsize(path) // (2 * columns) + 1
-  memory = mmap.mmap(-1, rows_max * columns * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+  private = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS} if hasattr(mmap, "MAP_PRIVATE") else {}
+  memory = mmap.mmap(-1, rows_max * columns * 8, **private)
   out = np.frombuffer(memory, np.float64).reshape(rows_max, columns)
   buf = bytearray(C_PIECE)
   view, rows, kept = memoryview(buf), 0, 0
