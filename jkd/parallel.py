@@ -23,6 +23,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jkd.data.base import ALIGNMENT, aligned_empty
+
 AXIS = "runs"
 
 
@@ -104,14 +106,12 @@ def replicate(tree: Any, m: Mesh) -> Any:
   return jax.tree.map(lambda a: _global(aligned(np.asarray(a)), sharding), tree)
 
 
-def aligned(a: np.ndarray, alignment: int = 64) -> np.ndarray:
+def aligned(a: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
   """`a`, or a C-contiguous copy whose data starts on an `alignment`-byte boundary (what XLA:CPU
   needs to use a host buffer in place)."""
   if a.flags.c_contiguous and a.ctypes.data % alignment == 0:
     return a
-  raw = np.empty(a.nbytes + alignment, np.uint8)
-  start = -raw.ctypes.data % alignment
-  out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+  out = aligned_empty(a.shape, a.dtype, alignment)
   out[...] = a
   return out
 

@@ -1,7 +1,7 @@
 """Benchmark the real `student_kd` training step of configs/pamap_spkd.py on synthetic data.
 
-  python -m jkd.bench kd-step --runs=9 --batch=128 --steps=2 [--cached] [--image_size=64] \
-      [--devices=0] [--torch]
+  python -m jkd.bench kd-step --runs=9 --batch=128 --steps=10 [--cached] [--image_size=64] \
+      [--devices=0] [--torch [--torch_modes=no_grad,ref]]
 
 Runs are spread over devices as `jkd.main` does (`--devices=0`: one CPU device per run).
 The student, teachers, KD/SP objective and SP layers are those of the config's `student_kd` stage
@@ -187,6 +187,8 @@ def main(argv: list[str]) -> int:
   p.add_argument("--cached", action="store_true",
                  help="feed precomputed teacher outputs (the stage's cache) instead of a forward")
   p.add_argument("--torch", action="store_true", help="add the PyTorch eager loops and ratios")
+  p.add_argument("--torch_modes", default="no_grad,ref",
+                 help="which PyTorch loops --torch runs: no_grad, ref or both (comma-separated)")
   p.add_argument("--torch_device", default="auto",
                  help="device of the PyTorch loops: auto (the GPU when there is one), cpu, cuda")
   p.add_argument("--teacher_conv_impl", default="", choices=("", *jkd.models.layers.CONV_IMPLS),
@@ -194,10 +196,13 @@ def main(argv: list[str]) -> int:
   _epoch.add_devices_flag(p)
   a = p.parse_args(argv[1:])
   spec = describe(stage_config(a))
-  flags = {k: v for k, v in vars(a).items() if k != "torch"}
+  modes = [m for m in a.torch_modes.split(",") if m]
+  if not set(modes) <= {"no_grad", "ref"}:
+    p.error(f"--torch_modes: no_grad and/or ref, got {a.torch_modes!r}")
+  flags = {k: v for k, v in vars(a).items() if k not in ("torch", "torch_modes")}
   # One process per PyTorch loop, started before XLA's threads: run in one process, the no_grad
   # loop ran 2x faster after a reference-pattern epoch than before one (glibc's allocator state).
-  references = {m: Reference(torch_loops, a, spec) for m in ("no_grad", "ref")} if a.torch else {}
+  references = {m: Reference(torch_loops, a, spec) for m in modes} if a.torch else {}
   _epoch.set_devices(a)
   try:
     result: dict[str, Any] = {"bench": "kd-step", **flags, **spec, **bench_jax(a, references),

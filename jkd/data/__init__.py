@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 
 from jkd.data import normalize, windowing
-from jkd.data.base import DataError, Dataset, Recording, Windows, check_finite, check_labels
+from jkd.data.base import (DataError, Dataset, Recording, Windows, aligned_empty, check_finite,
+                           check_labels)
 
 SOURCES = {
     "pamap2": "jkd.data.pamap2",
@@ -101,14 +102,25 @@ def _ready_windows(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray, np.n
   everyone = np.unique(subject)
   keep = y != -1
   if not keep.all():
-    x, y, subject = x[keep], y[keep], subject[keep]
+    keep = np.flatnonzero(keep)
+    x, y, subject = _aligned_take(x, keep), y[keep], subject[keep]
   missing = sorted(set(everyone.tolist()) - set(np.unique(subject).tolist()))
   if missing:
     raise DataError(f"{name}: subjects {missing} have no labelled window; label them or drop them.")
   if len(subject) and np.any(np.diff(subject) < 0):
     order = np.argsort(subject, kind="stable")
-    x, y, subject = x[order], y[order], subject[order]
+    x, y, subject = _aligned_take(x, order), y[order], subject[order]
   return np.asarray(x, np.float32), y, subject
+
+
+def _aligned_take(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+  """x[rows] as float32, in a buffer the devices use in place (`aligned_empty`)."""
+  out = aligned_empty((len(rows), *x.shape[1:]), np.float32)
+  if x.dtype == np.float32:
+    np.take(x, rows, axis=0, out=out)
+  else:
+    out[...] = x[rows]
+  return out
 
 
 def load(data_cfg: ml_collections.ConfigDict) -> Windows:

@@ -10,6 +10,20 @@ UNLABELLED = -1
 """Label of a sample (or window) that belongs to no class; such samples never count toward a label."""
 
 
+ALIGNMENT = 64
+"""Bytes: XLA:CPU uses a host buffer that starts on such a boundary in place, without a copy."""
+
+
+def aligned_empty(shape: tuple[int, ...], dtype, alignment: int = ALIGNMENT) -> np.ndarray:
+  """An uninitialised C-contiguous array whose data starts on an `alignment`-byte boundary: the
+  windows are allocated so, and the devices then use them without another copy."""
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  raw = np.empty(nbytes + alignment, np.uint8)
+  start = -raw.ctypes.data % alignment
+  return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 class DataError(ValueError):
   """A problem with the user's data or data config; the message names the thing and the fix."""
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from jkd.data.base import UNLABELLED, DataError, Recording
+from jkd.data.base import UNLABELLED, DataError, Recording, aligned_empty
 
 LABEL_RULES = ("ends", "all", "majority")
 _GATHER_CHUNK = 256  # windows gathered per step
@@ -89,7 +89,7 @@ def make_windows(recordings: list[Recording], window: int, step: int, start: int
   kept = [np.flatnonzero(lab != UNLABELLED) for lab in labels]
   channels = recordings[0].x.shape[1]
   total = sum(len(k) for k in kept)
-  x = np.empty((total, window, channels), np.float32)
+  x = aligned_empty((total, window, channels), np.float32)  # used in place by the devices
   y = np.empty(total, np.int64)
   subject = np.empty(total, np.int64)
   a = 0
