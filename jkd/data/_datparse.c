@@ -1,9 +1,8 @@
 /* jkd.data._datparse: whitespace-separated decimal text -> float64 rows, bit-identical to np.loadtxt.
  *
  * parse(text, columns, out, start_row, final[, portable]) -> (end_row, used): parses the rows of
- * `text` into
- * `out` from row `start_row` on; unless `final`, only up to the last newline (`used` bytes; a
- * file goes through in pieces). end_row is -1 when the text is anything but plain rows of
+ * `text` into `out` from row `start_row` on; unless `final`, only up to the last newline (`used`
+ * bytes; a file goes through in pieces). end_row is -1 when the text is anything but plain rows of
  * `columns` numbers (wrong column count, a token that is no decimal or NaN, a '#', more rows than
  * `out` holds). -1 is no error: jkd.data.pamap2_parse then hands the file to its numpy parser,
  * which reads what is readable and names the file and line of what is not.
