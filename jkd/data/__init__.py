@@ -100,16 +100,14 @@ def _ready_windows(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray, np.n
   check_finite(x, f"{name} windows")
   check_labels(y, len(ds.classes), f"{name} windows")
   everyone = np.unique(subject)
-  keep = y != -1
-  if not keep.all():
-    keep = np.flatnonzero(keep)
-    x, y, subject = _aligned_take(x, keep), y[keep], subject[keep]
-  missing = sorted(set(everyone.tolist()) - set(np.unique(subject).tolist()))
+  labelled = np.flatnonzero(y != -1)
+  missing = sorted(set(everyone.tolist()) - set(np.unique(subject[labelled]).tolist()))
   if missing:
     raise DataError(f"{name}: subjects {missing} have no labelled window; label them or drop them.")
-  if len(subject) and np.any(np.diff(subject) < 0):
-    order = np.argsort(subject, kind="stable")
-    x, y, subject = _aligned_take(x, order), y[order], subject[order]
+  rows = labelled[np.argsort(subject[labelled], kind="stable")]   # labelled, ordered by subject
+  y, subject = y[rows], subject[rows]
+  if not np.array_equal(rows, np.arange(len(x))):
+    x = _aligned_take(x, rows)          # one copy for both, into memory the devices use in place
   return np.asarray(x, np.float32), y, subject
 
 

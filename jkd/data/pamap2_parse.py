@@ -8,8 +8,8 @@ first one available:
   without one the install still succeeds, without this parser). One pass over the bytes, no
   per-token allocation; a common token's 16 bytes read at once with AVX-512 where the CPU has it
   (~2.2x the portable reader); decimals of up to 19 significant digits and a power of ten within
-  1e±22 (all of PAMAP2's but a few) are one exact IEEE division or product (Clinger's fast path), the
-  rest go to the C library's correctly rounded `strtod`. Anything but plain rows of numbers or
+  1e±22 (all of PAMAP2's but a few) are one exact IEEE division or product (Clinger's fast path),
+  the rest go to the C library's correctly rounded `strtod`. Anything but plain rows of numbers or
   NaN (another column count, a comment, `inf`, a malformed token) makes it hand the whole file to
   the numpy parser, which reads what is readable and names file and line of what is not.
 - `polars` (the `pamap2` extra; `parser="auto"` uses it when installed): polars' CSV reader. Its
