@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from jkd import models
-from jkd.models import resnet, resnext, wrn
+from jkd.models import layers, resnet, resnext, wrn
 
 
 def test_names_and_families():
@@ -45,7 +45,9 @@ def test_input_rank_and_activation_errors():
     models.create("wrn16_1", num_classes=3, activation="swish")
 
 
-def test_conv_formulation_defaults_to_gemm_in_1d_and_loop_in_2d_and_can_be_chosen():
-  assert models.create("wrn16_1", num_classes=3).conv_impl == "gemm"
-  assert models.create("wrn16_1", num_classes=3, ndim=2).conv_impl == "loop"
+def test_conv_formulation_defaults_to_auto_and_can_be_chosen(monkeypatch):
+  assert models.create("wrn16_1", num_classes=3).conv_impl == "auto"
+  assert models.create("wrn16_1", num_classes=3, ndim=2).conv_impl == "auto"
+  monkeypatch.setenv("JKD_CPU_CONV", "0")          # without the AVX-512 kernel: gemm 1-D, loop 2-D
+  assert layers.resolve_impl("auto", 1) == "gemm" and layers.resolve_impl("auto", 2) == "loop"
   assert models.create("resnet18", num_classes=3, ndim=2, conv_impl="gemm").conv_impl == "gemm"

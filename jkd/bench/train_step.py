@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
   p.add_argument("--repeats", type=int, default=2, help="timed epochs (median)")
   p.add_argument("--ndim", type=int, default=1, choices=(1, 2))
   p.add_argument("--image_size", type=int, default=64, help="GAF side when --ndim=2")
-  p.add_argument("--conv_impl", default="gemm", choices=jkd.models.layers.CONV_IMPLS)
+  p.add_argument("--conv_impl", default="auto", choices=jkd.models.layers.CONV_IMPLS)
   _epoch.add_devices_flag(p)
   p.add_argument("--torch", action="store_true", help="add the PyTorch eager loop and the ratio")
   p.add_argument("--torch_device", default="auto",

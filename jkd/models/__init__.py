@@ -29,13 +29,13 @@ def names() -> list[str]:
 
 
 def create(name: str, *, num_classes: int, ndim: int = 1, **kwargs: Any) -> nn.Module:
-  """Build model `name` (see names()). kwargs: activation, dropout, conv_impl ('gemm'|'lax'|'loop';
-  default 'gemm' in 1-D, 'loop' in 2-D where im2col would copy the image 9 times: measured in
-  jkd.models.layers), dtype, and for resnext1d also stages, blocks_per_stage, groups,
-  stem_channels, new_connection."""
+  """Build model `name` (see names()). kwargs: activation, dropout, conv_impl ('auto'|'gemm'|'lax'|
+  'loop'; default 'auto': the AVX-512 convolution kernel where it runs, else 'gemm' in 1-D and
+  'loop' in 2-D where im2col would copy the image 9 times: measured in jkd.models.layers), dtype,
+  and for resnext1d also stages, blocks_per_stage, groups, stem_channels, new_connection."""
   if ndim not in (1, 2):
     raise ValueError(f"model {name!r}: ndim must be 1 (signals) or 2 (images), got {ndim}")
-  kwargs.setdefault("conv_impl", "gemm" if ndim == 1 else "loop")
+  kwargs.setdefault("conv_impl", "auto")
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"model {name!r}: num_classes must be a positive int, got {num_classes!r}")
   if (m := _WRN.fullmatch(name)):

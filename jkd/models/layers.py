@@ -9,6 +9,12 @@ Convolution comes in three formulations with identical parameters (kernel `(*win
   convolutions (`conv_direct`: XLA's own are 7-40x slower inside a `lax.scan` on XLA:CPU).
   Vmapping over runs turns its weights into a grouped convolution, which XLA:CPU executes slowly.
 * ``impl='loop'``: as 'lax', but a vmap over runs runs one convolution per run (unrolled).
+* ``impl='auto'`` (`jkd.models.create`'s default): 'loop' where `jkd.models.cpu_conv`'s AVX-512
+  kernel computes the convolution and its input gradient (XLA:CPU on an AVX-512 CPU), else 'gemm'
+  in 1-D and 'loop' in 2-D.
+
+In 'lax' and 'loop', the forward convolution and, at stride 1, its input gradient go through
+`jkd.models.cpu_conv` where it is available (float32, no groups, output channels a multiple of 16).
 
 Which is fastest depends on how many runs share a device (``python -m jkd.bench conv`` and
 ``train-step``); on CPU `jkd.main` gives every run its own device (`jkd.parallel`). Measured
@@ -22,7 +28,9 @@ train-step, WRN16-1, 9 runs, ms per step of all runs (README, Benchmarks):
   2-core CPU, 2-D (b=32)     -     3480    2970
   ======================  ======  ======  ======
 
-hence `jkd.models.create`'s defaults: 'gemm' for 1-D, 'loop' for 2-D.
+hence 'gemm' for 1-D and 'loop' for 2-D without the AVX-512 kernel. With it, on the 2-core CPU
+(9 runs, batch 128, `train-step`), 1-D 'loop' took 170 ms per step against 207 ms for 'gemm' and
+215 ms for 'loop' through XLA's convolution.
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ import jax.numpy as jnp
 from jax import custom_batching
 
 from jkd import gaf
+from jkd.models import cpu_conv
 
 Array = jax.Array
-CONV_IMPLS = ("gemm", "lax", "loop")
+CONV_IMPLS = ("auto", "gemm", "lax", "loop")
 Initializer = Callable[..., Array]
 
 # The lab's WRN init: Normal(0, sqrt(2 / n)) with n = kernel elements x out_channels.
@@ -110,7 +119,8 @@ class Conv(nn.Module):
     strides: stride per spatial axis.
     padding: zero padding on both sides of every spatial axis (PyTorch's `padding=`).
     feature_group_count: grouped convolution (the ResNeXt bottleneck).
-    impl: 'gemm' (im2col + matmul, fast under vmap on CPU) or 'lax' (lax.conv_general_dilated).
+    impl: 'gemm' (im2col + matmul, fast under vmap on CPU), 'lax' (lax.conv_general_dilated or
+      the AVX-512 kernel), 'loop' (as 'lax', one convolution per run under vmap) or 'auto'.
     dtype: computation dtype (e.g. jnp.bfloat16); None computes in the input's dtype. Parameters
       are stored in float32 either way.
   """
@@ -140,13 +150,14 @@ class Conv(nn.Module):
       x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if isinstance(x, gaf.GafFactors) and groups > 1:
       x = x.dense()
+    impl = resolve_impl(self.impl, nd)
     if isinstance(x, gaf.GafFactors):
       y = conv_factors(x, kernel, strides, padding)
-    elif self.impl in ("lax", "loop") and groups == 1:
-      y = conv_direct(x, kernel, tuple(strides), tuple(padding), self.impl == "loop")
-    elif self.impl in ("lax", "loop"):      # grouped: XLA's own gradients
+    elif impl in ("lax", "loop") and groups == 1:
+      y = conv_direct(x, kernel, tuple(strides), tuple(padding), impl == "loop")
+    elif impl in ("lax", "loop"):      # grouped: XLA's own gradients
       y = _conv(x, kernel, strides, padding, groups=groups)
-    elif self.impl == "gemm":
+    elif impl == "gemm":
       y = _conv_gemm(x, kernel, window, strides, padding, groups)
     else:
       raise ValueError(f"Conv: impl must be one of {CONV_IMPLS}, got {self.impl!r}")
@@ -155,6 +166,14 @@ class Conv(nn.Module):
       init = self.bias_init or torch_default_bias(fan_in)
       y = y + self.param("bias", init, (self.features,)).astype(y.dtype)
     return y
+
+
+def resolve_impl(impl: str, nd: int) -> str:
+  """'auto' -> 'loop' where the AVX-512 kernel runs (jkd.models.cpu_conv), else 'gemm' (1-D) or
+  'loop' (2-D); any other impl as it is."""
+  if impl != "auto":
+    return impl
+  return "loop" if nd == 2 or cpu_conv.available() else "gemm"
 
 
 def conv_factors(x: gaf.GafFactors, kernel: Array, strides: Sequence[int],
@@ -233,7 +252,14 @@ def conv_direct(x, kernel, strides, padding, loop=False):
   WRN16-1 train step 355 ms vs 29 ms); here they are spelled out with explicit transposes. With `loop`, vmapping runs one convolution per mapped element instead of a grouped
   convolution.
   """
-  return _maybe_per_run(lambda x, k: _conv(x, k, strides, padding), loop)(x, kernel)
+  return _maybe_per_run(lambda x, k: _conv_fast(x, k, strides, padding), loop)(x, kernel)
+
+
+def _conv_fast(x, kernel, strides, padding):
+  """`_conv` without dilation or groups: on an AVX-512 CPU, `jkd.models.cpu_conv`'s kernel."""
+  if cpu_conv.available() and cpu_conv.supports(x, kernel) and all(lo == hi for lo, hi in padding):
+    return cpu_conv.conv(x, kernel, strides, padding)
+  return _conv(x, kernel, strides, padding)
 
 
 def _maybe_per_run(f, loop):
@@ -253,8 +279,11 @@ def _direct_bwd(strides, padding, loop, res, g):
   pad_x = [(k - 1 - lo, n - 1 - (o - 1) * s + lo)
            for k, (lo, _), n, o, s in zip(window, padding, sizes, outs, strides)]
   k_t = jnp.flip(kernel, tuple(range(nd))).swapaxes(-1, -2)
-  dx = _maybe_per_run(lambda g, k: _conv(g, k, (1,) * nd, pad_x, lhs_dilation=strides), loop)(
-      g, k_t)
+  if all(s == 1 for s in strides):
+    dx = _maybe_per_run(lambda g, k: _conv_fast(g, k, strides, pad_x), loop)(g, k_t)
+  else:
+    dx = _maybe_per_run(lambda g, k: _conv(g, k, (1,) * nd, pad_x, lhs_dilation=strides), loop)(
+        g, k_t)
   # d/dkernel: channels as batch, batch as features, the output gradient as a dilated window.
   pad_k = [(lo, k + (o - 1) * s - n - lo)
            for k, (lo, _), n, o, s in zip(window, padding, sizes, outs, strides)]
