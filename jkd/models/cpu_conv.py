@@ -36,7 +36,7 @@ def _module():
 @functools.cache
 def _register() -> bool:
   module = _module()
-  if module is None:
+  if module is None or not hasattr(jax, "ffi"):           # jax.ffi: jax >= 0.4.38
     return False
   jax.ffi.register_ffi_target(TARGET, module.handler(), platform="cpu")
   return True
