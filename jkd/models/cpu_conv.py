@@ -65,8 +65,8 @@ def threads() -> int:
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
          padding: Sequence[tuple[int, int]], num_threads: int | None = None) -> jax.Array:
   """Channels-last convolution, kernel (*window, in, out), symmetric zero `padding`; 1-D inputs
-  go through as images of height 1. `num_threads` (default `threads()`) split the images. The
-  caller checks `available()` and `supports()`."""
+  go through as images of height 1. `num_threads` split the images (default: `threads()`, fewer
+  for small convolutions). The caller checks `available()` and `supports()`."""
   if x.ndim == 3:
     y = conv(x[:, None], kernel[None], (1, *strides), [(0, 0), *padding], num_threads)
     return y[:, 0]
@@ -78,8 +78,11 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   n, h, w, _ = x.shape
   kh, kw, _, o = kernel.shape
   ho, wo = (h + 2 * ph - kh) // strides[0] + 1, (w + 2 * pw - kw) // strides[1] + 1
+  if num_threads is None:     # a thread per ~50 MFLOP at most: starting one costs ~0.1 ms
+    work = 2 * n * ho * wo * kh * kw * x.shape[-1] * o
+    num_threads = max(1, min(threads(), work // 50_000_000))
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, ho, wo, o), jnp.float32),
                           vmap_method="sequential")
   return call(x, kernel, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
               pad_h=np.int64(ph), pad_w=np.int64(pw),
-              threads=np.int64(num_threads or threads()))
+              threads=np.int64(num_threads))
