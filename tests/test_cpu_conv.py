@@ -62,12 +62,34 @@ def test_conv_direct_through_the_kernel_has_xlas_values_and_gradients(nd, kernel
       x, k, strides, padding, dimension_numbers=spec)))
   ours = lambda x, k: jnp.sum(jnp.sin(layers.conv_direct(x, k, strides, padding, loop)))
   hlo = jax.jit(jax.grad(ours, (0, 1))).lower(x[0], k[0]).as_text()
-  assert hlo.count(cpu_conv.TARGET) == (2 if stride == 1 else 1)   # forward, and d/dx at stride 1
+  calls = lambda target: hlo.count(f"custom_call @{target}(")
+  assert calls(cpu_conv.TARGET) == (2 if stride == 1 else 1)        # forward, and d/dx at stride 1
+  assert calls(cpu_conv.GRAD_TARGET) == (1 if stride == 1 else 0)   # d/dkernel at stride 1
   for f in (lambda g: g, jax.vmap):
     args = (x, k) if f is jax.vmap else (x[0], k[0])
     np.testing.assert_allclose(f(ours)(*args), f(xla)(*args), rtol=1e-5, atol=1e-4)
     for a, b in zip(f(jax.grad(xla, (0, 1)))(*args), f(jax.grad(ours, (0, 1)))(*args)):
       np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("nd,size,cin,cout,pad", [(1, 13, 16, 16, 1), (1, 25, 40, 32, 1),
+                                                  (1, 9, 5, 8, 0), (2, (6, 7), 16, 16, 1),
+                                                  (2, (5, 5), 20, 24, 1), (2, (4, 9), 3, 8, 0)])
+def test_kernel_grad_is_the_sum_over_positions_of_input_times_output_gradient(nd, size, cin, cout,
+                                                                              pad):
+  rng = np.random.default_rng(cin + cout)
+  size = (size,) if nd == 1 else size
+  window = (3,) * nd
+  x = rng.normal(size=(3, *size, cin)).astype(np.float32)
+  out = [s + 2 * pad - 2 for s in size]
+  g = rng.normal(size=(3, *out, cout)).astype(np.float32)
+  xp = np.pad(x, [(0, 0)] + [(pad, pad)] * nd + [(0, 0)])
+  want = np.zeros((*window, cin, cout))
+  for tap in np.ndindex(*window):                   # independent: a sum per tap over positions
+    region = xp[(slice(None),) + tuple(slice(t, t + o) for t, o in zip(tap, out))]
+    want[tap] = region.reshape(-1, cin).T @ g.reshape(-1, cout)
+  got = jax.jit(lambda x, g: cpu_conv.kernel_grad(x, g, window, [(pad, pad)] * nd))(x, g)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_auto_picks_the_kernel_and_trains_like_gemm(monkeypatch):

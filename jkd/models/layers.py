@@ -13,8 +13,9 @@ Convolution comes in three formulations with identical parameters (kernel `(*win
   kernel computes the convolution and its input gradient (XLA:CPU on an AVX-512 CPU), else 'gemm'
   in 1-D and 'loop' in 2-D.
 
-In 'lax' and 'loop', the forward convolution and, at stride 1, its input gradient go through
-`jkd.models.cpu_conv` where it is available (float32, no groups, output channels a multiple of 16).
+In 'lax' and 'loop', the forward convolution and, at stride 1, its input and (3-wide windows)
+kernel gradients go through `jkd.models.cpu_conv` where it is available (float32, no groups, output
+channels a multiple of 16).
 
 Which is fastest depends on how many runs share a device (``python -m jkd.bench conv`` and
 ``train-step``); on CPU `jkd.main` gives every run its own device (`jkd.parallel`). Measured
@@ -29,8 +30,8 @@ train-step, WRN16-1, 9 runs, ms per step of all runs (README, Benchmarks):
   ======================  ======  ======  ======
 
 hence 'gemm' for 1-D and 'loop' for 2-D without the AVX-512 kernel. With it, on the 2-core CPU
-(9 runs, batch 128, `train-step`), 1-D 'loop' took 170 ms per step against 207 ms for 'gemm' and
-215 ms for 'loop' through XLA's convolution.
+(9 runs, batch 128, `train-step`), 1-D 'loop' took 148 ms per step against 196-200 ms for 'gemm'
+(170 ms with the kernel in the forward pass and input gradient only).
 """
 
 from __future__ import annotations
@@ -284,6 +285,10 @@ def _direct_bwd(strides, padding, loop, res, g):
   else:
     dx = _maybe_per_run(lambda g, k: _conv(g, k, (1,) * nd, pad_x, lhs_dilation=strides), loop)(
         g, k_t)
+  if (cpu_conv.available() and cpu_conv.supports_kernel_grad(x, g, window, strides)
+      and all(lo == hi for lo, hi in padding)):
+    dk = _maybe_per_run(lambda x, g: cpu_conv.kernel_grad(x, g, window, padding), loop)(x, g)
+    return dx, dk
   # d/dkernel: channels as batch, batch as features, the output gradient as a dilated window.
   pad_k = [(lo, k + (o - 1) * s - n - lo)
            for k, (lo, _), n, o, s in zip(window, padding, sizes, outs, strides)]
