@@ -111,6 +111,7 @@ def test_auto_picks_the_kernel_and_trains_like_gemm(monkeypatch):
   for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gg)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
   assert layers.resolve_impl("auto", 1) == "loop"
+  assert layers.resolve_impl("auto", 1, groups=4) == "gemm"     # grouped: the GEMM, as before
   monkeypatch.setenv("JKD_CPU_CONV", "0")                       # switched off: XLA's, as before
   assert layers.resolve_impl("auto", 1) == "gemm" and layers.resolve_impl("auto", 2) == "loop"
   assert cpu_conv.TARGET not in grads(auto)[0].lower(v["params"]).as_text()

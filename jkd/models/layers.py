@@ -10,8 +10,8 @@ Convolution comes in three formulations with identical parameters (kernel `(*win
   Vmapping over runs turns its weights into a grouped convolution, which XLA:CPU executes slowly.
 * ``impl='loop'``: as 'lax', but a vmap over runs runs one convolution per run (unrolled).
 * ``impl='auto'`` (`jkd.models.create`'s default): 'loop' where `jkd.models.cpu_conv`'s AVX-512
-  kernel computes the convolution and its input gradient (XLA:CPU on an AVX-512 CPU), else 'gemm'
-  in 1-D and 'loop' in 2-D.
+  kernel computes the convolution and its gradients (XLA:CPU on an AVX-512 CPU; not grouped
+  convolutions), else 'gemm' in 1-D and 'loop' in 2-D.
 
 In 'lax' and 'loop', the forward convolution and, at stride 1, its input and (3-wide windows)
 kernel gradients go through `jkd.models.cpu_conv` where it is available (float32, no groups, output
@@ -151,7 +151,7 @@ class Conv(nn.Module):
       x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if isinstance(x, gaf.GafFactors) and groups > 1:
       x = x.dense()
-    impl = resolve_impl(self.impl, nd)
+    impl = resolve_impl(self.impl, nd, groups)
     if isinstance(x, gaf.GafFactors):
       y = conv_factors(x, kernel, strides, padding)
     elif impl in ("lax", "loop") and groups == 1:
@@ -169,12 +169,12 @@ class Conv(nn.Module):
     return y
 
 
-def resolve_impl(impl: str, nd: int) -> str:
-  """'auto' -> 'loop' where the AVX-512 kernel runs (jkd.models.cpu_conv), else 'gemm' (1-D) or
-  'loop' (2-D); any other impl as it is."""
+def resolve_impl(impl: str, nd: int, groups: int = 1) -> str:
+  """'auto' -> 'loop' where the AVX-512 kernel runs (jkd.models.cpu_conv; not for grouped
+  convolutions), else 'gemm' (1-D) or 'loop' (2-D); any other impl as it is."""
   if impl != "auto":
     return impl
-  return "loop" if nd == 2 or cpu_conv.available() else "gemm"
+  return "loop" if nd == 2 or (groups == 1 and cpu_conv.available()) else "gemm"
 
 
 def conv_factors(x: gaf.GafFactors, kernel: Array, strides: Sequence[int],
