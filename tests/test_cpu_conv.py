@@ -7,7 +7,7 @@ import pytest
 
 import jkd.models
 from jkd.models import cpu_conv, layers
-from test_layers import numpy_conv1d, numpy_conv2d
+from test_layers import conv_direct_and_xla, numpy_conv1d, numpy_conv2d
 
 pytestmark = pytest.mark.skipif(not cpu_conv.available(),
                                 reason="needs the AVX-512 kernel (x86-64 CPU with AVX-512, C compiler)")
@@ -53,14 +53,7 @@ def test_kernel_gives_the_same_bits_on_any_number_of_threads(threads):
 @pytest.mark.parametrize("loop", [False, True])
 def test_conv_direct_through_the_kernel_has_xlas_values_and_gradients(nd, kernel, stride, pad,
                                                                       size, loop):
-  rng = np.random.default_rng(5)
-  x = jnp.asarray(rng.normal(size=(2, 3) + (size,) * nd + (16,)), jnp.float32)  # (runs, B, ..., C)
-  k = jnp.asarray(rng.normal(size=(2,) + (kernel,) * nd + (16, 32)), jnp.float32)
-  strides, padding = (stride,) * nd, ((pad, pad),) * nd
-  spec = layers._SPECS[nd]
-  xla = lambda x, k: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
-      x, k, strides, padding, dimension_numbers=spec)))
-  ours = lambda x, k: jnp.sum(jnp.sin(layers.conv_direct(x, k, strides, padding, loop)))
+  x, k, xla, ours = conv_direct_and_xla(nd, kernel, stride, pad, size, loop, 16, 32, seed=5)
   hlo = jax.jit(jax.grad(ours, (0, 1))).lower(x[0], k[0]).as_text()
   calls = lambda target: hlo.count(f"custom_call @{target}(")
   assert calls(cpu_conv.TARGET) == (2 if stride == 1 else 1)        # forward, and d/dx at stride 1

@@ -71,19 +71,25 @@ def test_conv_gemm_under_vmap_equals_per_run_application():
     np.testing.assert_allclose(stacked[r], one, atol=1e-6)
 
 
+def conv_direct_and_xla(nd, kernel, stride, pad, size, loop, cin=4, cout=5, seed=3):
+  """Random x (runs 2, batch 3, *size, cin) and kernels (2, *window, cin, cout), and two losses,
+  sum(sin(convolution)), through XLA's convolution and through `layers.conv_direct`."""
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(2, 3) + (size,) * nd + (cin,)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(2,) + (kernel,) * nd + (cin, cout)), jnp.float32)
+  strides, padding = (stride,) * nd, ((pad, pad),) * nd
+  xla = lambda x, k: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
+      x, k, strides, padding, dimension_numbers=layers._SPECS[nd])))
+  ours = lambda x, k: jnp.sum(jnp.sin(layers.conv_direct(x, k, strides, padding, loop)))
+  return x, k, xla, ours
+
+
 @pytest.mark.parametrize("nd,kernel,stride,pad,size", [(1, 3, 1, 1, 12), (1, 3, 2, 1, 11),
                                                        (1, 1, 2, 0, 10), (1, 5, 2, 2, 9),
                                                        (2, 3, 2, 1, 7), (2, 3, 1, 0, 6)])
 @pytest.mark.parametrize("loop", [False, True])
 def test_conv_direct_gradients_equal_xlas_also_vmapped(nd, kernel, stride, pad, size, loop):
-  rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.normal(size=(2, 3) + (size,) * nd + (4,)), jnp.float32)   # (runs, B, ..., C)
-  k = jnp.asarray(rng.normal(size=(2,) + (kernel,) * nd + (4, 5)), jnp.float32)
-  strides, padding = (stride,) * nd, ((pad, pad),) * nd
-  spec = layers._SPECS[nd]
-  xla = lambda x, k: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
-      x, k, strides, padding, dimension_numbers=spec)))
-  ours = lambda x, k: jnp.sum(jnp.sin(layers.conv_direct(x, k, strides, padding, loop)))
+  x, k, xla, ours = conv_direct_and_xla(nd, kernel, stride, pad, size, loop)
   for f in (lambda g: g, jax.vmap):           # one run, and runs vmapped (a per-run loop if `loop`)
     args = (x, k) if f is jax.vmap else (x[0], k[0])
     want, got = f(jax.grad(xla, (0, 1)))(*args), f(jax.grad(ours, (0, 1)))(*args)

@@ -317,7 +317,7 @@ static int conv_grad(const Grad *gd) { (void)gd; return 0; }
 static int cpu_ok(void) { return 0; }
 #endif
 
-/* ---- the FFI handler ---- */
+/* ---- the FFI handlers ---- */
 static void *error(const FfiCallFrame *f, const char *message) {
   FfiErrorArgs args = {sizeof(FfiErrorArgs), NULL, message, FFI_INVALID_ARGUMENT};
   return f->api->error_create(&args);
@@ -336,20 +336,34 @@ static int attr(const FfiCallFrame *f, const char *name, long *out) {
   return 0;
 }
 
-static void *conv_handler(FfiCallFrame *f) {
+/* What both handlers do first: answer XLA's metadata query (*done = 1), or check that this is an
+ * execution on an AVX-512 CPU with 2 arguments and 1 result, all rank-4 float32 buffers (else an
+ * error naming `usage`). */
+static void *begin(FfiCallFrame *f, const char *usage, int *done) {
+  *done = 0;
   if (f->extension_start && f->extension_start->type == FFI_METADATA) {
     FfiMetadata *m = ((FfiMetadataExtension *)f->extension_start)->metadata;
     /* Only fields present since API 0.1 are used: declare the runtime's own version. */
     m->api_version = (FfiVersion){sizeof(FfiVersion), NULL, 0, f->api->api_version.minor};
     m->traits = 0;
+    *done = 1;
     return NULL;
   }
   if (f->stage != FFI_EXECUTE) return error(f, "jkd_conv: wrong execution stage");
-  if (f->args.size != 2 || f->rets.size != 1) return error(f, "jkd_conv: needs (x, kernel) -> out");
+  if (f->args.size != 2 || f->rets.size != 1) return error(f, usage);
+  const FfiBuffer *buffers[3] = {f->args.items[0], f->args.items[1], f->rets.items[0]};
+  for (int i = 0; i < 3; i++)
+    if (buffers[i]->dtype != FFI_F32 || buffers[i]->rank != 4) return error(f, usage);
+  if (!HAVE_KERNEL || !cpu_ok()) return error(f, "jkd_conv: this CPU has no AVX-512");
+  return NULL;
+}
+
+static void *conv_handler(FfiCallFrame *f) {
+  int done;
+  void *err = begin(f, "jkd_conv: float32 x (N,H,W,C), kernel (KH,KW,C,O) -> out (N,Ho,Wo,O)",
+                    &done);
+  if (err || done) return err;
   const FfiBuffer *x = f->args.items[0], *k = f->args.items[1], *y = f->rets.items[0];
-  if (x->dtype != FFI_F32 || k->dtype != FFI_F32 || y->dtype != FFI_F32 || x->rank != 4 ||
-      k->rank != 4 || y->rank != 4)
-    return error(f, "jkd_conv: float32 x (N,H,W,C), kernel (KH,KW,C,O) and out (N,Ho,Wo,O)");
   Conv cv = {x->data, k->data, y->data, x->dims[0], x->dims[1], x->dims[2], x->dims[3],
              k->dims[0], k->dims[1], k->dims[3], 1, 1, 0, 0, y->dims[1], y->dims[2]};
   long threads = 1;
@@ -360,7 +374,6 @@ static void *conv_handler(FfiCallFrame *f) {
       cv.sw < 1 || cv.ho != (cv.h + 2 * cv.ph - cv.kh) / cv.sh + 1 ||
       cv.wo != (cv.w + 2 * cv.pw - cv.kw) / cv.sw + 1 || cv.ho < 1 || cv.wo < 1)
     return error(f, "jkd_conv: inconsistent shapes (O must be a multiple of 16)");
-  if (!HAVE_KERNEL || !cpu_ok()) return error(f, "jkd_conv: this CPU has no AVX-512");
   if (!conv(&cv, threads)) return error(f, "jkd_conv: out of memory");
   return NULL;
 }
@@ -368,19 +381,11 @@ static void *conv_handler(FfiCallFrame *f) {
 /* jkd_conv_kernel_grad: (x (N,H,W,C), g (N,Ho,Wo,O)) -> dk (KH,3,C,O) of a stride-1 convolution;
  * attributes pad_h, pad_w; O a multiple of 8. One thread. */
 static void *grad_handler(FfiCallFrame *f) {
-  if (f->extension_start && f->extension_start->type == FFI_METADATA) {
-    FfiMetadata *m = ((FfiMetadataExtension *)f->extension_start)->metadata;
-    m->api_version = (FfiVersion){sizeof(FfiVersion), NULL, 0, f->api->api_version.minor};
-    m->traits = 0;
-    return NULL;
-  }
-  if (f->stage != FFI_EXECUTE) return error(f, "jkd_conv_kernel_grad: wrong execution stage");
-  if (f->args.size != 2 || f->rets.size != 1)
-    return error(f, "jkd_conv_kernel_grad: needs (x, g) -> dk");
+  int done;
+  void *err = begin(f, "jkd_conv_kernel_grad: float32 x (N,H,W,C), g (N,Ho,Wo,O) -> dk (KH,3,C,O)",
+                    &done);
+  if (err || done) return err;
   const FfiBuffer *x = f->args.items[0], *g = f->args.items[1], *k = f->rets.items[0];
-  if (x->dtype != FFI_F32 || g->dtype != FFI_F32 || k->dtype != FFI_F32 || x->rank != 4 ||
-      g->rank != 4 || k->rank != 4)
-    return error(f, "jkd_conv_kernel_grad: float32 x (N,H,W,C), g (N,Ho,Wo,O), dk (KH,3,C,O)");
   Grad gd = {x->data, g->data, k->data, x->dims[0], x->dims[1], x->dims[2], x->dims[3],
              k->dims[0], k->dims[3], 0, 0, g->dims[1], g->dims[2]};
   if (!attr(f, "pad_h", &gd.ph) || !attr(f, "pad_w", &gd.pw))
@@ -389,21 +394,20 @@ static void *grad_handler(FfiCallFrame *f) {
       gd.o % 8 || gd.ho != gd.h + 2 * gd.ph - gd.kh + 1 || gd.wo != gd.w + 2 * gd.pw - 2 ||
       gd.ho < 1 || gd.wo < 1)
     return error(f, "jkd_conv_kernel_grad: inconsistent shapes (3-wide window, stride 1, O % 8)");
-  if (!HAVE_KERNEL || !cpu_ok()) return error(f, "jkd_conv_kernel_grad: this CPU has no AVX-512");
   if (!conv_grad(&gd)) return error(f, "jkd_conv_kernel_grad: out of memory");
   return NULL;
+}
+
+static PyObject *conv_capsule(PyObject *self, PyObject *unused) {
+  return PyCapsule_New((void *)conv_handler, NULL, NULL);
 }
 
 static PyObject *grad_capsule(PyObject *self, PyObject *unused) {
   return PyCapsule_New((void *)grad_handler, NULL, NULL);
 }
 
-static PyObject *handler(PyObject *self, PyObject *unused) {
-  return PyCapsule_New((void *)conv_handler, NULL, NULL);
-}
-
 static PyMethodDef methods[] = {
-    {"handler", handler, METH_NOARGS, "The XLA FFI handler of jkd_conv, as a PyCapsule."},
+    {"handler", conv_capsule, METH_NOARGS, "The XLA FFI handler of jkd_conv, as a PyCapsule."},
     {"grad_handler", grad_capsule, METH_NOARGS,
      "The XLA FFI handler of jkd_conv_kernel_grad, as a PyCapsule."},
     {NULL, NULL, 0, NULL}};

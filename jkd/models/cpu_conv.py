@@ -8,9 +8,9 @@ teacher's layers 1.47x less time (2.07x on both cores); 1-D layers 1.0-2.2x.
 
 `conv(x, kernel, strides, padding)` computes a convolution and `kernel_grad(x, g, window,
 padding)` the kernel gradient of a stride-1 one with 3-wide windows (on one core, 1-D layers of the
-train step: 0.26 / 0.40 / 0.95 ms against XLA's 1.68 / 0.85 / 1.18 ms). Callers check `available()`
-and `supports(...)` / `supports_kernel_grad(...)`, else use XLA's convolutions; results equal XLA's
-up to float32 summation order. `jkd.models.layers.conv_direct` uses both for the forward pass and
+train step: 0.26 / 0.40 / 0.95 ms against XLA's 1.68 / 0.85 / 1.18 ms). Callers check
+`supports(...)` / `supports_kernel_grad(...)` (both include `available()`), else use XLA's
+convolutions; results equal XLA's up to float32 summation order. `jkd.models.layers.conv_direct` uses both for the forward pass and
 the gradients. `JKD_CPU_CONV=0` in the environment switches them off.
 """
 
@@ -53,12 +53,25 @@ def available() -> bool:
           and _register())
 
 
-def supports(x, kernel, lhs_dilation=None, rhs_dilation=None, groups: int = 1) -> bool:
-  """Shapes and options the kernel computes: float32, 2-D spatial (NHWC) or 1-D (NHC), no
-  dilation, no groups, output channels a multiple of 16."""
+def supports(x, kernel, padding: Sequence[tuple[int, int]]) -> bool:
+  """`conv` runs here (`available()`) and computes this: float32, 2-D spatial (NHWC) or 1-D (NHC),
+  output channels a multiple of 16, symmetric padding (no dilation or groups: `conv` has no such
+  arguments)."""
   return (x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and x.ndim in (3, 4)
-          and kernel.shape[-1] % 16 == 0 and groups == 1
-          and not any(d != 1 for d in (lhs_dilation or ())) and not any(d != 1 for d in (rhs_dilation or ())))
+          and kernel.shape[-1] % 16 == 0 and _symmetric(padding) and available())
+
+
+def _symmetric(padding: Sequence[tuple[int, int]]) -> bool:
+  return all(lo == hi for lo, hi in padding)
+
+
+def _pads(padding: Sequence[tuple[int, int]]) -> tuple[np.int64, np.int64]:
+  """(pad_h, pad_w) attributes of an image call; the kernel registered with XLA."""
+  if not _register():
+    raise RuntimeError("cpu_conv: the AVX-512 kernel is not available here (see available())")
+  if not _symmetric(padding):
+    raise ValueError(f"cpu_conv: padding must be symmetric, got {padding}")
+  return np.int64(padding[0][0]), np.int64(padding[1][0])
 
 
 def threads() -> int:
@@ -71,15 +84,11 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
          padding: Sequence[tuple[int, int]], num_threads: int | None = None) -> jax.Array:
   """Channels-last convolution, kernel (*window, in, out), symmetric zero `padding`; 1-D inputs
   go through as images of height 1. `num_threads` split the images (default: `threads()`, fewer
-  for small convolutions). The caller checks `available()` and `supports()`."""
+  for small convolutions). The caller checks `supports()`."""
   if x.ndim == 3:
     y = conv(x[:, None], kernel[None], (1, *strides), [(0, 0), *padding], num_threads)
     return y[:, 0]
-  if not _register():
-    raise RuntimeError("cpu_conv: the AVX-512 kernel is not available here (see available())")
-  (ph, ph2), (pw, pw2) = padding
-  if ph != ph2 or pw != pw2:
-    raise ValueError(f"cpu_conv: padding must be symmetric, got {padding}")
+  ph, pw = _pads(padding)
   n, h, w, _ = x.shape
   kh, kw, _, o = kernel.shape
   ho, wo = (h + 2 * ph - kh) // strides[0] + 1, (w + 2 * pw - kw) // strides[1] + 1
@@ -89,29 +98,26 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, ho, wo, o), jnp.float32),
                           vmap_method="sequential")
   return call(x, kernel, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
-              pad_h=np.int64(ph), pad_w=np.int64(pw),
-              threads=np.int64(num_threads))
+              pad_h=ph, pad_w=pw, threads=np.int64(num_threads))
 
 
-def supports_kernel_grad(x, g, window: Sequence[int], strides: Sequence[int]) -> bool:
-  """What `kernel_grad` computes: float32, stride 1, a window 3 wide (along the last spatial
-  axis), output channels a multiple of 8."""
+def supports_kernel_grad(x, g, window: Sequence[int], strides: Sequence[int],
+                         padding: Sequence[tuple[int, int]]) -> bool:
+  """`kernel_grad` runs here (`available()`) and computes this: float32, stride 1, a window 3 wide
+  (along the last spatial axis), output channels a multiple of 8, symmetric padding."""
   return (x.dtype == jnp.float32 and g.dtype == jnp.float32 and x.ndim in (3, 4)
-          and window[-1] == 3 and all(s == 1 for s in strides) and g.shape[-1] % 8 == 0)
+          and window[-1] == 3 and all(s == 1 for s in strides) and g.shape[-1] % 8 == 0
+          and _symmetric(padding) and available())
 
 
 def kernel_grad(x: jax.Array, g: jax.Array, window: Sequence[int],
                 padding: Sequence[tuple[int, int]]) -> jax.Array:
   """The kernel gradient of a stride-1 convolution: dk[*tap, c, o] = sum over samples and output
   positions of pad(x)[n, pos + tap, c] * g[n, pos, o]; `window` (*, 3), symmetric `padding`.
-  One thread; the caller checks `available()` and `supports_kernel_grad()`."""
+  One thread; the caller checks `supports_kernel_grad()`."""
   if x.ndim == 3:
     return kernel_grad(x[:, None], g[:, None], (1, *window), [(0, 0), *padding])[0]
-  if not _register():
-    raise RuntimeError("cpu_conv: the AVX-512 kernel is not available here (see available())")
-  (ph, ph2), (pw, pw2) = padding
-  if ph != ph2 or pw != pw2:
-    raise ValueError(f"cpu_conv: padding must be symmetric, got {padding}")
+  ph, pw = _pads(padding)
   out = jax.ShapeDtypeStruct((*window, x.shape[-1], g.shape[-1]), jnp.float32)
   call = jax.ffi.ffi_call(GRAD_TARGET, out, vmap_method="sequential")
-  return call(x, g, pad_h=np.int64(ph), pad_w=np.int64(pw))
+  return call(x, g, pad_h=ph, pad_w=pw)

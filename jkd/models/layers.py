@@ -258,7 +258,7 @@ def conv_direct(x, kernel, strides, padding, loop=False):
 
 def _conv_fast(x, kernel, strides, padding):
   """`_conv` without dilation or groups: on an AVX-512 CPU, `jkd.models.cpu_conv`'s kernel."""
-  if cpu_conv.available() and cpu_conv.supports(x, kernel) and all(lo == hi for lo, hi in padding):
+  if cpu_conv.supports(x, kernel, padding):
     return cpu_conv.conv(x, kernel, strides, padding)
   return _conv(x, kernel, strides, padding)
 
@@ -285,8 +285,7 @@ def _direct_bwd(strides, padding, loop, res, g):
   else:
     dx = _maybe_per_run(lambda g, k: _conv(g, k, (1,) * nd, pad_x, lhs_dilation=strides), loop)(
         g, k_t)
-  if (cpu_conv.available() and cpu_conv.supports_kernel_grad(x, g, window, strides)
-      and all(lo == hi for lo, hi in padding)):
+  if cpu_conv.supports_kernel_grad(x, g, window, strides, padding):
     dk = _maybe_per_run(lambda x, g: cpu_conv.kernel_grad(x, g, window, padding), loop)(x, g)
     return dx, dk
   # d/dkernel: channels as batch, batch as features, the output gradient as a dilated window.
