@@ -25,7 +25,7 @@ def shapes(model, shape):
 def test_stage_shapes(name, ndim, shape, stages):
   v, (logits, feats) = shapes(models.create(name, num_classes=6, ndim=ndim), shape)
   assert logits.shape == (2, 6)
-  assert [f.shape for f in feats] == [(2, *s) for s in stages]
+  assert [f.shape for f in feats] == [(2, *s) for s in stages] + [(2, stages[-1][-1])]
   p = v["params"]
   blocks = [k for k in p if "_block" in k]
   assert len(blocks) == sum(resnet.STAGE_SIZES[name])

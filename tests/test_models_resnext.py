@@ -17,12 +17,12 @@ def shapes(model, shape):
 def test_shapes_default_and_with_new_connection():
   _, (logits, feats) = shapes(models.create("resnext1d", num_classes=5), (2, 187, 1))
   assert logits.shape == (2, 5)
-  assert [f.shape for f in feats] == [(2, 187, 256), (2, 94, 512), (2, 47, 1024)]
+  assert [f.shape for f in feats] == [(2, 187, 256), (2, 94, 512), (2, 47, 1024), (2, 1024)]
   model = models.create("resnext1d", num_classes=5, new_connection=(0, 2), blocks_per_stage=(1, 2, 1))
   v, (logits, feats) = shapes(model, (2, 187, 1))
   # stage 1 output concatenated with its branch along time: 187 -> 374; stage 2 halves it;
   # stage 3 halves again (94) and gets its own branch (-> 188).
-  assert [f.shape for f in feats] == [(2, 374, 256), (2, 187, 512), (2, 188, 1024)]
+  assert [f.shape for f in feats] == [(2, 374, 256), (2, 187, 512), (2, 188, 1024), (2, 1024)]
   branch = v["params"]["new_connection1"]
   assert branch["conv1"]["kernel"].shape == (7, 1, 64)
   assert branch["conv2"]["kernel"].shape == (1, 64, 256)
@@ -35,7 +35,7 @@ def test_shapes_default_and_with_new_connection():
 def test_2d_input_and_errors():
   _, (_, feats) = shapes(models.create("resnext1d", num_classes=5, ndim=2, stages=(64, 128),
                                        new_connection=(1,)), (2, 8, 8, 3))
-  assert [f.shape for f in feats] == [(2, 8, 8, 256), (2, 8, 4, 512)]
+  assert [f.shape for f in feats] == [(2, 8, 8, 256), (2, 8, 4, 512), (2, 512)]
   with pytest.raises(ValueError, match="multiple of groups"):
     shapes(models.create("resnext1d", num_classes=5, stages=(32,)), (2, 8, 1))
   with pytest.raises(ValueError, match="new_connection stage indices"):

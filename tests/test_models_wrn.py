@@ -46,7 +46,8 @@ def test_output_and_stage_shapes(name, ndim, shape, stages):
   v = shapes(model, shape)
   logits, feats = jax.eval_shape(lambda v, x: model.apply(v, x), v, jnp.zeros(shape))
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
-  assert [f.shape for f in feats] == [(2, *s) for s in stages]
+  # the stage maps, then the pooled embedding the classifier reads
+  assert [f.shape for f in feats] == [(2, *s) for s in stages] + [(2, stages[-1][-1])]
 
 
 # ---- parameter tree contract (the torch checkpoint converter maps onto it) ----------------------
@@ -162,7 +163,7 @@ def np_wrn(p, s, x, train):
     feats.append(h)
   h = relu(np_bn(h, p["batch_norm"], s["batch_norm"], train))
   pooled = h.mean(axis=tuple(range(1, h.ndim - 1)))
-  return pooled @ p["fc"]["kernel"] + p["fc"]["bias"], feats
+  return pooled @ p["fc"]["kernel"] + p["fc"]["bias"], feats + [pooled]
 
 
 @pytest.mark.parametrize("name,ndim,shape", [("wrn10_2", 1, (4, 12, 3)), ("wrn10_1", 2, (3, 6, 6, 2))])
@@ -176,6 +177,7 @@ def test_matches_numpy_forward(name, ndim, shape, train):
                                    train=train, mutable=["batch_stats"])
   want_logits, want_feats = np_wrn(jax.tree.map(np.asarray, p), jax.tree.map(np.asarray, s), x,
                                    train)
+  assert len(feats) == len(want_feats) == 4
   for got, want in zip(feats, want_feats):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
   np.testing.assert_allclose(logits, want_logits, rtol=2e-4, atol=2e-4 * np.abs(want_logits).max())

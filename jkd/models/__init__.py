@@ -2,7 +2,8 @@
 
 Every module is applied as `apply(variables, x, train=bool)` (with `mutable=['batch_stats']` when
 training, and rng 'dropout' when a dropout rate > 0) and returns `(logits, features)`, `features`
-being the tuple of stage outputs. Inputs are channels-last: `(B, L, C)` for ndim=1,
+being the stage outputs followed by the pooled embedding (the vector the classifier reads; the
+CIFAR distillation zoos' `feat[-1]`): `features[:-1]` are the maps, `features[-1]` is (B, D). Inputs are channels-last: `(B, L, C)` for ndim=1,
 `(B, H, W, C)` for ndim=2.
 
     wrn{d}_{k}   Wide-ResNet, d = 6n + 4 (n >= 1), k >= 1      jkd.models.wrn

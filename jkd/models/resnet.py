@@ -94,9 +94,9 @@ class ResNet(nn.Module):
         x = ResBlock(64 * 2**i, 2 if i > 0 and j == 0 else 1, self.activation, self.conv_impl,
                      self.dtype, name=f"stage{i + 1}_block{j}")(x, train)
       features.append(x)
-    x = layers.global_avg_pool(x)
+    x = embedding = layers.global_avg_pool(x)
     if self.dropout > 0:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     logits = layers.Linear(self.num_classes, bias_init=layers.torch_default_bias(x.shape[-1]),
                            dtype=self.dtype, name="fc")(x)
-    return logits.astype(jnp.float32), tuple(features)
+    return logits.astype(jnp.float32), (*features, embedding.astype(jnp.float32))

@@ -155,12 +155,12 @@ class ResNeXt1D(nn.Module):
                                name=f"new_connection{i + 1}")(raw, x.shape[1:-1], train)
         x = jnp.concatenate([x, branch.astype(x.dtype)], axis=1)
       features.append(x)
-    x = layers.global_avg_pool(x)
+    x = embedding = layers.global_avg_pool(x)
     if self.dropout > 0:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     logits = layers.Linear(self.num_classes, bias_init=layers.torch_default_bias(x.shape[-1]),
                            dtype=self.dtype, name="fc")(x)
-    return logits.astype(jnp.float32), tuple(features)
+    return logits.astype(jnp.float32), (*features, embedding.astype(jnp.float32))
 
   def _blocks(self) -> tuple[int, ...]:
     b = self.blocks_per_stage

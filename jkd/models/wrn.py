@@ -1,7 +1,7 @@
 """Wide-ResNet `wrn{d}_{k}` exactly as the lab's PyTorch "WRN_sp" (REFERENCE.md §2), 1-D or 2-D.
 
-Returns `(logits, (stage1, stage2, stage3))`; the stage outputs are taken before the final
-BN-ReLU (the SP "attention" maps). The parameter tree mirrors the PyTorch state dict, so a
+Returns `(logits, (stage1, stage2, stage3, embedding))`; the stage outputs are taken before the final
+BN-ReLU, the embedding is the pooled vector the classifier reads (the SP "attention" maps). The parameter tree mirrors the PyTorch state dict, so a
 checkpoint converter is a rename: `block{s}.nblockLayer.{i}.<m>` -> `block{s}/layer_{i}/<m>`.
 
     conv1                      stem, 3-wide, stride 1, in -> 16
@@ -113,6 +113,7 @@ class WideResNet(nn.Module):
                    self.dtype, name=f"block{s + 1}")(x, train)
       features.append(x)
     x = layers.activation(self.activation)(layers.BatchNorm(name="batch_norm")(x, train))
-    logits = layers.Linear(self.num_classes, dtype=self.dtype, name="fc")(layers.global_avg_pool(x))
-    return logits.astype(jnp.float32), tuple(features)
+    embedding = layers.global_avg_pool(x)
+    logits = layers.Linear(self.num_classes, dtype=self.dtype, name="fc")(embedding)
+    return logits.astype(jnp.float32), (*features, embedding.astype(jnp.float32))
 
