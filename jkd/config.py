@@ -59,6 +59,7 @@ def base(data: mc.ConfigDict | None = None) -> mc.ConfigDict:
       # NVIDIA GPUs since Ampere, as PyTorch's cuDNN convolutions do); 'highest' = full float32.
       # CPUs compute full float32 either way.
       "matmul_precision": "default",
+      "tensorboard": False,      # event files under W/tensorboard/ (jkd.tensorboard; tensorboardX)
   })
   c.loss = mc.ConfigDict({
       "name": "ce",              # 'ce' or 'focal'
