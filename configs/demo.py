@@ -24,15 +24,11 @@ def get_config():
   config.train.checkpoint_every = 5
   config.optim.lr = 0.05
   config.optim.schedule = "cosine"   # the lab's step schedule needs more epochs than a demo has
-  config.stages.teacher_signal.model.name = "wrn16_1"
-  config.stages.teacher_image.model.name = "wrn10_1"
-  config.stages.teacher_image.model.image_size = 16
+  config.teachers.signal.model.name = "wrn16_1"
+  config.teachers.image.model.name = "wrn10_1"
+  config.teachers.image.model.image_size = 16
   config.stages.student_scratch.model.name = "wrn10_1"
-  loss = config.stages.student_kd.loss
-  loss.lam = 0.9
-  loss.temperature = 4.0
-  loss.alpha = 0.3
-  loss.beta = 200.0
-  loss.reduction = "mean"
-  config.sweep = {"loss": {"beta": (0.0, 200.0)}}   # KD alone, and KD + SP at the lab's PAMAP2 β
+  kd = config.stages.student_kd
+  pipeline.lab_loss(kd.loss, lam=0.9, alpha=0.3, beta=200.0, temperature=4.0)
+  kd.sweep = {"loss": {"sp": {"weight": (0.0, 200.0)}}}   # KD alone, and KD + SP at the lab's β
   return config

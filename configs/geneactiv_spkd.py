@@ -30,14 +30,9 @@ def get_config(arg: str = "7,1000"):
   config.train.epochs = 200
   config.train.batch_size = 128
   config.train.seeds = 3
-  config.stages.teacher_image.model.image_size = 64
+  config.teachers.image.model.image_size = 64
   # Evaluation of 9+ runs at once on 64 x 64 x C images: im2col of a 512-window batch is ~3 GB per
   # run, so the image stage evaluates in batches of 128.
-  config.stages.teacher_image.train = {"eval_batch_size": 128}
-  loss = config.stages.student_kd.loss
-  loss.lam = 0.99
-  loss.temperature = 4.0
-  loss.alpha = 0.5
-  loss.beta = 700.0
-  loss.reduction = "mean"
+  config.stages.teacher_image.train.eval_batch_size = 128
+  pipeline.lab_loss(config.stages.student_kd.loss, lam=0.99, alpha=0.5, beta=700.0)
   return config

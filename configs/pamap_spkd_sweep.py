@@ -19,5 +19,6 @@ _spec.loader.exec_module(_base)
 
 def get_config():
   config = _base.get_config()
-  config.sweep = {"loss": {"alpha": (0.1, 0.3, 0.5, 0.7, 0.9), "beta": (0.0, 200.0, 700.0)}}
+  config.stages.student_kd.sweep = {"loss": {"alpha": (0.1, 0.3, 0.5, 0.7, 0.9),
+                                             "sp": {"weight": (0.0, 200.0, 700.0)}}}
   return config

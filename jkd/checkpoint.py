@@ -6,8 +6,8 @@ best epochs, confusion matrices and failures). Periodic checkpoints every `train
 epochs and the last epoch are kept (`train.keep_checkpoints` most recent). A checkpoint that fails
 to restore (damaged files) is skipped with a warning in favour of the previous one.
 
-`restore_run(workdir, run)` returns one run's variables for use elsewhere (a teacher, an
-initialisation), with `run` an index or a `(fold, seed)` / `(fold, seed, sweep)` tuple.
+`restore_run(workdir, run)` returns one run's student variables for use elsewhere (a teacher, an
+initialisation; without the trainable parts of distillation terms), with `run` an index or a `(fold, seed)` / `(fold, seed, sweep)` tuple.
 """
 
 from __future__ import annotations
@@ -26,9 +26,18 @@ def directory(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def manager(workdir: str, keep: int = 3, async_writes: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=async_writes)
+def manager(workdir: str, keep: int = 3, async_writes: bool = True,
+            keep_epochs: tuple[int, ...] = ()) -> ocp.CheckpointManager:
+  """`keep` most recent checkpoints, plus those after `keep_epochs` (never deleted: e.g. the
+  early teacher of ESKD)."""
+  if keep_epochs:
+    from orbax.checkpoint import checkpoint_managers as cm
+    policy = cm.AnyPreservationPolicy([cm.LatestN(keep), cm.CustomSteps(list(keep_epochs))])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                           enable_async_checkpointing=async_writes)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_writes)
   return ocp.CheckpointManager(directory(workdir), options=options,
                                item_names=("state", "meta"))
 
@@ -62,6 +71,14 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Any, step: int | None = No
       logging.warning("checkpoint %d under %s cannot be restored (%s: %s); falling back to the "
                       "previous one", s, mngr.directory, type(e).__name__, str(e)[:200])
   return None
+
+
+def steps(workdir: str) -> list[int]:
+  """The epochs after which `workdir` holds a checkpoint (none: [])."""
+  d = directory(workdir)
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
 
 
 def read_runs(workdir: str) -> list[dict]:
@@ -109,7 +126,17 @@ def restore_runs(workdir: str, indices: list[int], which: str = "last", step: in
   state = _restore_raw(workdir, step)
   variables = state["best"] if which == "best" else {"params": state["params"],
                                                       "batch_stats": state["batch_stats"]}
+  variables = student_variables(variables)
   return jax.tree.map(lambda a: np.asarray(a)[np.asarray(indices)], variables)
+
+
+DISTILL = "distill"   # the top-level key of a distillation term's trainable parts
+
+
+def student_variables(variables: dict) -> dict:
+  """`{'params', 'batch_stats'}` without the distillation terms' parts (regressors, projectors):
+  the student alone, as evaluation, a teacher or an initialisation uses it."""
+  return {k: {n: v for n, v in tree.items() if n != DISTILL} for k, tree in variables.items()}
 
 
 def restore_run(workdir: str, run: int | tuple, which: str = "last", step: int | None = None

@@ -7,8 +7,9 @@ and the closest valid keys (`ConfigError`).
 `train.seeds` is either a number of trials (seeds `train.seed + i`, i < n; the lab's base seed is
 1234) or an explicit list of seeds: `--config.train.seeds=3` or `--config.train.seeds='(1,7,42)'`.
 `sweep` mirrors the config's structure, e.g. `config.sweep = {'optim': {'lr': (0.05, 0.01)}}` or
-`--config.sweep='{"optim": {"lr": [0.05, 0.01]}}'`; its leaves must be numeric `optim.*` or `loss.*`
-keys, and their product is trained in one vmapped program.
+`--config.sweep='{"optim": {"lr": [0.05, 0.01]}}'`; its leaves must be per-run keys
+(`per_run_keys`: numbers the step reads as traced values), and their product is trained in one
+vmapped program. A key that decides the program's structure cannot be swept.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import math
 import numbers
 from typing import Any, Iterator
 
@@ -24,7 +26,6 @@ import ml_collections as mc
 from jkd import augment
 
 # Numeric keys under these sections become per-run arrays and may be swept.
-SWEEPABLE_SECTIONS = ("optim", "loss")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("lab", "constant", "step", "multistep", "cosine")
 MATMUL_PRECISIONS = ("default", "highest")
@@ -53,6 +54,7 @@ def base(data: mc.ConfigDict | None = None) -> mc.ConfigDict:
       "seed": 1234,
       "checkpoint_every": 10,    # epochs between checkpoints (the last epoch is always saved)
       "keep_checkpoints": 3,
+      "keep_epochs": (),         # epochs whose checkpoints are also saved and never deleted (ESKD)
       "init_from": "",           # workdir whose (fold, seed) runs initialise this one
       "init_which": "last",      # 'last' or 'best' variables of init_from
       # float32 matmuls and convolutions: 'default' lets the hardware pick its fast mode (TF32 on
@@ -107,7 +109,7 @@ def closest(key: str, keys: list[str]) -> str:
 
 
 def unknown_key(key: str, config: mc.ConfigDict) -> ConfigError:
-  keys = [k for k, _ in flat(config)]
+  keys = [k for k, _ in flat(config) if key.startswith("sweep.") or not k.startswith("sweep.")]
   return ConfigError(f"unknown config key {key!r}{closest(key, keys)}")
 
 
@@ -133,18 +135,47 @@ def seeds(config: mc.ConfigDict) -> list[int]:
   return list(s)
 
 
+# The optim.* keys the step reads per run (traced): the learning rate, the optimiser's scalars,
+# the warm-up and the step factor of the schedule. Every other optim key decides the program's
+# structure (the optimiser, the schedule, milestones, the fine-tuning split).
+OPTIM_PER_RUN = ("lr", "momentum", "weight_decay", "b1", "b2", "eps", "warmup_epochs", "gamma")
+LOSS_PER_RUN = ("label_smoothing", "gamma")   # the engine's own loss (ce / focal)
+
+
+def per_run_keys(config: mc.ConfigDict) -> list[str]:
+  """Dotted keys whose values travel as per-run arrays through the step: the only sweepable ones.
+
+  A distillation stage (a `distill` section) reads its terms' per-run keys (`jkd.distill`)."""
+  keys = [f"optim.{k}" for k in OPTIM_PER_RUN]
+  if "distill" in config:
+    from jkd import distill
+    keys += distill.per_run_keys(config.loss, tuple(config.distill.teachers))
+  else:
+    keys += [f"loss.{k}" for k in LOSS_PER_RUN]
+  return keys
+
+
 def sweep(config: mc.ConfigDict) -> dict[str, tuple[float, ...]]:
-  """The swept keys (dotted) and their values, checked against the config."""
+  """The swept keys (dotted) and their values, checked against the config.
+
+  Only per-run keys are sweepable (`per_run_keys`): a key read when the program is built would
+  give sweep points that differ in their label only, so sweeping it is refused."""
   out = {}
+  allowed = per_run_keys(config)
   for key, values in flat(config.sweep):
     if isinstance(values, (mc.ConfigDict, dict)):
       continue
-    if not key.startswith(tuple(s + "." for s in SWEEPABLE_SECTIONS)):
-      raise ConfigError(f"sweep.{key}: only numeric {'/'.join(SWEEPABLE_SECTIONS)}.* keys can be "
-                        "swept in one program; run other settings as separate experiments")
     current = get(config, key)
     if isinstance(current, bool) or not isinstance(current, numbers.Real):
       raise ConfigError(f"sweep.{key}: {key} is {current!r}, not a number; only numbers are swept")
+    if key not in allowed:
+      term = key.split(".")[1] if key.startswith("loss.") and key.count(".") == 2 else ""
+      if term and "distill" in config and term not in config.loss.terms:
+        raise ConfigError(f"sweep.{key}: {term!r} is not in loss.terms, so every sweep point "
+                          f"would train the same; add it to loss.terms or drop the sweep")
+      raise ConfigError(f"sweep.{key}: {key} decides the program's structure (it is read when the "
+                        "program is built), so sweep points would not differ; run each value as "
+                        "its own experiment")
     if isinstance(values, (int, float)):
       values = (values,)
     if not values or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
@@ -155,13 +186,8 @@ def sweep(config: mc.ConfigDict) -> dict[str, tuple[float, ...]]:
 
 
 def numeric_hparams(config: mc.ConfigDict) -> dict[str, float]:
-  """Every numeric optim.*/loss.* key: these travel as per-run arrays through the step."""
-  out = {}
-  for section in SWEEPABLE_SECTIONS:
-    for key, v in flat(config[section], section + "."):
-      if isinstance(v, numbers.Real) and not isinstance(v, bool):
-        out[key] = float(v)
-  return out
+  """The per-run keys (`per_run_keys`) and their values: per-run arrays in the step."""
+  return {k: float(get(config, k)) for k in per_run_keys(config)}
 
 
 def _choice(key: str, value: Any, choices: tuple) -> None:
@@ -169,22 +195,139 @@ def _choice(key: str, value: Any, choices: tuple) -> None:
     raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}")
 
 
-def validate(config: mc.ConfigDict) -> None:
-  """Checks values the type system cannot; raises ConfigError with a one-line message."""
+# The values a numeric key may take: '> a', '>= a' or an interval '[a, b)', '(a, b]', ... A key
+# that a config lacks is skipped (the KD keys exist in the student_kd stage only). Swept values are
+# checked too.
+RANGES = {
+    "train.epochs": ">= 1", "train.batch_size": ">= 1", "train.eval_batch_size": ">= 1",
+    "train.checkpoint_every": ">= 1", "train.keep_checkpoints": ">= 1",
+    "optim.lr": "> 0", "optim.momentum": "[0, 1)", "optim.weight_decay": ">= 0",
+    "optim.b1": "[0, 1)", "optim.b2": "[0, 1)", "optim.eps": "> 0", "optim.gamma": "(0, 1]",
+    "optim.step_size": ">= 1", "optim.warmup_epochs": ">= 0", "optim.backbone_lr_mult": ">= 0",
+    "loss.label_smoothing": "[0, 1)", "loss.gamma": ">= 0",
+    "loss.lam": "[0, 1]", "loss.alpha": "[0, 1]", "loss.temperature": "> 0", "loss.beta": ">= 0",
+    "loss.at_beta": ">= 0", "loss.tau_max": ">= 1", "loss.phase1_epochs": ">= 0",
+    "augment.jitter": ">= 0", "augment.scaling": ">= 0", "augment.magnitude_warp": ">= 0",
+    "augment.time_warp": ">= 0", "augment.knots": ">= 1", "augment.permutation": ">= 0",
+    "augment.mixup": ">= 0", "augment.cutmix": ">= 0",
+}
+
+
+def in_range(value: float, spec: str) -> bool:
+  """Whether `value` lies in `spec` (a RANGES entry); NaN and inf never do."""
+  if not math.isfinite(value):
+    return False
+  if spec.startswith(">"):
+    low = float(spec.lstrip(">= "))
+    return value >= low if spec.startswith(">=") else value > low
+  low, high = (float(v) for v in spec[1:-1].split(","))
+  return ((value >= low) if spec[0] == "[" else (value > low)) and (
+      (value <= high) if spec[-1] == "]" else (value < high))
+
+
+def _range_error(key: str, value: Any, spec: str, swept: bool = False) -> ConfigError:
+  where = f"a value {value!r} of sweep.{key}" if swept else f"{key}={value!r}"
+  bound = f"in {spec}" if spec[0] in "[(" else spec
+  return ConfigError(f"{where} is out of range: {key} must be {bound}; set "
+                     f"--config.{'sweep' if swept else key} accordingly")
+
+
+def _check_ranges(config: mc.ConfigDict, swept: dict[str, tuple[float, ...]]) -> None:
+  ranges = dict(RANGES)
+  if "distill" in config:
+    from jkd import distill
+    ranges |= distill.ranges(config.loss, tuple(config.distill.teachers))
+  for key, spec in ranges.items():
+    try:
+      value = get(config, key)
+    except ConfigError:
+      continue
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not in_range(value, spec):
+      raise _range_error(key, value, spec)
+    for v in swept.get(key, ()):
+      if not in_range(v, spec):
+        raise _range_error(key, v, spec, swept=True)
+  milestones = tuple(config.optim.get("milestones", ()))
+  if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones) or list(
+      milestones) != sorted(set(milestones)):
+    raise ConfigError(f"optim.milestones={milestones!r} must be increasing epochs >= 1, e.g. "
+                      "--config.optim.milestones='(60,120,160)'")
+  aug = config.get("augment")
+  if aug is not None and "rotation" in aug:
+    groups = tuple(aug.get("sensor_groups", ()))
+    if any(isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in groups):
+      raise ConfigError(f"augment.sensor_groups={groups!r} must be channel indices >= 0 (the first "
+                        "channel of each xyz triple)")
+    if aug.rotation and not groups:
+      raise ConfigError("augment.rotation=True needs augment.sensor_groups, the first channel of "
+                        "each xyz triple, e.g. --config.augment.sensor_groups='(0,3)'")
+
+
+def _check_model(model: mc.ConfigDict) -> None:
+  """The model name (and its kwargs) as `jkd.models.create` accepts them, before any data loads."""
+  import jkd.models   # noqa: PLC0415 - flax, only once a config is validated
+  ndim = model.get("ndim", 1)
+  kwargs = model.get("kwargs", mc.ConfigDict())
+  kwargs = kwargs.to_dict() if isinstance(kwargs, mc.ConfigDict) else dict(kwargs)
+  for key, extra in (("model.name", {}), ("model.kwargs", kwargs)):
+    try:
+      jkd.models.create(model.name, num_classes=2, ndim=ndim, **extra)
+    except (TypeError, ValueError) as e:
+      hint = ("--config.model.name" if key == "model.name" else
+              "--config.model.kwargs='{\"dropout\": 0.1}' (a JSON dict)")
+      raise ConfigError(f"{key}: {' '.join(str(e).split())}; set {hint}") from None
+
+
+def validate(config: mc.ConfigDict, check_sweep: bool = True) -> None:
+  """Checks values the type system cannot; raises ConfigError with a one-line message.
+
+  `check_sweep=False`: not the sweep (a pipeline's top level, whose sweep is its KD stage's)."""
+  import jkd.data   # noqa: PLC0415
   _choice("optim.name", config.optim.name, OPTIMIZERS)
   _choice("optim.schedule", config.optim.schedule, SCHEDULES)
   _choice("model.ndim", config.model.ndim, (1, 2))
-  _choice("loss.name", config.loss.name, ("ce", "focal"))
+  if "distill" not in config:   # a distillation stage's loss is its terms (jkd.distill)
+    _choice("loss.name", config.loss.name, ("ce", "focal"))
   _choice("train.init_which", config.train.init_which, ("last", "best"))
   _choice("train.matmul_precision", config.train.matmul_precision, MATMUL_PRECISIONS)
-  for key in ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.checkpoint_every",
-              "train.keep_checkpoints"):
-    if get(config, key) < 1:
-      raise ConfigError(f"{key} must be >= 1, got {get(config, key)}")
   if not config.data.name:
     raise ConfigError("data.name is empty; start from a file in configs/ or set --config.data.name")
+  try:
+    jkd.data.check_config(config.data)
+  except jkd.data.DataError as e:
+    raise ConfigError(str(e)) from None
   seeds(config)
-  sweep(config)
+  _check_ranges(config, sweep(config) if check_sweep else {})
+  _check_model(config.model)
+
+
+def check_fit(config: mc.ConfigDict, channels: int, length: int, train_counts: Any) -> None:
+  """What the config asks of the data: a full batch in every fold, augmentation channels that
+  exist. `train_counts`: training windows per fold."""
+  batch = int(config["train"]["batch_size"])
+  small = [f for f, n in enumerate(train_counts) if n < batch]
+  if small:
+    raise ConfigError(f"folds {small} have fewer training windows ({min(train_counts)} in the "
+                      f"smallest) than train.batch_size={batch}; lower --config.train.batch_size")
+  aug = config.get("augment") or {}
+  groups = tuple(aug.get("sensor_groups", ()))
+  if aug.get("rotation") and groups and max(groups) + 3 > channels:
+    raise ConfigError(f"augment.sensor_groups={groups!r}: each names the first of 3 channels, but "
+                      f"the data have {channels} (0..{channels - 1}); fix "
+                      "--config.augment.sensor_groups")
+  if aug.get("permutation", 0) >= length:
+    raise ConfigError(f"augment.permutation={aug['permutation']} segments do not fit windows of "
+                      f"{length} samples; use fewer (--config.augment.permutation)")
+
+
+def rebase_data(config: mc.ConfigDict, name: str) -> list[str]:
+  """Replace `config.data` (not locked yet) by source `name`'s defaults: the keys of one source
+  are not another's. Returns the settings of the old section that no longer apply."""
+  import jkd.data   # noqa: PLC0415
+  new = jkd.data.default_config(name)
+  old = config.data.to_dict()
+  config.data = new
+  return [f"{k}={v!r}" for k, v in old.items() if k != "name" and (k not in new or new[k] != v)]
 
 
 def load_file(path: str) -> mc.ConfigDict:

@@ -28,6 +28,7 @@ from jkd import config as config_lib
 from jkd import metrics as metrics_lib
 from jkd import optim
 from jkd import setup as setup_lib
+from jkd import tensorboard as tensorboard_lib
 from jkd import train as train_lib
 
 
@@ -38,27 +39,92 @@ class WorkdirError(RuntimeError):
 OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json", "confusion.npz", "runs.json")
 
 
-def prepare_workdir(config: mc.ConfigDict, workdir: str, overwrite: bool) -> None:
-  """Create the workdir, or check it holds this config; `overwrite` discards what it holds."""
+# Workdirs whose training began in this process (`prepare_workdir` passed): `jkd.main` reports a
+# ValueError raised before the first as the user's mistake, one after it as a bug.
+trainings_started = 0
+
+
+def check_path(workdir: str) -> None:
+  """The workdir is a directory that can be written, or can be created; writes nothing."""
+  if not workdir:
+    raise WorkdirError("--workdir is empty; pass a directory (created if absent)")
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f"--workdir={workdir} is a file, not a directory; pass a directory path "
+                       "(created if absent)")
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise WorkdirError(f"--workdir={workdir}: {existing} is a file, so the workdir cannot be "
+                       "created under it; pass another --workdir")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+    raise WorkdirError(f"--workdir={workdir} {what}; pass a --workdir you can write to")
+
+
+def check_workdir(config: mc.ConfigDict, workdir: str, overwrite: bool) -> None:
+  """What `prepare_workdir` would refuse, without writing anything."""
+  check_path(workdir)
   path = os.path.join(workdir, "config.json")
-  text = config_lib.to_json(config)
-  if os.path.exists(path) and not overwrite:
-    with open(path) as f:
-      old = f.read()
-    if old != text:
-      diff = _diff(json.loads(old), json.loads(text))
+  if os.path.isfile(path) and not overwrite:
+    text = config_lib.to_json(config)
+    try:
+      with open(path) as f:
+        old_text = f.read()
+      old = json.loads(old_text)
+      if not isinstance(old, dict):
+        raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+      raise WorkdirError(f"{path} is unreadable ({type(e).__name__}: {' '.join(str(e).split())}); "
+                         "use another --workdir, or --overwrite to discard what it holds") from None
+    if old_text != text:
+      diff = _diff(old, json.loads(text))
       raise WorkdirError(f"{workdir} holds a different config ({diff}); use another --workdir, or "
                          "--overwrite to discard its checkpoints and results")
-  if overwrite and parallel.is_writer():
-    for name in OUTPUTS:
-      p = os.path.join(workdir, name)
-      if os.path.isdir(p):
-        shutil.rmtree(p)
-      elif os.path.exists(p):
-        os.remove(p)
-  if parallel.is_writer():
-    os.makedirs(workdir, exist_ok=True)
-    metrics_lib.write_atomic(path, text)
+
+
+def check_checkpoints(workdir: str, step: int | None = None) -> None:
+  """`--mode=eval`: the workdir holds a checkpoint (at `step`); reads only directory names."""
+  d = checkpoint.directory(workdir)
+  steps = sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+  if not steps:
+    raise WorkdirError(f"--mode=eval: no checkpoint under {d}; train first (--mode=train with the "
+                       "same --config and --workdir), or pass the --workdir that holds one")
+  if step is not None and step not in steps:
+    raise WorkdirError(f"--step={step}: no checkpoint at that step under {d}; saved steps: "
+                       f"{steps} (omit --step for the newest)")
+
+
+def check_init_from(config: mc.ConfigDict) -> None:
+  """`train.init_from` names a jkd workdir with runs and a checkpoint."""
+  src = config.train.init_from
+  if src and not (os.path.isfile(os.path.join(src, "runs.json"))
+                  and os.path.isdir(checkpoint.directory(src))):
+    raise WorkdirError(f"train.init_from={src!r} is not a trained jkd workdir (no runs.json and "
+                       "checkpoints/ there); point --config.train.init_from at one, or set it to ''")
+
+
+def prepare_workdir(config: mc.ConfigDict, workdir: str, overwrite: bool) -> None:
+  """Create the workdir, or check it holds this config; `overwrite` discards what it holds."""
+  global trainings_started
+  check_workdir(config, workdir, overwrite)
+  path = os.path.join(workdir, "config.json")
+  try:
+    if overwrite and parallel.is_writer():
+      for name in OUTPUTS:
+        p = os.path.join(workdir, name)
+        if os.path.isdir(p):
+          shutil.rmtree(p)
+        elif os.path.exists(p):
+          os.remove(p)
+    if parallel.is_writer():
+      os.makedirs(workdir, exist_ok=True)
+      metrics_lib.write_atomic(path, config_lib.to_json(config))
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir}: cannot write there ({e.strerror or e}); pass a "
+                       "--workdir you can write to") from None
+  trainings_started += 1
   if parallel.process_count() > 1:
     multihost_utils.sync_global_devices("jkd: workdir ready")
 
@@ -122,13 +188,14 @@ def evaluate(s: setup_lib.Setup, variables: Any) -> tuple[Any, Any, Any, Any]:
 
 def _records(s: setup_lib.Setup, epoch: int, terms: dict, test, tloss, val, vloss,
              failed: np.ndarray) -> list[dict]:
-  lr_factor = float(optim.lr_factor(s.config.optim, epoch - 1, s.config.train.epochs))
   hp_lr = s.host_hp["optim.lr"]
+  factors = np.asarray(jax.vmap(lambda hp: optim.lr_factor(s.config.optim, epoch - 1,
+                                                           s.config.train.epochs, hp))(s.host_hp))
   out = []
   for r in s.runs[:s.real]:
     i = r.index
     rec = {"epoch": epoch, "run": i, "fold": r.fold, "seed": r.seed, "sweep": r.sweep,
-           "lr": float(hp_lr[i] * lr_factor), "failed": bool(failed[i]),
+           "lr": float(hp_lr[i] * factors[i]), "failed": bool(failed[i]),
            "train": {k: float(v[i]) for k, v in terms.items()},
            "test": {"loss": float(tloss[i]), **metrics_lib.summarize(test[i])}}
     if val is not None:
@@ -175,6 +242,54 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+PROGRESS_SECONDS = 10.0   # inside an epoch, a progress line at least about this often
+
+
+class _Progress:
+  """Progress lines inside long epochs (stdout, process 0). The epoch runs in chunks of steps of
+  about half of PROGRESS_SECONDS each (`jkd.train.Pacer`); after a chunk that ends PROGRESS_SECONDS
+  or more after the last line, a line gives the steps done, the running train loss (of this
+  process's runs) and the ETAs of the epoch and of the training."""
+
+  def __init__(self, s: setup_lib.Setup, epochs: int):
+    self.s, self.epochs = s, epochs
+    self.pacer = train_lib.Pacer(PROGRESS_SECONDS / 2)
+    self.eval_s = 0.0       # the latest epoch's evaluation, seconds
+    self.epoch, self.t_epoch, self.t_line = 0, 0.0, 0.0
+
+  def start(self, epoch: int) -> None:
+    self.epoch, self.t_epoch = epoch, time.time()
+    self.t_line = self.t_epoch
+
+  def __call__(self, done: int, sums: dict) -> None:
+    now, total, per_step = time.time(), self.s.num_batches, self.pacer.per_step
+    if self.pacer.calls == 1:
+      _log(f"  first step (with compilation) done in {now - self.t_epoch:.1f}s")
+      self.t_line = now
+    if done == total or now - self.t_line < PROGRESS_SECONDS or not parallel.is_writer():
+      return
+    self.t_line = now
+    eta = ""
+    if per_step is not None:
+      epoch_left = (total - done) * per_step
+      left = epoch_left + self.eval_s + (self.epochs - self.epoch - 1) * (
+          total * per_step + self.eval_s)
+      eta = f", ETA {epoch_left:.0f}s for the epoch, {left:.0f}s for the training"
+    _log(f"  epoch {self.epoch + 1}/{self.epochs}  step {done}/{total}  train loss "
+         f"{_local_mean(sums, self.s.real):.4f}  {now - self.t_epoch:.0f}s into the epoch{eta}")
+
+
+def _local_mean(sums: dict, real: int) -> float:
+  """Mean loss over the steps done so far of this process's real runs (no collective)."""
+  total = count = 0.0
+  for ls, cs in zip(sums["loss"].addressable_shards, sums["count"].addressable_shards):
+    lo = ls.index[0].start or 0
+    loss, n = np.asarray(ls.data), np.asarray(cs.data)
+    keep = np.arange(lo, lo + len(loss)) < real
+    total, count = total + float(loss[keep].sum()), count + float(n[keep].sum())
+  return total / count if count else float("nan")
+
+
 def _init_variables(s: setup_lib.Setup) -> Any:
   """Each run's variables from `train.init_from` (its run with the same fold and seed)."""
   src = s.config.train.init_from
@@ -183,14 +298,19 @@ def _init_variables(s: setup_lib.Setup) -> Any:
 
 
 def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
-          extension: Any = None, runs_per_fold: int = 0) -> dict:
+          runs_per_fold: int = 0) -> dict:
   """Train every run (resuming from the newest checkpoint), write results; returns them.
 
-  `extension`, `runs_per_fold`: see `jkd.setup.build` (e.g. frozen teachers for distillation)."""
+  A config with a `distill` section trains a distillation stage (`jkd.setup.build`);
+  `runs_per_fold`: see there."""
   config_lib.validate(config)
-  prepare_workdir(config, workdir, overwrite)
+  tensorboard_lib.check(config)
+  check_workdir(config, workdir, overwrite)   # every refusal before anything is written
+  check_init_from(config)
   t_setup = time.time()
-  s = setup_lib.build(config, extension, runs_per_fold)
+  s = setup_lib.build(config, runs_per_fold, _log)
+  config_lib.check_fit(config, s.x.shape[-1], s.x.shape[1], s.folds.train_count)
+  prepare_workdir(config, workdir, overwrite)
   if parallel.is_writer():
     metrics_lib.write_atomic(os.path.join(workdir, "runs.json"),
                              json.dumps(_runs_json(s), indent=1))
@@ -201,7 +321,8 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
        f"{B} per epoch; data {tuple(s.x.shape)} ({time.time() - t_setup:.1f}s to load)")
   tracker = Tracker(s.num_runs, s.num_classes, s.val is not None)
   log = metrics_lib.JsonLines(os.path.join(workdir, "metrics.jsonl"), parallel.is_writer())
-  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+  keep = tuple(config.train.keep_epochs)
+  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, keep_epochs=keep)
   start = 0
   restored = checkpoint.restore_latest(mngr, s.abstract_state())
   if restored is not None:
@@ -211,34 +332,43 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   else:
     state = s.init_state(_init_variables(s) if config.train.init_from else None)
   log.truncate(start)
-  t0, done_samples = time.time(), 0
+  board = (tensorboard_lib.Board(workdir, start)
+           if tensorboard_lib.enabled(config) and parallel.is_writer() and start < E else None)
+  progress, durations = _Progress(s, E), []
   if start < E:
     _log(f"compiling the {s.num_runs}-run training step (first epoch includes compilation) ...")
   for e in range(start, E):
     t_epoch = time.time()
-    state, terms = s.train_epoch(state, s.x, s.y, s.inputs, jnp.int32(e), s.aux)
+    progress.start(e)
+    state, terms = s.train_epoch.run(state, s.x, s.y, s.inputs, jnp.int32(e), s.aux,
+                                     pacer=progress.pacer, report=progress)
+    t_eval = time.time()
     test, tloss, val, vloss = evaluate(s, state.variables)
     state, improved = train_lib.update_best(state, _score(val if val is not None else test))
     host = parallel.to_host({"terms": terms, "test": test, "tloss": tloss, "val": val,
                              "vloss": vloss, "improved": improved, "failed": state.failed})
+    progress.eval_s = time.time() - t_eval
     newly = tracker.update(e + 1, host["test"], host["val"], host["improved"], host["failed"])
-    log.write(_records(s, e + 1, host["terms"], host["test"], host["tloss"], host["val"],
-                       host["vloss"], host["failed"]))
+    records = _records(s, e + 1, host["terms"], host["test"], host["tloss"], host["val"],
+                       host["vloss"], host["failed"])
+    log.write(records)
+    if board is not None:
+      board.write(records)
     for i in np.flatnonzero(newly[:s.real]):
       _log(f"run {i} ({s.runs[i].describe()}) stopped: non-finite loss or gradient in epoch "
            f"{e + 1}; its last good state is kept, other runs continue")
-    if (e + 1) % config.train.checkpoint_every == 0 or e + 1 == E:
+    if (e + 1) % config.train.checkpoint_every == 0 or e + 1 == E or e + 1 in keep:
       checkpoint.save(mngr, e + 1, state, {"epoch": e + 1, "tracker": tracker.to_json()})
     samples = float(host["terms"]["steps"][:s.real].sum()) * B
-    done_samples += samples
     now = time.time()
+    durations.append(now - t_epoch)
+    per_epoch = np.mean(durations[1:]) if len(durations) > 1 else durations[0]   # 1st compiles
     acc = np.array([metrics_lib.accuracy(c) for c in host["test"][:s.real]])
     alive = ~host["failed"][:s.real]
     loss = host["terms"]["loss"][:s.real][alive].mean() if alive.any() else float("nan")
     _log(f"epoch {e + 1}/{E}  train loss {loss:.4f}  test acc {acc.mean():.4f} "
-         f"[{acc.min():.3f}, {acc.max():.3f}]  {now - t0:.0f}s elapsed, ETA "
-         f"{(now - t0) / (e + 1 - start) * (E - e - 1):.0f}s, {samples / (now - t_epoch):.0f} "
-         f"samples/s")
+         f"[{acc.min():.3f}, {acc.max():.3f}]  {sum(durations):.0f}s elapsed, ETA "
+         f"{per_epoch * (E - e - 1):.0f}s, {samples / (now - t_epoch):.0f} samples/s")
   mngr.wait_until_finished()
   mngr.close()
   res = _write_outputs(workdir, s, tracker, E)
@@ -250,6 +380,7 @@ def evaluate_checkpoint(config: mc.ConfigDict, workdir: str, step: int | None = 
                         which: str = "last") -> dict:
   """`--mode=eval`: restore a saved step and evaluate every run; writes eval_step{N}.json."""
   config_lib.validate(config)
+  check_checkpoints(workdir, step)
   s = setup_lib.build(config)
   with checkpoint.manager(workdir, config.train.keep_checkpoints) as mngr:
     restored = checkpoint.restore_latest(mngr, s.abstract_state(), step)

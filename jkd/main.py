@@ -22,6 +22,7 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as _config_flags_impl
 
 from jkd import config as config_lib
 
@@ -42,12 +43,60 @@ _PID = flags.DEFINE_integer("process_id", -1, "multi-host: this process's index"
 
 
 def _fail(msg: str) -> None:
-  print(f"jkd.main: {msg}", file=sys.stderr)
+  print(f"jkd.main: {' '.join(str(msg).split())}", file=sys.stderr)
   sys.exit(2)
+
+
+# The data source that --config.data.name chose (None: the config file's own), and the config
+# file's config as _check_override_keys loaded it (to say what a key takes).
+_data_source: list[str | None] = [None]
+_loaded: list = [None]
+
+
+class _ConfigFileParser(_config_flags_impl.ConfigFileFlagParser):
+  """absl's config-file parser, then `data` re-based on the source --config.data.name names (its
+  keys and defaults; the file's keys are those of the source it was written for), then locked:
+  absl applies the overrides after this."""
+
+  def parse(self, path):
+    config = super().parse(path)
+    if isinstance(config, config_lib.mc.ConfigDict):
+      if _data_source[0] is not None and _data_source[0] != config.data.name:
+        dropped = config_lib.rebase_data(config, _data_source[0])
+        if dropped:
+          print(f"jkd.main: --config.data.name={_data_source[0]}: the data section of "
+                f"{path} does not apply ({', '.join(dropped)}); the {_data_source[0]} defaults "
+                "do, with your --config.data overrides", flush=True)
+      config.lock()
+    return config
+
+
+flags.FLAGS["config"].parser = _ConfigFileParser(name="config", lock_config=False)
+
+
+def _override_value(argv: list[str], key: str) -> str | None:
+  """The last `--config.KEY=V` (or `--config.KEY V`) value in argv."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--config.{key}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--config.{key}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _unknown_data_key(key: str, config, e: Exception) -> str:
+  import jkd.data   # noqa: PLC0415
+  owners = jkd.data.sources_with_key(key.split(".", 1)[1].split(".")[0])
+  if not owners:
+    return str(e)
+  return (f"{e}; data.{key.split('.')[1]} is a key of source(s) {', '.join(owners)}, not of "
+          f"data.name={config.data.name!r}: set --config.data.name first")
 
 
 def _check_override_keys(argv: list[str]) -> None:
   """Unknown `--config.KEY` overrides -> one line with the closest keys (before absl parses)."""
+  _data_source[0] = _loaded[0] = None
   path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if path is None:
     return
@@ -58,21 +107,85 @@ def _check_override_keys(argv: list[str]) -> None:
     config = config_lib.load_file(path)
   except Exception:  # noqa: BLE001 - absl reports a broken config file with the full story below
     return
+  name = _data_source[0] = _override_value(argv, "data.name")
+  if name is not None and isinstance(config, config_lib.mc.ConfigDict) and "data" in config:
+    import jkd.data   # noqa: PLC0415
+    if name not in jkd.data.SOURCES:
+      _fail(f"--config.data.name={name!r} is not a data source; choose one of "
+            f"{', '.join(sorted(jkd.data.SOURCES))}")
+    if name != config.data.name:
+      config_lib.rebase_data(config, name)
+  _loaded[0] = config
   for arg in argv:
     m = re.match(r"--config\.([\w.]+)", arg)
     if m and not m.group(1).startswith("sweep."):
       try:
         config_lib.get(config, m.group(1))
       except config_lib.ConfigError as e:
-        _fail(str(e))
+        _fail(_unknown_data_key(m.group(1), config, e) if m.group(1).startswith("data.")
+              else str(e))
+
+
+def _flag_error(e: Exception) -> str:
+  """absl's message, with what the key takes (a bad value) or the config key meant (a flag)."""
+  msg = " ".join(str(e).split())
+  config = _loaded[0]
+  m = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", msg)
+  if m and config is not None:
+    try:
+      current = config_lib.get(config, m.group(1))
+    except config_lib.ConfigError:
+      return f"bad flag: {msg}"
+    kind = "a tuple, e.g. '(1,2)'" if isinstance(current, tuple) else (
+        f"a {type(current).__name__}" if current is not None else "a value")
+    return (f"--config.{m.group(1)}={m.group(2)}: {m.group(3)}; {m.group(1)} takes {kind} "
+            f"(its value in the config file: {current!r})")
+  m = re.match(r"Unknown command line flag '(\w+)'", msg)
+  if m:
+    near = [k for k, _ in config_lib.flat(config)] if config is not None else []
+    near = [k for k in near if k.split(".")[-1] == m.group(1)][:3]
+    hint = (f"; did you mean {' or '.join(f'--config.{k}' for k in near)}?" if near else
+            "; config keys go as --config.SECTION.KEY=VALUE, and --help lists the flags")
+    return f"unknown flag --{m.group(1)}{hint}"
+  return f"bad flag: {msg}"
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   _check_override_keys(argv)
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    _fail(f"bad flag: {' '.join(str(e).split())}")
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    _fail(_flag_error(e))
+
+
+def _views(config, workdir: str = "") -> list:
+  """The config, or for a pipeline each stage's engine config (`jkd.pipeline.stage_config`):
+  what `check_fit` checks against the data."""
+  from jkd import pipeline   # noqa: PLC0415
+  if not pipeline.is_pipeline(config):
+    return [config]
+  return [pipeline.stage_config(config, n, workdir) for n in pipeline.stages_to_run(config)]
+
+
+def _preflight(config, workdir: str) -> None:
+  """Everything the inputs alone show to be wrong, before anything is written or trained: the
+  config's values, the workdir, the data, the folds against the batch sizes and augmentations.
+  The windows stay loaded for the training (`jkd.data.keep_loaded`)."""
+  import jkd.data   # noqa: PLC0415
+  from jkd import experiment, pipeline   # noqa: PLC0415
+  from jkd.data import folds as folds_lib   # noqa: PLC0415
+  is_pipeline = pipeline.is_pipeline(config)
+  experiment.check_path(workdir)
+  config_lib.validate(config, check_sweep=not is_pipeline)  # a pipeline's sweep: its KD stage's
+  if _MODE.value == "eval":
+    experiment.check_checkpoints(workdir, _STEP.value)
+  elif not is_pipeline:
+    experiment.check_workdir(config, workdir, _OVERWRITE.value)
+    experiment.check_init_from(config)
+  windows = jkd.data.load(config.data)
+  counts = folds_lib.train_counts(windows.subject, config.data)
+  for view in _views(config, workdir):
+    config_lib.check_fit(view, windows.x.shape[2], windows.x.shape[1], counts)
 
 
 def main(argv: list[str]) -> None:
@@ -98,18 +211,27 @@ def main(argv: list[str]) -> None:
   if _CONFIG.value is None:
     _fail("--config is required (e.g. --config=configs/watch.py)")
   from jkd import pipeline
+  if pipeline.is_pipeline(_CONFIG.value) and _MODE.value == "eval":
+    _fail("--mode=eval evaluates one stage: pass --workdir=W/<stage> and that stage's "
+          "config (W/<stage>/config.json)")
+  started = experiment.trainings_started
   try:
-    if pipeline.is_pipeline(_CONFIG.value):
-      if _MODE.value == "eval":
-        _fail("--mode=eval evaluates one stage: pass --workdir=W/<stage> and that stage's "
-              "config (W/<stage>/config.json)")
-      pipeline.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
-    elif _MODE.value == "eval":
-      experiment.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value, _WHICH.value)
-    else:
-      experiment.train(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
+    with jkd.data.keep_loaded():
+      _preflight(_CONFIG.value, _WORKDIR.value)
+      if pipeline.is_pipeline(_CONFIG.value):
+        pipeline.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
+      elif _MODE.value == "eval":
+        experiment.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value, _WHICH.value)
+      else:
+        experiment.train(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
   except (config_lib.ConfigError, experiment.WorkdirError, jkd.data.DataError,
           FileNotFoundError, convert.CheckpointError) as e:
+    _fail(str(e))
+  except ValueError as e:
+    # Raised while the configs were checked or the programs built, before any training began:
+    # a value the user chose (e.g. a KD loss setting) that its own module refused.
+    if experiment.trainings_started != started:
+      raise
     _fail(str(e))
 
 

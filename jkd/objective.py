@@ -1,9 +1,11 @@
 """The training objective of a run: `(logits, features, labels, hp, context) -> (total, terms)`.
 
-`terms` are the named loss terms logged per epoch; `hp` holds the run's (possibly swept) loss.*
+Returns `(total, terms, new_state)`: `terms` are the named loss terms logged per epoch; `hp` holds the run's (possibly swept) loss.*
 values as traced scalars. Labels are int (B,) or soft (B, K) (mixup/cutmix). `context` carries
 what the step knows beyond the batch: `epoch` (0-based, traced) and, when an engine extension
-supplies a guide (e.g. frozen teachers, `jkd.teachers.Distillation`), `teachers`.
+supplies a guide (frozen teachers, `jkd.teachers.Prepared`), `teachers`, and `distill`, the run's
+trainable parts of distillation terms; `new_state` is their updated batch statistics (None here;
+the distillation objective is `jkd.distill.make_objective`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from jkd import losses
 
 Array = jax.Array
 Objective = Callable[[Array, tuple, Array, Mapping[str, Array], Mapping],
-                     tuple[Array, dict[str, Array]]]
+                     tuple[Array, dict[str, Array], object]]
 
 
 def make(config: mc.ConfigDict) -> Objective:
@@ -32,6 +34,6 @@ def make(config: mc.ConfigDict) -> Objective:
       terms = {"focal": losses.focal_loss(logits, labels, gamma=hp["loss.gamma"])}
     else:
       raise ValueError(f"loss.name={name!r} is not one of ce, focal")
-    return sum(terms.values()), terms
+    return sum(terms.values()), terms, None
 
   return objective

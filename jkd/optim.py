@@ -29,27 +29,34 @@ def lab_boundaries(epochs: int) -> tuple[int, int, int]:
   return int(epochs / 18), int(epochs / 3), int(2 * epochs / 3)
 
 
-def lr_factor(cfg: mc.ConfigDict, epoch: Array | int, epochs: int) -> Array:
-  """Multiplier of optim.lr during (0-based) `epoch` of `epochs`."""
+def lr_factor(cfg: mc.ConfigDict, epoch: Array | int, epochs: int,
+              hp: Mapping[str, Array] | None = None) -> Array:
+  """Multiplier of optim.lr during (0-based) `epoch` of `epochs`.
+
+  `hp`: the run's per-run values; `optim.warmup_epochs` and `optim.gamma` are read from it (so
+  they can be swept), from `cfg` when it is None. The schedule's shape is static."""
   e = jnp.asarray(epoch, jnp.int32)
+  gamma = jnp.float32(cfg.gamma) if hp is None else jnp.asarray(hp["optim.gamma"], jnp.float32)
+  warmup = (jnp.float32(cfg.warmup_epochs) if hp is None
+            else jnp.asarray(hp["optim.warmup_epochs"], jnp.float32))
   if cfg.schedule == "lab":
     steps = sum((e >= b).astype(jnp.int32) for b in lab_boundaries(epochs))
     factor = jnp.asarray(LAB_FACTORS, jnp.float32)[steps]
   elif cfg.schedule == "constant":
     factor = jnp.float32(1.0)
   elif cfg.schedule == "step":
-    factor = jnp.float32(cfg.gamma) ** (e // cfg.step_size).astype(jnp.float32)
+    factor = gamma ** (e // cfg.step_size).astype(jnp.float32)
   elif cfg.schedule == "multistep":
     n = sum((e >= m).astype(jnp.int32) for m in cfg.milestones) if cfg.milestones else 0
-    factor = jnp.float32(cfg.gamma) ** jnp.asarray(n, jnp.float32)
+    factor = gamma ** jnp.asarray(n, jnp.float32)
   elif cfg.schedule == "cosine":
     factor = 0.5 * (1.0 + jnp.cos(jnp.pi * e.astype(jnp.float32) / epochs))
   else:
     raise ValueError(f"optim.schedule={cfg.schedule!r} is not one of lab, constant, step, "
                      "multistep, cosine")
-  if cfg.warmup_epochs > 0:   # linear warm-up: (e + 1) / W during the first W epochs
-    factor = factor * jnp.minimum(1.0, (e.astype(jnp.float32) + 1.0) / cfg.warmup_epochs)
-  return factor
+  # linear warm-up: (e + 1) / W during the first W epochs (W = 0: none)
+  ramp = jnp.minimum(1.0, (e.astype(jnp.float32) + 1.0) / jnp.maximum(warmup, 1e-9))
+  return factor * jnp.where(warmup > 0, ramp, 1.0)
 
 
 def _base(cfg: mc.ConfigDict, hp: Mapping[str, Array], lr: Array) -> optax.GradientTransformation:

@@ -1,26 +1,27 @@
-"""The distillation pipeline: teachers → student from scratch → KD student, each stage on the engine.
+"""The distillation pipeline: teachers → student from scratch → KD students, each stage on the engine.
 
-A config with a `stages` section is a pipeline (`jkd.main` dispatches it here). Its top-level
-`model`/`train`/`optim`/`loss`/`augment` sections are shared defaults; `stages.<name>` holds what a
-stage changes (any subset of those sections), merged over them:
+A config with a `stages` section is a pipeline (`jkd.main` dispatches it here):
 
-  teacher_signal   e.g. a 1-D WRN on the windows                      -> W/teacher_signal/
-  teacher_image    e.g. a 2-D WRN on GAF images made in the step     -> W/teacher_image/
-  student_scratch  the student with CE only (baseline, initialisation) -> W/student_scratch/
-  student_kd       the student with `jkd.kd`'s objective and frozen teachers -> W/student_kd/
+  teachers.<name>        every teacher (`jkd.teachers`: model, source, which, epoch, weight); one
+                         with source '' is trained by the stage teacher_<name> -> W/teacher_<name>/
+  stages.teacher_<name>  what that teacher's stage changes of the shared sections (optional)
+  stages.student_scratch the student with CE only (the baseline, and the lab's "annealing"
+                         initialisation)                              -> W/student_scratch/
+  stages.<kd stage>      any number of distillation stages, each with a `distill` section
+                         (`distill.teachers`: its teachers, in weight order; `init_from_scratch`,
+                         `init_which`, `cache`, `cache_gb`), its `loss` (`jkd.distill`: the terms
+                         and their keys) and its `sweep`                -> W/<kd stage>/
 
-`student_kd` uses `student_scratch`'s model (the same student), its `loss` section adds the KD keys
-(`jkd.kd.defaults`), and the top-level `sweep` applies to it alone (teachers and the baseline are
-trained once). `kd` chooses the teachers: `kd.teachers` (subset of signal, image, in weight order),
-per teacher `kd.<teacher>.source` ('' = train its stage; or a jkd workdir, or a lab `.pth.tar` path
-with `{fold}`/`{seed}`/`{subject}`, see `jkd.teachers`) and `.which` ('last'|'best');
-`kd.init_from_scratch` starts each KD run from the scratch student of the same fold and seed (the
-lab's "annealing" initialisation).
+The top-level `model`/`train`/`optim`/`loss`/`augment` sections are shared defaults. A stage's
+`train`/`optim`/`loss`/`augment` (and student_scratch's `model`) hold every key as None, meaning
+"as the shared section": `--config.stages.teacher_image.train.epochs=30` sets one. KD stages use
+student_scratch's model (the same student).
 
-Each stage trains every run (folds x seeds x sweep) in one program and is skipped when its
-workdir already holds complete results for the same stage config; a stage whose config changed is
-refused unless `--overwrite`, which retrains only the changed stages (and those that depend on a
-retrained one). Afterwards `jkd.report` writes W/results.json, W/report.md and W/plots/.
+Each stage trains every run (folds x seeds x sweep) in one program and is skipped when its workdir
+already holds complete results for the same stage config; a stage whose config changed is refused
+unless `--overwrite`, which retrains only the changed stages (and those that depend on a retrained
+one). Every stage config and every external teacher source is checked before the first stage
+trains. Afterwards `jkd.report` writes W/results.json, W/report.md and W/plots/.
 """
 
 from __future__ import annotations
@@ -32,103 +33,189 @@ from typing import Any, Callable
 import ml_collections as mc
 
 from jkd import config as config_lib
-from jkd import kd, report, teachers
+from jkd import distill, report, teachers
 from jkd import runs as runs_lib
 
-STAGES = report.STAGES
-TEACHER_STAGE = {"signal": "teacher_signal", "image": "teacher_image"}
-SECTIONS = ("model", "train", "optim", "loss", "augment")
+SCRATCH = "student_scratch"
+SECTIONS = ("train", "optim", "loss", "augment")
 
 
 def is_pipeline(config: mc.ConfigDict) -> bool:
   return "stages" in config
 
 
+def inheriting(section: mc.ConfigDict) -> mc.ConfigDict:
+  """`section`'s keys, each None ("as the shared section") but typed, so overrides parse."""
+  out = mc.ConfigDict()
+  for k, v in section.items():
+    if isinstance(v, mc.ConfigDict):
+      out[k] = inheriting(v) if v else mc.ConfigDict()
+    else:
+      out[k] = mc.FieldReference(None, field_type=type(v) if not isinstance(v, float) else float)
+  return out
+
+
+def teacher_stage(shared: mc.ConfigDict) -> mc.ConfigDict:
+  return mc.ConfigDict({s: inheriting(shared[s]) for s in SECTIONS})
+
+
+def kd_stage(shared: mc.ConfigDict, teacher_names: tuple[str, ...],
+             terms: tuple[str, ...] = ("ce", "kd")) -> mc.ConfigDict:
+  """A distillation stage taught by `teacher_names` with the loss terms `terms` at defaults."""
+  c = mc.ConfigDict({s: inheriting(shared[s]) for s in ("train", "optim", "augment")})
+  c.distill = mc.ConfigDict({"teachers": tuple(teacher_names), "init_from_scratch": True,
+                             "init_which": "last", "cache": True, "cache_gb": 2.0})
+  c.loss = distill.loss_defaults(terms)
+  c.sweep = mc.ConfigDict()
+  return c
+
+
 def base(data: mc.ConfigDict) -> mc.ConfigDict:
   """Engine defaults plus the pipeline sections; configs/*_spkd.py start here."""
   c = config_lib.base(data)
-  c.stages = mc.ConfigDict({
-      "teacher_signal": {"model": {"name": "wrn16_1", "ndim": 1}},
-      "teacher_image": {"model": {"name": "wrn16_1", "ndim": 2, "image_size": 64,
-                                  "gaf_method": "summation"}},
-      "student_scratch": {"model": {"name": "wrn16_1", "ndim": 1}},
-      "student_kd": {"loss": kd.defaults()},
+  c.teachers = mc.ConfigDict({
+      "signal": teachers.spec({"name": "wrn16_1", "ndim": 1}),
+      "image": teachers.spec({"name": "wrn16_1", "ndim": 2, "image_size": 64}),
   })
-  c.kd = mc.ConfigDict({
-      "teachers": ("signal", "image"),
-      "init_from_scratch": True,
-      "init_which": "last",
-      "cache": True,           # cache teacher outputs when no augmentation is active
-      "cache_gb": 2.0,         # memory for cached outputs, all teachers and runs together
-      "signal": {"source": "", "which": "last"},
-      "image": {"source": "", "which": "last"},
+  c.stages = mc.ConfigDict({
+      "teacher_signal": teacher_stage(c), "teacher_image": teacher_stage(c),
+      SCRATCH: mc.ConfigDict({"model": inheriting(c.model), **teacher_stage(c)}),
+      "student_kd": kd_stage(c, ("signal", "image")),
   })
   return c
 
 
+def add_teacher(config: mc.ConfigDict, name: str, model: dict, **kw) -> None:
+  """Declare teacher `name` (and its optional stage teacher_<name>)."""
+  config.teachers[name] = teachers.spec(model, **kw)
+  config.stages[f"teacher_{name}"] = teacher_stage(config)
+
+
+def add_kd_stage(config: mc.ConfigDict, name: str, teacher_names: tuple[str, ...],
+                 terms: tuple[str, ...] = ("ce", "kd")) -> mc.ConfigDict:
+  config.stages[name] = kd_stage(config, teacher_names, terms)
+  return config.stages[name]
+
+
+def kd_stages(config: mc.ConfigDict) -> list[str]:
+  return [n for n, s in config.stages.items() if "distill" in s]
+
+
 def _merge(base: dict, over: dict) -> dict:
+  """`over` on `base`; None in `over` keeps `base`'s value."""
   out = dict(base)
   for k, v in over.items():
+    if v is None:
+      continue
     out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
   return out
 
 
 def _check(config: mc.ConfigDict) -> None:
-  unknown = sorted(set(config.stages) - set(STAGES))
-  if unknown:
-    raise config_lib.ConfigError(f"stages.{unknown[0]} is not a pipeline stage; stages are "
-                                 f"{', '.join(STAGES)}")
-  for name, over in config.stages.items():
-    bad = sorted(set(over) - set(SECTIONS))
-    if bad:
-      raise config_lib.ConfigError(f"stages.{name}.{bad[0]}: a stage may change "
-                                   f"{', '.join(SECTIONS)} only")
-  order = tuple(config.kd.teachers)
-  if not order or len(order) > 2 or not set(order) <= set(TEACHER_STAGE) or len(set(order)) < len(order):
-    raise config_lib.ConfigError(f"kd.teachers={order!r}: one or two of 'signal', 'image'")
-  if "student_kd" in config.stages and "model" in config.stages.student_kd:
-    raise config_lib.ConfigError("stages.student_kd.model: the KD student is student_scratch's "
-                                 "model; set stages.student_scratch.model instead")
+  if config.sweep.to_dict():
+    raise config_lib.ConfigError("sweep: a pipeline sweeps inside a distillation stage; set "
+                                 "stages.<stage>.sweep (e.g. stages.student_kd.sweep)")
+  if SCRATCH not in config.stages:
+    raise config_lib.ConfigError(f"stages.{SCRATCH} is missing: the pipeline needs the student "
+                                 "trained from scratch (its baseline)")
+  for name, st in config.stages.items():
+    is_kd, is_teacher = "distill" in st, name.startswith("teacher_")
+    if is_teacher and name[len("teacher_"):] not in config.teachers:
+      raise config_lib.ConfigError(f"stages.{name}: no teachers.{name[len('teacher_'):]} is "
+                                   "declared; declare it or drop the stage")
+    if not is_kd and not is_teacher and name != SCRATCH:
+      raise config_lib.ConfigError(f"stages.{name} is neither teacher_<name>, {SCRATCH} nor a "
+                                   "distillation stage (a `distill` section)")
+    if "model" in st and name != SCRATCH:
+      raise config_lib.ConfigError(
+          f"stages.{name}.model: a teacher's model is teachers.<name>.model and the KD student "
+          f"is {SCRATCH}'s; set those instead")
+    if is_kd:
+      for t in st.distill.teachers:
+        if t not in config.teachers:
+          raise config_lib.ConfigError(
+              f"stages.{name}.distill.teachers names {t!r} but teachers.{t} is not declared; "
+              f"declared: {', '.join(config.teachers)}")
+  if not kd_stages(config):
+    raise config_lib.ConfigError("the pipeline has no distillation stage (a stage with a "
+                                 "`distill` section)")
+
+
+def used_teachers(config: mc.ConfigDict) -> list[str]:
+  """Teachers some KD stage uses, in declaration order."""
+  used = {t for n in kd_stages(config) for t in config.stages[n].distill.teachers}
+  return [t for t in config.teachers if t in used]
 
 
 def stages_to_run(config: mc.ConfigDict) -> list[str]:
-  """Teacher stages of the teachers used and not imported, then the two student stages."""
-  used = {TEACHER_STAGE[t] for t in config.kd.teachers if not config.kd[t].source}
-  return [s for s in STAGES if s in used or s.startswith("student_")]
+  """Teacher stages of the teachers used and not imported, the scratch student, the KD stages."""
+  trained = [f"teacher_{t}" for t in used_teachers(config) if not config.teachers[t].source]
+  return trained + [SCRATCH] + kd_stages(config)
+
+
+def _shared(config: mc.ConfigDict) -> dict:
+  shared = config.to_dict()
+  for key in ("stages", "teachers", "sweep"):
+    shared.pop(key)
+  return shared
+
+
+def _early_epochs(config: mc.ConfigDict, teacher: str) -> tuple[int, ...]:
+  return tuple(sorted({int(config.teachers[teacher].epoch)} - {0}))
 
 
 def stage_config(config: mc.ConfigDict, name: str, workdir: str) -> mc.ConfigDict:
   """The engine config of stage `name` (what W/<name>/config.json holds)."""
-  shared = config.to_dict()
-  for key in ("stages", "kd", "sweep"):
-    shared.pop(key)
-  stages = config.stages.to_dict()
-  merged = _merge(shared, stages.get(name, {}))
+  shared = _shared(config)
+  stage = config.stages[name].to_dict()
+  merged = _merge(shared, {k: stage[k] for k in SECTIONS if k in stage and k != "loss"})
   merged["sweep"] = {}
-  if name == "student_kd":
-    merged["model"] = _merge(shared["model"], stages.get("student_scratch", {}).get("model", {}))
-    merged["loss"] = _merge(kd.defaults().to_dict(), merged["loss"])
-    merged["sweep"] = config.sweep.to_dict()
-    if config.kd.init_from_scratch:
-      merged["train"]["init_from"] = os.path.abspath(os.path.join(workdir, "student_scratch"))
-      merged["train"]["init_which"] = config.kd.init_which
-    t = teachers.defaults().to_dict()
-    t.update(order=tuple(config.kd.teachers), cache=config.kd.cache, cache_gb=config.kd.cache_gb)
-    for teacher, stage in TEACHER_STAGE.items():
-      model = _merge(shared["model"], stages.get(stage, {}).get("model", {}))
-      src = config.kd[teacher].source or os.path.abspath(os.path.join(workdir, stage))
-      t[teacher] = {"model": model["name"], "ndim": model["ndim"],
-                    "image_size": model["image_size"], "gaf_method": model["gaf_method"],
-                    "kwargs": model["kwargs"], "source": src, "which": config.kd[teacher].which}
-    merged["teachers"] = t
+  if name.startswith("teacher_"):
+    t = name[len("teacher_"):]
+    merged["model"] = config.teachers[t].model.to_dict()
+    merged["loss"] = _merge(shared["loss"], stage.get("loss", {}))
+    keep = _early_epochs(config, t)
+    if keep:
+      merged["train"]["keep_epochs"] = tuple(sorted(set(merged["train"]["keep_epochs"]) | set(keep)))
+  elif name == SCRATCH:
+    merged["model"] = _merge(shared["model"], stage.get("model", {}))
+    merged["loss"] = _merge(shared["loss"], stage.get("loss", {}))
+  else:
+    merged["model"] = _merge(shared["model"], config.stages[SCRATCH].to_dict().get("model", {}))
+    merged["loss"] = stage["loss"]
+    merged["sweep"] = stage["sweep"]
+    d = stage["distill"]
+    if d["init_from_scratch"]:
+      merged["train"]["init_from"] = os.path.abspath(os.path.join(workdir, SCRATCH))
+      merged["train"]["init_which"] = d["init_which"]
+    merged["distill"] = {"teachers": tuple(d["teachers"]), "cache": d["cache"],
+                         "cache_gb": d["cache_gb"]}
+    ts = {}
+    for t in d["teachers"]:
+      spec = config.teachers[t].to_dict()
+      spec["source"] = spec["source"] or os.path.abspath(os.path.join(workdir, f"teacher_{t}"))
+      ts[t] = spec
+    merged["teachers"] = ts
   return mc.ConfigDict(merged)
 
 
+def check_stage(cfg: mc.ConfigDict) -> None:
+  """Everything a stage config can get wrong, as one-line ConfigErrors (before training)."""
+  config_lib.validate(cfg)
+  if "distill" in cfg:
+    pairs = [(t, cfg.teachers[t].model) for t in cfg.distill.teachers]
+    try:
+      distill.check(cfg.loss, pairs, cfg.model, cfg.train.epochs)
+    except distill.TermError as e:
+      raise config_lib.ConfigError(str(e)) from None
+
+
 def dependencies(config: mc.ConfigDict, name: str) -> set[str]:
-  if name != "student_kd":
+  if name not in kd_stages(config):
     return set()
-  deps = {TEACHER_STAGE[t] for t in config.kd.teachers if not config.kd[t].source}
-  return deps | ({"student_scratch"} if config.kd.init_from_scratch else set())
+  st = config.stages[name]
+  deps = {f"teacher_{t}" for t in st.distill.teachers if not config.teachers[t].source}
+  return deps | ({SCRATCH} if st.distill.init_from_scratch else set())
 
 
 def _stored(stage_dir: str, name: str) -> Any:
@@ -136,19 +223,53 @@ def _stored(stage_dir: str, name: str) -> Any:
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return f.read() if name.endswith("config.json") else json.load(f)
+    return json.load(f)
 
 
 def status(stage_dir: str, cfg: mc.ConfigDict) -> str:
-  """'new' (nothing there), 'done' (complete results of this config), 'partial' (this config,
-  unfinished: resume) or 'changed' (another config)."""
-  old = _stored(stage_dir, "config.json")
-  if old is None:
+  """'new', 'partial' (resumable), 'done' (complete results for this config) or 'changed'."""
+  stored = _stored(stage_dir, "config.json")
+  if stored is None:
     return "new"
-  if old != config_lib.to_json(cfg):
+  if stored != json.loads(config_lib.to_json(cfg)):
     return "changed"
   res = _stored(stage_dir, "results.json")
   return "done" if res and res.get("epochs_done") == cfg.train.epochs else "partial"
+
+
+def _check_external_teachers(config: mc.ConfigDict, cfgs: dict[str, mc.ConfigDict]) -> None:
+  """External teacher sources must serve every run, checked before any stage trains (PyTorch
+  files for every fold and seed: the folds need the data, loaded here only for those)."""
+  external = [t for t in used_teachers(config) if config.teachers[t].source]
+  test_subjects = None
+  if any(teachers.is_torch_source(config.teachers[t].source) for t in external):
+    import jkd.data
+    from jkd.data import folds as folds_lib
+    w = jkd.data.load(config.data)
+    test_subjects = folds_lib.make_folds(w.x, w.y, w.subject, config.data,
+                                         num_classes=len(w.classes)).test_subjects
+  for n in kd_stages(config):
+    cfg = cfgs[n]
+    seeds = config_lib.seeds(cfg)
+    for t in cfg.distill.teachers:
+      src = config.teachers[t].source
+      if not src:
+        continue
+      if test_subjects is not None:
+        pairs = [(f, s) for f in range(len(test_subjects)) for s in seeds]
+      else:
+        pairs = _workdir_pairs(src, seeds)
+      teachers.check_source(t, cfg.teachers[t], pairs, test_subjects)
+
+
+def _workdir_pairs(src: str, seeds: list[int]) -> list[tuple[int, int]] | None:
+  """(fold, seed) pairs a teacher workdir must hold: its folds x the student's seeds."""
+  path = os.path.join(src, "runs.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    folds = sorted({r["fold"] for r in json.load(f)})
+  return [(f, s) for f in folds for s in seeds]
 
 
 def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
@@ -158,14 +279,14 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   _check(config)
   names = stages_to_run(config)
   cfgs = {n: stage_config(config, n, workdir) for n in names}
-  for n, cfg in cfgs.items():   # every stage's mistakes surface before the first one trains
-    config_lib.validate(cfg)
-    if n == "student_kd":
-      kd.check(cfg.loss, cfg.train.epochs)
+  for cfg in cfgs.values():   # every stage's mistakes surface before the first one trains
+    check_stage(cfg)
+  _check_external_teachers(config, cfgs)
   if parallel.is_writer():
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.to_json(config))
+    from jkd.metrics import write_atomic
+    write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+    write_atomic(os.path.join(workdir, "stages.json"), json.dumps(names))
   # The CPU is split once, for the stage with the most runs (every stage has the same folds), so
   # each stage runs on the same devices whether the pipeline started fresh or resumed: XLA:CPU's
   # float results depend on how many devices the process has.
@@ -186,8 +307,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     why = {"new": "training", "partial": "resuming", "changed": "config changed: retraining",
            "done": f"retraining ({', '.join(sorted(stale))} retrained)"}[st]
     log(f"[{n}] {why} -> {d}")
-    ext = teachers.Distillation(cfgs[n], log) if n == "student_kd" else None
-    experiment.train(cfgs[n], d, overwrite=fresh, extension=ext, runs_per_fold=runs_per_fold)
+    experiment.train(cfgs[n], d, overwrite=fresh, runs_per_fold=runs_per_fold)
     trained.add(n)
   if not parallel.is_writer():
     return report.build(workdir)
@@ -195,3 +315,21 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   log(report.summary_table(full))
   log(f"report: {os.path.join(workdir, 'report.md')}")
   return full
+
+
+def lab_loss(loss: mc.ConfigDict, *, lam: float = 0.99, alpha: float = 0.5, beta: float = 0.0,
+             temperature: float = 4.0) -> mc.ConfigDict:
+  """The lab's dual-teacher objective on a KD stage's `loss` (docs/protocol.md, losses):
+  `(1 − λ)·CE + λ·[(1 − α)·KD_1 + α·KD_2] + β·SP` with PyTorch `KLDivLoss()`'s 'mean' reduction and
+  SP summed over the three WRN stages; SP is listed only when β > 0 (sweeping `loss.sp.weight`
+  needs it listed: pass the largest β here)."""
+  loss.terms = ("ce", "kd", "sp") if beta else ("ce", "kd")
+  loss.ce.weight = 1.0 - lam
+  loss.kd.weight = lam
+  loss.kd.temperature = temperature
+  loss.kd.reduction = "mean"
+  loss.alpha = alpha
+  if beta:
+    loss.sp.weight = beta
+    loss.sp.layers = (1, 2, 3)
+  return loss

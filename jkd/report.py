@@ -6,7 +6,8 @@ Everything is computed from the stage workdirs alone (`W/<stage>/results.json`, 
 * per-stage table: accuracy and macro-F1 at the final and the best epoch, mean ± population std
   over folds and trials (as `jkd.results`), one row per stage (per sweep point for a sweep);
 * per-fold table: each stage's accuracy per fold (mean over trials);
-* KD gain of `student_kd` over `student_scratch`, paired across folds: per fold the difference of
+* the best-epoch accuracy with the lab's "±" (`lab_pm`) in its own labelled column;
+* KD gain of every distillation stage over `student_scratch`, paired across folds: per fold the difference of
   the trial means, their mean, sample std (ddof 1) and the two-sided paired t-test p-value
   (`scipy.stats.ttest_rel` on the fold means); the Student-t CDF comes from the regularised
   incomplete beta function, `P(|T| > t) = I_{ν/(ν+t²)}(ν/2, 1/2)`.
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 from jkd.metrics import write_atomic
 
-STAGES = ("teacher_signal", "teacher_image", "student_scratch", "student_kd")
+SCRATCH = "student_scratch"
 METRICS = (("final", "accuracy"), ("final", "macro_f1"), ("best", "accuracy"), ("best", "macro_f1"))
 
 
@@ -91,10 +92,26 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- collecting
 
+def stage_names(workdir: str) -> list[str]:
+  """The pipeline's stages in order (W/stages.json), else every subdirectory with results."""
+  path = os.path.join(workdir, "stages.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  names = sorted(n for n in os.listdir(workdir) if os.path.isfile(
+      os.path.join(workdir, n, "results.json"))) if os.path.isdir(workdir) else []
+  rank = lambda n: (0 if n.startswith("teacher_") else 1 if n == SCRATCH else 2, n)
+  return sorted(names, key=rank)
+
+
+def is_kd_stage(name: str) -> bool:
+  return not name.startswith("teacher_") and name != SCRATCH
+
+
 def read_stages(workdir: str) -> dict[str, dict]:
   """Each trained stage's results.json, in pipeline order."""
   out = {}
-  for name in STAGES:
+  for name in stage_names(workdir):
     path = os.path.join(workdir, name, "results.json")
     if os.path.exists(path):
       with open(path) as f:
@@ -117,24 +134,37 @@ def per_fold(res: dict, which: str, metric: str) -> dict[str, dict[int, float]]:
 
 
 def kd_gain(stages: dict[str, dict]) -> list[dict[str, Any]]:
-  """student_kd − student_scratch per sweep point and metric, paired over the common folds."""
-  if "student_kd" not in stages or "student_scratch" not in stages:
+  """Each KD stage − student_scratch per sweep point and metric, paired over the common folds."""
+  if SCRATCH not in stages:
     return []
   out = []
-  for which, metric in METRICS:
-    base = next(iter(per_fold(stages["student_scratch"], which, metric).values()), {})
-    for point, folds in per_fold(stages["student_kd"], which, metric).items():
-      common = sorted(set(base) & set(folds))
-      test = paired_test(np.array([base[f] for f in common]), np.array([folds[f] for f in common]))
-      out.append({"sweep": point, "which": which, "metric": metric, "folds": common, **test})
+  for name in (n for n in stages if is_kd_stage(n)):
+    for which, metric in METRICS:
+      base = next(iter(per_fold(stages[SCRATCH], which, metric).values()), {})
+      for point, folds in per_fold(stages[name], which, metric).items():
+        common = sorted(set(base) & set(folds))
+        test = paired_test(np.array([base[f] for f in common]),
+                           np.array([folds[f] for f in common]))
+        out.append({"stage": name, "sweep": point, "which": which, "metric": metric,
+                    "folds": common, **test})
   return out
+
+
+def lab_pm(res: dict, point: str, which: str = "best", metric: str = "accuracy") -> float:
+  """The lab's "±" (docs/protocol.md, reporting): the population std of the per-fold trial means
+  divided by √(folds · trials − 1), √26 for PAMAP2's 9 folds × 3 trials. Not a standard
+  deviation of anything; reported beside the honest ones so numbers compare with the papers."""
+  folds = per_fold(res, which, metric).get(point, {})
+  runs = [r for r in res["runs"] if r["status"] == "ok" and _sweep_key(r["sweep"]) == point]
+  if len(folds) < 2 or len(runs) < 2:
+    return float("nan")
+  return float(np.std(list(folds.values())) / math.sqrt(len(runs) - 1))
 
 
 def build(workdir: str) -> dict[str, Any]:
   stages = read_stages(workdir)
   if not stages:
-    raise FileNotFoundError(f"no stage results under {workdir} ({', '.join(STAGES)}); train the "
-                            "pipeline first")
+    raise FileNotFoundError(f"no stage results under {workdir}; train the pipeline first")
   return {"stages": stages, "kd_gain": kd_gain(stages)}
 
 
@@ -165,8 +195,8 @@ def markdown(full: dict[str, Any]) -> str:
            f"`final`: last epoch; `best`: the epoch of highest {sel} accuracy "
            f"({'the lab’s optimistic protocol' if sel == 'test' else 'a held-out validation split'}).",
            "", "## Stages", "",
-           "| stage | model | sweep | runs | epochs | final acc | final F1 | best acc | best F1 |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| stage | model | sweep | runs | epochs | final acc | final F1 | best acc | best F1 "
+           "| best acc, lab ± |", "|---|---|---|---|---|---|---|---|---|---|"]
   for name, res in stages.items():
     e = res["experiment"]
     model = f"{e['model']} ({e['ndim']}-D)"
@@ -174,7 +204,8 @@ def markdown(full: dict[str, Any]) -> str:
       lines.append(f"| {name} | {model} | {_sweep_key(s['sweep']) or '—'} | "
                    f"{s['runs'] - s['failed']}/{s['runs']} | {res['epochs_done']} | "
                    f"{_pct(s['final']['accuracy'])} | {_pct(s['final']['macro_f1'])} | "
-                   f"{_pct(s['best']['accuracy'])} | {_pct(s['best']['macro_f1'])} |")
+                   f"{_pct(s['best']['accuracy'])} | {_pct(s['best']['macro_f1'])} | "
+                   f"{_lab(res, s)} |")
   teachers = [n for n in stages if n.startswith("teacher_")]
   if teachers:
     lines += ["", "Teachers' own accuracy (final / best epoch): " + "; ".join(
@@ -195,15 +226,23 @@ def markdown(full: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(_num(values.get(f)) for f in folds) + " |")
   gain = full.get("kd_gain") or []
   if gain:
-    lines += ["", "## KD gain: student_kd − student_scratch (paired over folds)", "",
+    lines += ["", "## KD gain over student_scratch (paired over folds)", "",
               "Per fold the difference of the trial means; mean and sample std (ddof 1) of those "
               "differences in percentage points, two-sided paired t-test.", "",
-              "| sweep | metric | folds | mean diff | std | t | p |", "|---|---|---|---|---|---|---|"]
+              "| stage | sweep | metric | folds | mean diff | std | t | p |",
+              "|---|---|---|---|---|---|---|---|"]
     for g in gain:
       t = "—" if math.isnan(g["t"]) else f"{g['t']:.2f}"
-      lines.append(f"| {g['sweep'] or '—'} | {g['which']} {g['metric']} | {g['n']} | "
+      lines.append(f"| {g['stage']} | {g['sweep'] or '—'} | {g['which']} {g['metric']} | {g['n']} | "
                    f"{_num(g['mean'], scale=100):s} | {_num(g['std'])} | {t} | {_p(g['p'])} |")
   return "\n".join(lines) + "\n"
+
+
+def _lab(res: dict, s: dict) -> str:
+  if not s["best"]["accuracy"] or s["best"]["accuracy"].get("mean") is None:
+    return "—"
+  pm = lab_pm(res, _sweep_key(s["sweep"]))
+  return f"{100 * s['best']['accuracy']['mean']:.2f} ± {_num(pm)}"
 
 
 def summary_table(full: dict[str, Any]) -> str:
@@ -218,7 +257,7 @@ def summary_table(full: dict[str, Any]) -> str:
                    f"{_pct(s['best']['accuracy']):>15} {_pct(s['best']['macro_f1']):>15}")
   for g in full.get("kd_gain") or []:
     if g["metric"] == "accuracy":
-      lines.append(f"KD gain ({g['which']} acc{', ' + g['sweep'] if g['sweep'] else ''}): "
+      lines.append(f"{g['stage']} gain ({g['which']} acc{', ' + g['sweep'] if g['sweep'] else ''}): "
                    f"{_num(g['mean'])} ± {_num(g['std'])} pp over {g['n']} folds, paired t-test "
                    f"p = {_p(g['p'])}")
   return "\n".join(lines)
@@ -240,7 +279,7 @@ def write(workdir: str, plots: bool = True) -> dict[str, Any]:
 
 
 def is_pipeline_workdir(workdir: str) -> bool:
-  return any(os.path.exists(os.path.join(workdir, n, "results.json")) for n in STAGES)
+  return bool(stage_names(workdir)) and not os.path.exists(os.path.join(workdir, "runs.json"))
 
 
 __all__ = ["build", "write", "markdown", "summary_table", "paired_test", "t_two_sided_p",

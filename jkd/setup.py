@@ -1,7 +1,10 @@
 """Everything an experiment puts on device before the first step: data, runs, model, programs.
 
 `build(config)` loads the windows once, makes the folds, expands the runs (padded to the device
-count), replicates `x`/`y` over the mesh and shards the per-run inputs along it.
+count), replicates `x`/`y` over the mesh and shards the per-run inputs along it. A config with a
+`distill` section is a distillation stage: its teachers are loaded (and their outputs cached)
+by `jkd.teachers.prepare` before the training program is built, and its objective is
+`jkd.distill.make_objective`.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jkd.data
 import jkd.models
 from jkd import config as config_lib
+from jkd import distill
 from jkd import objective as objective_lib
 from jkd import parallel
 from jkd import runs as runs_lib
 from jkd import state as state_lib
+from jkd import teachers as teachers_lib
 from jkd import train as train_lib
 from jkd.data import folds as folds_lib
 
@@ -46,7 +51,13 @@ class Setup:
   num_classes: int
   train_epoch: Callable
   evaluate: Callable
-  aux: Any = ()                     # an extension's per-run inputs to its guide, sharded
+  teachers: Any = None              # jkd.teachers.Prepared of a distillation stage
+  extra: Callable | None = None     # key -> a run's distillation-term variables (jkd.distill.init)
+
+  @property
+  def aux(self) -> Any:
+    """The teachers' per-run inputs to the step's guide (sharded), or ()."""
+    return self.teachers.aux if self.teachers is not None else ()
 
   @property
   def num_runs(self) -> int:
@@ -61,14 +72,14 @@ class Setup:
   def init_state(self, init_variables: Any = None) -> state_lib.TrainState:
     """Fresh states of every run, sharded along the runs axis (`init_variables`: (R, ...))."""
     state = train_lib.init_state(self.model, self.config, self.host_keys, self._sample(),
-                                 self.host_hp, init_variables)
+                                 self.host_hp, init_variables, self.extra)
     return parallel.shard_runs(state, self.mesh)
 
   def abstract_state(self) -> state_lib.TrainState:
     """What init_state returns, as shapes with shardings (the target of a checkpoint restore)."""
     return state_lib.abstract(self.model, self.host_keys, self._sample(),
                               lambda h: train_lib.make_tx(self.config, h), self.host_hp,
-                              NamedSharding(self.mesh, P(parallel.AXIS)))
+                              NamedSharding(self.mesh, P(parallel.AXIS)), self.extra)
 
 
 def _eval_rows(idx: np.ndarray, count: np.ndarray, fold_of_run: np.ndarray, batch: int):
@@ -79,12 +90,10 @@ def _eval_rows(idx: np.ndarray, count: np.ndarray, fold_of_run: np.ndarray, batc
   return indices, mask
 
 
-def build(config: mc.ConfigDict, extension: Any = None, runs_per_fold: int = 0) -> Setup:
-  """`extension` (optional) adds to the step: `extension.objective(config)` replaces the
-  objective, and `extension.attach(setup) -> (guide, aux)` supplies `context['teachers']`
-  (see `jkd.train.train_step`); e.g. `jkd.teachers.Distillation`. `runs_per_fold`: the most runs
-  per fold of any program this process will build (a pipeline's stages), so that a fresh backend
-  is split into enough CPU devices for all of them."""
+def build(config: mc.ConfigDict, runs_per_fold: int = 0,
+          log: Callable[[str], None] = print) -> Setup:
+  """`runs_per_fold`: the most runs per fold of any program this process will build (a
+  pipeline's stages), so that a fresh backend is split into enough CPU devices for all of them."""
   # Read when each program is traced: every step, evaluation and teacher cache built below.
   jax.config.update("jax_default_matmul_precision", config.train.matmul_precision)
   windows = jkd.data.load(config.data)
@@ -111,19 +120,42 @@ def build(config: mc.ConfigDict, extension: Any = None, runs_per_fold: int = 0) 
   num_classes = int(folds.num_classes)
   model = jkd.models.create(config.model.name, num_classes=num_classes, ndim=config.model.ndim,
                             **config.model.kwargs.to_dict())
-  objective = extension.objective(config) if extension else objective_lib.make(config)
-  s = Setup(
+  x_dev = parallel.replicate(np.asarray(x, np.float32), mesh)
+  sharded = parallel.shard_runs(inputs, mesh)
+  prepared, extra, guide = None, None, None
+  if "distill" in config:
+    prepared = teachers_lib.prepare(config, runs, folds.test_subjects, num_classes, x_dev,
+                                    sharded.mean, sharded.std, mesh, log)
+    guide = prepared.guide
+    extra = _term_init(config, model, prepared.teachers, tuple(x.shape[1:]))
+    objective = distill.make_objective(config)
+  else:
+    objective = objective_lib.make(config)
+  return Setup(
       config=config, mesh=mesh, folds=folds, runs=runs, real=len(real_runs), model=model,
-      x=parallel.replicate(np.asarray(x, np.float32), mesh),
-      y=parallel.replicate(np.asarray(y, np.int32), mesh),
-      inputs=parallel.shard_runs(inputs, mesh), host_keys=inputs.key, host_hp=inputs.hp,
+      x=x_dev, y=parallel.replicate(np.asarray(y, np.int32), mesh),
+      inputs=sharded, host_keys=inputs.key, host_hp=inputs.hp,
       test=parallel.shard_runs(test, mesh),
       val=parallel.shard_runs(val, mesh) if val is not None else None,
-      num_batches=num_batches, num_classes=num_classes, train_epoch=None,
-      evaluate=train_lib.make_evaluate(model, config, num_classes, mesh))
-  guide = None
-  if extension is not None:
-    guide, s.aux = extension.attach(s)
-  s.train_epoch = train_lib.make_train_epoch(model, config, objective, num_batches, num_classes,
-                                             guide, mesh)
-  return s
+      num_batches=num_batches, num_classes=num_classes,
+      train_epoch=train_lib.make_train_epoch(model, config, objective, num_batches, num_classes,
+                                             guide, mesh),
+      evaluate=train_lib.make_evaluate(model, config, num_classes, mesh),
+      teachers=prepared, extra=extra)
+
+
+def _term_init(config: mc.ConfigDict, model: nn.Module, teachers: list, window: tuple
+               ) -> Callable | None:
+  """`key -> variables` of the distillation terms' trainable parts for one run, or None."""
+  x = jnp.zeros((2, *window), jnp.float32)
+  student = jax.eval_shape(lambda: distill.Outputs.of(*model.apply(
+      model.init(jax.random.PRNGKey(0), train_lib.image_input(config.model, x, x), train=False),
+      train_lib.image_input(config.model, x, x), train=False)))
+  needs = distill.teacher_needs(config.loss)
+  outs = []
+  for t in teachers:
+    v = jax.eval_shape(lambda t=t: t.model.init(
+        jax.random.PRNGKey(0), train_lib.image_input(t.spec.model, x, x), train=False))
+    outs.append(jax.eval_shape(lambda v, t=t: t.forward(v, x, x, needs), v))
+  fn = lambda key: distill.init(config.loss, key, student, outs)
+  return fn if jax.eval_shape(fn, jax.random.PRNGKey(0)) is not None else None

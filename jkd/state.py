@@ -41,14 +41,16 @@ def init_keys(seeds: Array) -> Array:
 
 def create(model: nn.Module, keys: Array, sample: Array,
            make_tx: Callable[[dict], optax.GradientTransformation], hp: dict,
-           init_variables: Any = None) -> TrainState:
+           init_variables: Any = None, extra: Callable | None = None) -> TrainState:
   """Initialise R runs: `keys` (R, 2) root keys, `sample` (1, ...) input, `hp` (R,) arrays.
 
   Runs are initialised one after another by one compiled function and stacked on the host
   (a vmapped `model.init` compiles ~20x slower on CPU). `init_variables` (leading R axis), when
-  given, replaces the random initialisation. Returns numpy leaves, ready to be sharded.
+  given, replaces the random initialisation. `extra(key)`, when given, returns a run's variables of
+  the distillation terms' trainable parts (`jkd.distill.init`), kept under the 'distill' key of
+  params and batch_stats. Returns numpy leaves, ready to be sharded.
   """
-  one = jax.jit(_init_one(model, sample, make_tx))
+  one = jax.jit(_init_one(model, sample, make_tx, extra))
   states = []
   for i in range(len(keys)):
     pick = lambda tree: jax.tree.map(lambda a: a[i], tree)
@@ -57,21 +59,26 @@ def create(model: nn.Module, keys: Array, sample: Array,
   return jax.tree.map(lambda *leaves: np.stack(leaves), *states)
 
 
-def _init_one(model, sample, make_tx):
+def _init_one(model, sample, make_tx, extra=None):
   def one(key, hp_r, variables):
     if variables is None:
       variables = model.init({"params": jax.random.fold_in(key, 0),
                               "dropout": jax.random.fold_in(key, 1)}, sample, train=False)
+    own = extra(jax.random.fold_in(key, 3)) if extra is not None else None
+    if own is not None:
+      variables = {"params": {**variables["params"], "distill": own["params"]},
+                   "batch_stats": {**variables.get("batch_stats", {}),
+                                   "distill": own["batch_stats"]}}
     return from_variables(variables, make_tx(hp_r))
   return one
 
 
 def abstract(model: nn.Module, keys: Array, sample: Array,
              make_tx: Callable[[dict], optax.GradientTransformation], hp: dict,
-             sharding: Any) -> TrainState:
+             sharding: Any, extra: Callable | None = None) -> TrainState:
   """Shapes, dtypes and `sharding` of `create(...)`'s result, not computed (a restore target)."""
   pick = lambda tree: jax.tree.map(lambda a: a[0], tree)
-  one = jax.eval_shape(_init_one(model, sample, make_tx), keys[0], pick(hp), None)
+  one = jax.eval_shape(_init_one(model, sample, make_tx, extra), keys[0], pick(hp), None)
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(keys), *a.shape), a.dtype,
                                                      sharding=sharding), one)
 

@@ -1,20 +1,25 @@
-"""Frozen teachers of the `student_kd` stage: their variables per run, their forward pass in the step.
+"""Frozen teachers of a distillation stage: their variables per run, their outputs in the step.
 
-The stage config's `teachers` section names the teachers (`order`, e.g. ('signal', 'image')) and,
-per teacher, its model (`model`, `ndim`, `image_size`, `gaf_method`, `kwargs`) and `source`:
+One schema everywhere (a pipeline's `teachers` section and a KD stage's resolved one):
 
-* a jkd workdir (a teacher stage, e.g. `W/teacher_signal`): run (fold, seed) of the student is
-  taught by the teacher run with the same fold and seed (`which`: its 'last' or 'best' variables);
-* a lab PyTorch checkpoint path with placeholders, e.g. `/ckpt/sig_fold{fold}_seed{seed}.pth.tar`
-  (`{fold}` 0-based fold index, `{seed}`, `{subject}` the fold's first test subject), converted
-  on the fly by `jkd.convert.load_torch_wrn` (architecture checked against the config).
+    teachers.<name> = {model: {name, ndim, image, image_size, ...}   the teacher's model section
+                       source: ''          ''  = trained by the pipeline's stage teacher_<name>
+                                           a jkd workdir: run (fold, seed) of the student is
+                                           taught by the run with the same fold and seed
+                                           a lab '.pth.tar' path with {fold} (0-based), {seed},
+                                           {subject} (the fold's first test subject)
+                       which: 'last'       'last' or 'best' variables of a workdir
+                       epoch: 0            > 0: the checkpoint after that epoch (ESKD's early-
+                                           stopped teacher); the teacher stage keeps it
+                       weight: 1.0}        per-run teacher weight (sweepable)
 
-Teachers run in eval mode (BatchNorm running statistics, no dropout) under `stop_gradient`, on the
-same augmented window the student sees (2-D teachers on its GAF image, computed in the step).
-When no augmentation is active a teacher's outputs never change, so they are computed once per
-run over every window (`cache`) and the step only gathers them — for each teacher whose logits and
-needed feature maps fit in `teachers.cache_gb` (the image teacher first: it is the costly one);
-the others run forward in the step. `prepare` logs which.
+A KD stage's `distill.teachers` names its teachers in order. Teachers run in eval mode
+(BatchNorm running statistics, no dropout) under `stop_gradient`, on the same (augmented) window
+the student sees; 2-D teachers on its image (GAF or persistence image, made in the step). When no
+augmentation is active a teacher's outputs never change, so they are computed once per run over
+every window and the step only gathers them — for each teacher whose outputs fit in
+`distill.cache_gb` (image teachers first: they are the costly ones). `prepare` logs which.
+Everything is loaded and checked by `prepare` before the training program is built.
 """
 
 from __future__ import annotations
@@ -32,22 +37,35 @@ import numpy as np
 
 import jkd.models
 from jkd import augment as augment_lib
-from jkd import checkpoint, convert, gaf, kd, parallel
+from jkd import checkpoint, convert, parallel
+from jkd import config as config_lib
 from jkd.data import normalize
+from jkd.distill import Needs, Outputs
 
 Array = jax.Array
 
 
-def defaults() -> mc.ConfigDict:
-  """`teachers` section of the student_kd stage config (the pipeline fills it in)."""
-  return mc.ConfigDict({"order": ("signal", "image"), "cache": True, "cache_gb": 2.0,
-                        "signal": spec_defaults(), "image": spec_defaults(ndim=2)})
+def spec(model: dict | None = None, **kw) -> mc.ConfigDict:
+  """A teacher entry: `model` overrides the engine's model section defaults."""
+  m = config_lib.base().model
+  m.update(model or {})
+  out = mc.ConfigDict({"model": m, "source": "", "which": "last", "epoch": 0, "weight": 1.0})
+  out.update(kw)
+  return out
 
 
-def spec_defaults(ndim: int = 1) -> mc.ConfigDict:
-  return mc.ConfigDict({"model": "wrn16_1", "ndim": ndim, "image_size": 64,
-                        "gaf_method": "summation", "kwargs": mc.ConfigDict(), "source": "",
-                        "which": "last"})
+def image_input(model_cfg: mc.ConfigDict, x: Array, raw: Array | None = None):
+  """What a model with section `model_cfg` consumes from normalised windows `x` (B, L, C): the
+  windows, or (2-D) their images as the first convolution takes them; `raw`: the same windows
+  before normalisation (persistence images are made from those)."""
+  if model_cfg.ndim == 1:
+    return x
+  try:
+    from jkd import images
+  except ImportError:   # TODO(pi): jkd.images lands with the persistence images
+    from jkd import gaf
+    return gaf.gaf_factors(x, model_cfg.image_size, method=model_cfg.gaf_method)
+  return images.image_input(model_cfg, x, raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,85 +74,116 @@ class Teacher:
   model: nn.Module
   spec: mc.ConfigDict
 
-  def input(self, x: Array) -> Array | gaf.GafFactors:
-    """The teacher's input from normalised windows (B, L, C): the windows or their GAF images
-    (as factors: see `jkd.gaf.GafFactors`)."""
-    if self.spec.ndim == 2:
-      return gaf.gaf_factors(x, self.spec.image_size, method=self.spec.gaf_method)
-    return x
-
-  def forward(self, variables: Any, x: Array, layers: tuple[int, ...]) -> tuple[Array, tuple]:
-    """(logits, stage outputs `layers`) in eval mode, without gradient."""
+  def forward(self, variables: Any, x: Array, raw: Array | None, needs: Needs) -> Outputs:
+    """Outputs (logits, the stages `needs` names, the embedding if needed), eval mode, no grad."""
     variables = jax.lax.stop_gradient(variables)
-    logits, features = self.model.apply(variables, self.input(x), train=False)
-    out = (logits, tuple(features[i - 1] for i in layers))
+    logits, features = self.model.apply(variables, image_input(self.spec.model, x, raw),
+                                        train=False)
+    out = Outputs.of(logits, features, tuple(sorted(needs.stages)), needs.embedding)
     return jax.lax.stop_gradient(out)
 
 
 def build(config: mc.ConfigDict, num_classes: int) -> list[Teacher]:
-  t = config.teachers
-  if not t.order:
-    raise ValueError("teachers.order is empty; the student_kd stage needs at least one teacher")
+  """The stage's teachers (`distill.teachers` order) as models."""
   out = []
-  for name in t.order:
-    if name not in t:
-      raise ValueError(f"teachers.order names {name!r} but teachers.{name} is not configured")
-    s = t[name]
-    out.append(Teacher(name, jkd.models.create(s.model, num_classes=num_classes, ndim=s.ndim,
-                                               **s.kwargs.to_dict()), s))
+  for name in config.distill.teachers:
+    s = config.teachers[name]
+    out.append(Teacher(name, jkd.models.create(s.model.name, num_classes=num_classes,
+                                               ndim=s.model.ndim, **s.model.kwargs.to_dict()), s))
   return out
 
 
-# ----------------------------------------------------------------------------- variables per run
+# ----------------------------------------------------------------------------- sources
 
 def is_torch_source(source: str) -> bool:
   return source.endswith((".pth.tar", ".pth", ".pt", ".tar")) or "{fold}" in source
 
 
+def torch_path(source: str, fold: int, seed: int, test_subjects: list) -> str:
+  subjects = list(test_subjects[fold])
+  return source.format(fold=fold, seed=seed, subject=subjects[0] if subjects else "")
+
+
+def check_source(name: str, s: mc.ConfigDict, pairs: list[tuple[int, int]] | None = None,
+                 test_subjects: list | None = None) -> None:
+  """Raise a one-line ConfigError for a teacher source that cannot serve runs `pairs` ((fold,
+  seed)); a workdir is checked for its config, runs and checkpoint now, before anything trains."""
+  src, key = s.source, f"teachers.{name}.source"
+  if s.which not in ("last", "best"):
+    raise config_lib.ConfigError(f"teachers.{name}.which={s.which!r} is not one of last, best")
+  if int(s.epoch) < 0:
+    raise config_lib.ConfigError(f"teachers.{name}.epoch={s.epoch} must be >= 0 (0: the last)")
+  if not src:
+    raise config_lib.ConfigError(f"{key} is empty: name a teacher workdir or a '.pth.tar' path "
+                                 "with {fold}")
+  if is_torch_source(src):
+    if int(s.epoch):
+      raise config_lib.ConfigError(f"teachers.{name}.epoch picks a jkd checkpoint; {src} is a "
+                                   "PyTorch file: set the path of that epoch's file instead")
+    try:
+      src.format(fold=0, seed=0, subject="")
+    except (KeyError, IndexError, ValueError) as e:
+      raise config_lib.ConfigError(f"{key}={src!r}: bad placeholder ({e}); use {{fold}}, "
+                                   "{seed}, {subject}") from None
+    for fold, seed in pairs or []:
+      if test_subjects is None and "{subject}" in src:
+        continue
+      path = torch_path(src, fold, seed, test_subjects or [[]] * (fold + 1))
+      if not os.path.isfile(path):
+        raise config_lib.ConfigError(f"{key}: {path} (fold {fold}, seed {seed}) does not exist; "
+                                     "fix the path or its {fold}/{seed} placeholders")
+    return
+  if not os.path.isfile(os.path.join(src, "config.json")):
+    raise config_lib.ConfigError(f"{key}={src!r} is not a jkd workdir (no config.json); train "
+                                 "the teacher first or fix the path")
+  with open(os.path.join(src, "config.json")) as f:
+    model = json.load(f)["model"]
+  if (model["name"], model["ndim"]) != (s.model.name, s.model.ndim):
+    raise config_lib.ConfigError(
+        f"teachers.{name}: {src} holds {model['name']} (ndim {model['ndim']}) but "
+        f"teachers.{name}.model says {s.model.name} (ndim {s.model.ndim}); make them agree")
+  have = {(r["fold"], r["seed"]) for r in checkpoint.read_runs(src)} if os.path.exists(
+      os.path.join(src, "runs.json")) else set()
+  missing = [p for p in pairs or [] if p not in have]
+  if missing:
+    raise config_lib.ConfigError(f"{key}={src!r} has no run for fold {missing[0][0]} seed "
+                                 f"{missing[0][1]}; train the teacher with the same folds and "
+                                 "seeds or fix the path")
+  steps = checkpoint.steps(src)
+  if not steps:
+    raise config_lib.ConfigError(f"{key}={src!r} has no checkpoint; train the teacher first")
+  if int(s.epoch) and int(s.epoch) not in steps:
+    raise config_lib.ConfigError(
+        f"teachers.{name}.epoch={s.epoch}: {src} keeps checkpoints after epochs "
+        f"{sorted(steps)}; pick one, or retrain the teacher with train.keep_epochs=({s.epoch},)")
+
+
 def load(teacher: Teacher, runs: list, test_subjects: list, num_classes: int) -> Any:
   """The teacher's variables for every run (leading runs axis, numpy)."""
-  src = teacher.spec.source
-  if not src:
-    raise ValueError(f"teachers.{teacher.name}.source is empty: name a teacher workdir or a "
-                     "'.pth.tar' path with {fold}")
-  if is_torch_source(src):
+  s = teacher.spec
+  if is_torch_source(s.source):
     return _load_torch(teacher, runs, test_subjects, num_classes)
-  return _load_workdir(teacher, runs)
-
-
-def _load_workdir(teacher: Teacher, runs: list) -> Any:
-  src = teacher.spec.source
-  path = os.path.join(src, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"teachers.{teacher.name}.source={src!r} is not a jkd workdir (no "
-                            "config.json); train the teacher stage first or fix the path")
-  with open(path) as f:
-    model = json.load(f)["model"]
-  if (model["name"], model["ndim"]) != (teacher.spec.model, teacher.spec.ndim):
-    raise ValueError(f"teachers.{teacher.name}: {src} holds {model['name']} (ndim "
-                     f"{model['ndim']}) but the config says {teacher.spec.model} (ndim "
-                     f"{teacher.spec.ndim}); make them agree")
-  idx = [checkpoint.run_index(src, (r.fold, r.seed)) for r in runs]
-  return checkpoint.restore_runs(src, idx, teacher.spec.which)
+  idx = [checkpoint.run_index(s.source, (r.fold, r.seed)) for r in runs]
+  return checkpoint.restore_runs(s.source, idx, s.which, step=int(s.epoch) or None)
 
 
 def _load_torch(teacher: Teacher, runs: list, test_subjects: list, num_classes: int) -> Any:
   loaded: dict[str, Any] = {}
   out = []
+  m = teacher.spec.model
   for r in runs:
-    subjects = list(test_subjects[r.fold])
-    path = teacher.spec.source.format(fold=r.fold, seed=r.seed,
-                                      subject=subjects[0] if subjects else "")
+    path = torch_path(teacher.spec.source, r.fold, r.seed, test_subjects)
     if path not in loaded:
       if not os.path.isfile(path):
-        raise FileNotFoundError(f"teachers.{teacher.name}: {path} (fold {r.fold}, seed {r.seed}) "
-                                f"does not exist; check teachers.{teacher.name}.source="
-                                f"{teacher.spec.source!r}")
-      variables, info = convert.load_torch_wrn(path, ndim=teacher.spec.ndim, return_info=True)
-      if (info.model, info.num_classes) != (teacher.spec.model, num_classes):
-        raise ValueError(f"teachers.{teacher.name}: {path} holds {info.model} with "
-                         f"{info.num_classes} classes, the config says {teacher.spec.model} "
-                         f"with {num_classes}; fix teachers.{teacher.name}.model or the path")
+        raise config_lib.ConfigError(
+            f"teachers.{teacher.name}.source: {path} (fold {r.fold}, seed {r.seed}) does not "
+            f"exist; check teachers.{teacher.name}.source={teacher.spec.source!r}")
+      variables, info = convert.load_torch_wrn(path, ndim=m.ndim, return_info=True)
+      if (info.model, info.num_classes) != (m.name, num_classes):
+        raise config_lib.ConfigError(
+            f"teachers.{teacher.name}: {path} holds {info.model} with {info.num_classes} classes, "
+            f"the config says {m.name} with {num_classes}; fix teachers.{teacher.name}.model or "
+            "the path")
       loaded[path] = variables
     out.append(loaded[path])
   return jax.tree.map(lambda *a: np.stack([np.asarray(v, np.float32) for v in a]), *out)
@@ -142,42 +191,42 @@ def _load_torch(teacher: Teacher, runs: list, test_subjects: list, num_classes: 
 
 # ----------------------------------------------------------------------------- cache
 
-def output_bytes(teacher: Teacher, window: tuple[int, ...], num_classes: int,
-                 layers: tuple[int, ...]) -> int:
-  """Bytes of one window's cached outputs (logits and the needed feature maps)."""
+def output_bytes(teacher: Teacher, window: tuple[int, ...], num_classes: int, needs: Needs) -> int:
+  """Bytes of one window's cached outputs (logits, the needed maps and embedding)."""
+  x = jnp.zeros((1, *window))
   variables = jax.eval_shape(lambda: teacher.model.init(
-      jax.random.PRNGKey(0), teacher.input(jnp.zeros((1, *window))), train=False))
-  logits, feats = jax.eval_shape(lambda v: teacher.forward(v, jnp.zeros((1, *window)), layers),
-                                 variables)
-  return 4 * (num_classes + sum(int(np.prod(f.shape[1:])) for f in feats))
+      jax.random.PRNGKey(0), image_input(teacher.spec.model, x, x), train=False))
+  out = jax.eval_shape(lambda v: teacher.forward(v, x, x, needs), variables)
+  return 4 * sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(out))
 
 
 def cache_plan(teachers: list[Teacher], config: mc.ConfigDict, windows: int, runs: int,
-               window: tuple[int, ...], num_classes: int) -> tuple[list[bool], list[str]]:
+               window: tuple[int, ...], num_classes: int, needs: Needs
+               ) -> tuple[list[bool], list[str]]:
   """Which teachers to cache, and a log line per teacher saying why."""
-  layers = kd.needed_layers(config.loss)
-  if augment_lib.is_active(config.augment) or not config.teachers.cache:
-    why = ("augmentation is active" if config.teachers.cache else "teachers.cache is off")
+  d = config.distill
+  if augment_lib.is_active(config.augment) or not d.cache:
+    why = "augmentation is active" if d.cache else "distill.cache is off"
     return [False] * len(teachers), [f"teacher {t.name}: runs forward in every step ({why})"
                                      for t in teachers]
-  budget = config.teachers.cache_gb * 2 ** 30
+  budget = d.cache_gb * 2 ** 30
   plan, lines = [False] * len(teachers), [""] * len(teachers)
-  for i in sorted(range(len(teachers)), key=lambda i: -teachers[i].spec.ndim):
+  what = "logits" + (f", stage {tuple(sorted(needs.stages))} outputs" if needs.stages else "") + (
+      ", embedding" if needs.embedding else "")
+  for i in sorted(range(len(teachers)), key=lambda i: -teachers[i].spec.model.ndim):
     t = teachers[i]
-    size = output_bytes(t, window, num_classes, layers) * windows * runs
-    what = "logits" + (f" and stage {layers} outputs" if layers else "")
+    size = output_bytes(t, window, num_classes, needs) * windows * runs
     if size <= budget:
       plan[i], budget = True, budget - size
       lines[i] = f"teacher {t.name}: {what} cached once per run ({size / 2 ** 20:.0f} MiB)"
     else:
       lines[i] = (f"teacher {t.name}: runs forward in every step ({what} would take "
-                  f"{size / 2 ** 30:.1f} GiB > teachers.cache_gb left)")
+                  f"{size / 2 ** 30:.1f} GiB > distill.cache_gb left)")
   return plan, lines
 
 
-def make_cache_fn(teacher: Teacher, layers: tuple[int, ...], batch: int, mesh: Any = None
-                  ) -> Callable:
-  """`fn(variables (R, ...), x (N, L, C), mean (R, C), std (R, C)) -> outputs (R, N, ...)`.
+def make_cache_fn(teacher: Teacher, needs: Needs, batch: int, mesh: Any = None) -> Callable:
+  """`fn(variables (R, ...), x (N, L, C), mean (R, C), std (R, C)) -> Outputs (R, N, ...)`.
 
   A device's runs go one after another (`lax.map`), so memory holds one run's batch at a time."""
   def one(variables, x, mean, std):
@@ -185,8 +234,8 @@ def make_cache_fn(teacher: Teacher, layers: tuple[int, ...], batch: int, mesh: A
     pad = -n % batch
     xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(
         -1, batch, *x.shape[1:])
-    out = jax.lax.map(lambda xb: teacher.forward(variables, normalize.apply(xb, mean, std),
-                                                 layers), xp)
+    out = jax.lax.map(lambda xb: teacher.forward(variables, normalize.apply(xb, mean, std), xb,
+                                                 needs), xp)
     return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)
   def local(variables, x, mean, std):
     return jax.lax.map(lambda v: one(v[0], x, v[1], v[2]), (variables, mean, std))
@@ -197,45 +246,43 @@ def make_cache_fn(teacher: Teacher, layers: tuple[int, ...], batch: int, mesh: A
 
 # ----------------------------------------------------------------------------- in the step
 
-def make_guide(teachers: list[Teacher], cached: list[bool], layers: tuple[int, ...]) -> Callable:
-  """`guide(aux, xb, idx) -> [(logits, features)] per teacher` for ONE run (vmapped by the step).
+def make_guide(teachers: list[Teacher], cached: list[bool], needs: Needs) -> Callable:
+  """`guide(aux, xb, raw, idx) -> [Outputs] per teacher` for ONE run (vmapped by the step).
 
-  `aux[i]` is teacher i's variables, or its cached outputs over every window when `cached[i]`.
-  """
-  def guide(aux, xb, idx):
-    out = []
-    for t, c, a in zip(teachers, cached, aux):
-      out.append(jax.tree.map(lambda v: v[idx], a) if c else t.forward(a, xb, layers))
-    return out
+  `aux[i]` is teacher i's variables, or its cached outputs over every window when `cached[i]`;
+  `xb` the normalised (augmented) batch, `raw` the same before normalisation."""
+  def guide(aux, xb, raw, idx):
+    return [jax.tree.map(lambda v: v[idx], a) if c else t.forward(a, xb, raw, needs)
+            for t, c, a in zip(teachers, cached, aux)]
   return guide
 
 
-# ----------------------------------------------------------------------------- engine extension
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """A distillation stage's teachers, ready before the training program is built."""
+  teachers: list[Teacher]
+  guide: Callable           # see make_guide
+  aux: list                 # per teacher: variables or cached outputs, sharded along runs
+  variables: list           # per teacher: its variables (R, ...), sharded (for term init)
 
-class Distillation:
-  """What the engine needs for the student_kd stage (`jkd.setup.build(config, extension=...)`):
-  the KD objective, and per run the teachers' variables or cached outputs plus the step's guide."""
 
-  def __init__(self, config: mc.ConfigDict, log: Callable[[str], None] = print):
-    self.config, self.log = config, log
-
-  def objective(self, config: mc.ConfigDict) -> Callable:
-    return kd.make(config)
-
-  def attach(self, s) -> tuple[Callable, list]:
-    """(guide, aux) for setup `s`: aux sharded along runs like the train state."""
-    config = self.config
-    ts = build(config, s.num_classes)
-    layers = kd.needed_layers(config.loss)
-    window = tuple(s.x.shape[1:])
-    plan, lines = cache_plan(ts, config, int(s.x.shape[0]), s.num_runs, window, s.num_classes)
-    for line in lines:
-      self.log(line)
-    aux = []
-    for t, cached in zip(ts, plan):
-      variables = parallel.shard_runs(load(t, s.runs, s.folds.test_subjects, s.num_classes), s.mesh)
-      if cached:
-        fn = make_cache_fn(t, layers, config.train.eval_batch_size, s.mesh)
-        variables = fn(variables, s.x, s.inputs.mean, s.inputs.std)
-      aux.append(variables)
-    return make_guide(ts, plan, layers), aux
+def prepare(config: mc.ConfigDict, runs: list, test_subjects: list, num_classes: int,
+            x: Array, mean: Array, std: Array, mesh: Any, log: Callable[[str], None]) -> Prepared:
+  """Load every teacher's variables for `runs`, cache what fits, and build the step's guide."""
+  from jkd import distill
+  ts = build(config, num_classes)
+  needs = distill.teacher_needs(config.loss)
+  plan, lines = cache_plan(ts, config, int(x.shape[0]), len(runs), tuple(x.shape[1:]),
+                           num_classes, needs)
+  for line in lines:
+    log(line)
+  aux, variables = [], []
+  for t, cached in zip(ts, plan):
+    v = parallel.shard_runs(load(t, runs, test_subjects, num_classes), mesh)
+    variables.append(v)
+    if cached:
+      fn = make_cache_fn(t, needs, config.train.eval_batch_size, mesh)
+      aux.append(fn(v, x, mean, std))
+    else:
+      aux.append(v)
+  return Prepared(ts, make_guide(ts, plan, needs), aux, variables)

@@ -2,14 +2,16 @@
 
 Data lives once on device (`x` (N, L, C), `y` (N,)); a run is an index set into it (its fold) plus
 its fold's normalisation statistics, root key and hyper-parameters (`Runs`, leading axis R). An
-epoch is a `lax.scan` over `num_batches` steps; a run whose fold has fewer batches idles on the
-extra steps (state unchanged), and a run whose loss or gradient turns non-finite is marked failed
-and frozen. The random stream of a run depends only on (seed, epoch, step), so a run trained alone
-or among others, or resumed from a checkpoint, sees the same batches and dropout masks.
+epoch is a loop of `num_batches` steps on device, run in one or several chunks of steps
+(`EpochProgram`); a run whose fold has fewer batches idles on the extra steps (state unchanged), and
+a run whose loss or gradient turns non-finite is marked failed and frozen. The random stream of a
+run depends only on (seed, epoch, step), so a run trained alone or among others, resumed from a
+checkpoint, or its epoch cut into other chunks, sees the same batches and dropout masks.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import flax
@@ -17,14 +19,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections as mc
+import numpy as np
 import optax
 
 from jkd import augment as augment_lib
-from jkd import gaf, optim, parallel
+from jkd import checkpoint, optim, parallel
 from jkd import state as state_lib
 from jkd.data import folds as folds_lib
 from jkd.data import normalize
 from jkd.objective import Objective
+from jkd.teachers import image_input
 
 Array = jax.Array
 
@@ -40,19 +44,15 @@ class Runs:
   hp: dict            # name -> (R,) float32: every numeric optim.*/loss.* value
 
 
-def model_input(config: mc.ConfigDict, x: Array, mean: Array, std: Array
-                ) -> Array | gaf.GafFactors:
-  """Normalised windows, or their GAF images when the model is 2-D (as rank-2 factors, which the
-  model's first convolution consumes without building the images)."""
-  x = normalize.apply(x, mean, std)
-  if config.model.ndim == 2:
-    x = gaf.gaf_factors(x, config.model.image_size, method=config.model.gaf_method)
-  return x
+def model_input(config: mc.ConfigDict, x: Array, mean: Array, std: Array) -> Any:
+  """Normalised windows, or (2-D models) their images as the first convolution consumes them
+  (`jkd.teachers.image_input`: GAF factors or persistence images, from the raw windows `x`)."""
+  return image_input(config.model, normalize.apply(x, mean, std), x)
 
 
 def make_tx(config: mc.ConfigDict, hp: dict, epoch: Array | int = 0
             ) -> optax.GradientTransformation:
-  lr = hp["optim.lr"] * optim.lr_factor(config.optim, epoch, config.train.epochs)
+  lr = hp["optim.lr"] * optim.lr_factor(config.optim, epoch, config.train.epochs, hp)
   return optim.make(config.optim, hp, lr)
 
 
@@ -63,26 +63,33 @@ def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
                ) -> tuple[state_lib.TrainState, dict[str, Array]]:
   """One SGD step of ONE run (vmap it over runs). Returns the new state and its loss terms.
 
-  `guide(aux, xb, idx)`, when given (an engine extension, e.g. frozen teachers), computes
-  `context['teachers']` for the objective from the run's `aux` and the normalised (augmented)
-  windows `xb` of batch `idx`.
+  `guide(aux, xb, raw, idx)`, when given (a distillation stage's frozen teachers,
+  `jkd.teachers.Prepared`), computes `context['teachers']` for the objective from the run's `aux`
+  and the normalised (augmented) windows `xb` of batch `idx` (`raw`: before normalisation).
+  The trainable parts of distillation terms (`params['distill']`, `batch_stats['distill']`) are
+  trained with the student and handed to the objective as `context['distill']`.
   """
-  xb, labels = normalize.apply(x[idx], mean, std), y[idx]
+  raw, labels = x[idx], y[idx]
+  xb = normalize.apply(raw, mean, std)
   if augment_lib.is_active(config.augment):
     xb, labels = augment_lib.augment(jax.random.fold_in(key, 1), xb,
                                      jax.nn.one_hot(labels, num_classes), config.augment)
+    raw = xb * std + mean
   context = {"epoch": epoch}
   if guide is not None:
-    context["teachers"] = guide(aux, xb, idx)
-  if config.model.ndim == 2:
-    xb = gaf.gaf_factors(xb, config.model.image_size, method=config.model.gaf_method)
+    context["teachers"] = guide(aux, xb, raw, idx)
+  xb = image_input(config.model, xb, raw)
+  student_stats, own_stats = _split(state.batch_stats)
 
   def loss_fn(params):
+    student_params, own_params = _split(params)
     (logits, features), mutated = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, xb, train=True,
+        {"params": student_params, "batch_stats": student_stats}, xb, train=True,
         mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(key, 2)})
-    total, terms = objective(logits, features, labels, hp, context)
-    return total, (terms, mutated["batch_stats"])
+    if own_params is not None or own_stats is not None:
+      context["distill"] = {"params": own_params or {}, "batch_stats": own_stats or {}}
+    total, terms, own_new = objective(logits, features, labels, hp, context)
+    return total, (terms, _join(mutated["batch_stats"], own_new or own_stats))
 
   (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   tx = make_tx(config, hp, epoch)
@@ -100,42 +107,157 @@ def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
   return kept, terms | {"count": ok.astype(jnp.float32)}
 
 
+def _split(tree: dict) -> tuple[dict, Any]:
+  """(the student's part, the distillation terms' part or None) of params or batch_stats."""
+  own = tree.get(checkpoint.DISTILL) if isinstance(tree, dict) else None
+  return {k: v for k, v in tree.items() if k != checkpoint.DISTILL}, own
+
+
+def _join(student: dict, own: Any) -> dict:
+  return student if own is None else {**student, checkpoint.DISTILL: own}
+
+
+class Pacer:
+  """Chunk sizes for an epoch run in pieces: about `seconds` of steps each, from the time per step
+  measured on the previous chunk (the process's first chunk compiles, so it is one step and is not
+  measured)."""
+
+  def __init__(self, seconds: float = 5.0):
+    self.seconds = seconds
+    self.per_step: float | None = None   # seconds per step, latest measurement
+    self.calls = 0
+
+  def size(self, remaining: int) -> int:
+    if self.per_step is None:
+      return min(remaining, 1)
+    return int(min(remaining, max(1, self.seconds // self.per_step)))
+
+  def record(self, steps: int, seconds: float) -> None:
+    self.calls += 1
+    if self.calls > 1:
+      self.per_step = seconds / steps
+
+
+class EpochProgram:
+  """One epoch of every run as three jitted programs, so that it can run in chunks of steps:
+
+    plan(state, x, y, runs, epoch, aux) -> (idx (R, nb, B), mask (R, nb), zero term sums)
+    steps(state, sums, x, y, runs, idx, mask, epoch, lo, hi, aux) -> (state, sums)  steps lo..hi-1
+    finish(sums) -> {term: (R,) mean over the run's steps, 'steps': (R,)}
+
+  `lo` and `hi` are traced: ONE compiled program runs any chunk. A step computes the same thing in
+  whichever chunk it falls (a run's random stream depends on (seed, epoch, step) only, and the terms
+  are summed step after step in the carry), so an epoch in N chunks is bit-identical to one call.
+  Calling the object runs a whole epoch in one chunk; `run(..., pacer=Pacer())` sizes the chunks
+  and calls `report(steps_done, sums)` after each. `lower(...).compile()` compiles all three
+  ahead of time (the benchmarks time that).
+  """
+
+  def __init__(self, plan: Callable, steps: Callable, finish: Callable, num_batches: int):
+    self.plan, self.steps, self.finish, self.num_batches = plan, steps, finish, num_batches
+
+  def __call__(self, state, x, y, runs: Runs, epoch, aux=()):
+    return self.run(state, x, y, runs, epoch, aux)
+
+  def run(self, state, x, y, runs: Runs, epoch, aux=(), pacer: Pacer | None = None,
+          report: Callable | None = None, _programs=None):
+    plan, steps, finish = _programs or (self.plan, self.steps, self.finish)
+    idx, mask, sums = plan(state, x, y, runs, epoch, aux)
+    done, total = 0, self.num_batches
+    while done < total:
+      n = total - done if pacer is None else _agree(pacer.size(total - done))
+      t0 = time.perf_counter()
+      state, sums = steps(state, sums, x, y, runs, idx, mask, epoch, jnp.int32(done),
+                          jnp.int32(done + n), aux)
+      done += n
+      if pacer is not None:
+        jax.block_until_ready(sums)
+        pacer.record(n, time.perf_counter() - t0)
+      if report is not None:
+        report(done, sums)
+    return state, finish(sums)
+
+  def lower(self, state, x, y, runs: Runs, epoch, aux=()) -> "_Lowered":
+    return _Lowered(self, (state, x, y, runs, epoch, aux))
+
+
+class _Lowered:
+  """`EpochProgram.lower(...)`: `.compile()` returns the epoch as a callable of compiled programs."""
+
+  def __init__(self, program: EpochProgram, args: tuple):
+    self.program, self.args = program, args
+
+  def compile(self) -> Callable:
+    p, (state, x, y, runs, epoch, aux) = self.program, self.args
+    plan = p.plan.lower(state, x, y, runs, epoch, aux).compile()
+    idx, mask, sums = jax.eval_shape(p.plan, state, x, y, runs, epoch, aux)
+    lo = jax.ShapeDtypeStruct((), jnp.int32)
+    steps = p.steps.lower(state, sums, x, y, runs, idx, mask, epoch, lo, lo, aux).compile()
+    finish = p.finish.lower(sums).compile()
+    return lambda state, x, y, runs, epoch, aux=(): p.run(state, x, y, runs, epoch, aux,
+                                                          _programs=(plan, steps, finish))
+
+
+def _agree(n: int) -> int:
+  """Every process runs the same chunks: process 0's size (one tiny collective per chunk)."""
+  if parallel.process_count() > 1:
+    from jax.experimental import multihost_utils
+    n = int(multihost_utils.broadcast_one_to_all(np.int32(n)))
+  return n
+
+
 def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objective,
                      num_batches: int, num_classes: int, guide: Callable | None = None,
-                     mesh: Any = None) -> Callable:
-  """`epoch_fn(state, x, y, runs, epoch, aux=()) -> (state, {term: (R,) mean over its steps})`.
+                     mesh: Any = None) -> EpochProgram:
+  """The epoch program (`EpochProgram`): `program(state, x, y, runs, epoch, aux=()) -> (state,
+  {term: (R,) mean over its steps, 'steps': (R,)})`, or in chunks with `program.run`.
 
-  Jitted with the state donated. Every run takes `num_batches` scan steps; a run with fewer full
-  batches (`train_count // batch_size`) idles on the rest. `aux` (leading runs axis) goes to
-  `guide` (see train_step).
-  `mesh`: each device runs its own runs (`jkd.parallel.per_device`).
+  The state is donated. Every run takes `num_batches` steps; a run with fewer full batches
+  (`train_count // batch_size`) idles on the rest. `aux` (leading runs axis) goes to `guide` (see
+  train_step). `mesh`: each device runs its own runs (`jkd.parallel.per_device`).
   """
   batch = config.train.batch_size
   step = jax.vmap(lambda s, x, y, i, a, k, hp, m, sd, e, ax: train_step(
       model, config, objective, s, x, y, i, a, k, hp, m, sd, e, num_classes, guide, ax),
       in_axes=(0, None, None, 0, 0, 0, 0, 0, 0, None, 0))
 
-  def epoch_fn(state, x, y, runs: Runs, epoch, aux=()):
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(runs.key)
+  def epoch_keys(runs: Runs, epoch):
+    return jax.vmap(lambda k: jax.random.fold_in(k, epoch))(runs.key)
+
+  def step_keys(keys, s):
+    return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), s))(keys)
+
+  def plan_fn(state, x, y, runs: Runs, epoch, aux=()):
+    keys = epoch_keys(runs, epoch)
     perm_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     idx, mask = jax.vmap(folds_lib.batch_indices, in_axes=(0, 0, 0, None, None))(
         perm_keys, runs.train, runs.train_count, batch, num_batches)
+    _, terms = jax.eval_shape(step, state, x, y, idx[:, 0], mask[:, 0], step_keys(keys, 0),
+                              runs.hp, runs.mean, runs.std, epoch, aux)
+    return idx, mask, jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), terms)
 
-    def body(state, inputs):
-      s, idx_s, mask_s = inputs
-      step_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), s))(keys)
-      return step(state, x, y, idx_s, mask_s, step_keys, runs.hp, runs.mean, runs.std, epoch, aux)
+  def steps_fn(state, sums, x, y, runs: Runs, idx, mask, epoch, lo, hi, aux=()):
+    keys = epoch_keys(runs, epoch)
 
-    state, terms = jax.lax.scan(body, state, (jnp.arange(num_batches), idx.swapaxes(0, 1),
-                                              mask.swapaxes(0, 1)))
-    sums = {k: v.sum(0) for k, v in terms.items()}
+    def body(s, carry):
+      state, sums = carry
+      state, terms = step(state, x, y, jax.lax.dynamic_index_in_dim(idx, s, 1, keepdims=False),
+                          jax.lax.dynamic_index_in_dim(mask, s, 1, keepdims=False),
+                          step_keys(keys, s), runs.hp, runs.mean, runs.std, epoch, aux)
+      return state, jax.tree.map(jnp.add, sums, terms)
+
+    return jax.lax.fori_loop(lo, hi, body, (state, sums))
+
+  def finish_fn(sums):
+    sums = dict(sums)
     count = sums.pop("count")
-    return state, {k: v / jnp.maximum(count, 1.0) for k, v in sums.items()} | {"steps": count}
+    return {k: v / jnp.maximum(count, 1.0) for k, v in sums.items()} | {"steps": count}
 
   if mesh is not None:
-    local = parallel.per_device(epoch_fn, mesh, "R--R-R", "RR")
-    epoch_fn = lambda state, x, y, runs, epoch, aux=(): local(state, x, y, runs, epoch, aux)
-  return jax.jit(epoch_fn, donate_argnums=0)
+    plan_fn = parallel.per_device(plan_fn, mesh, "R--R-R", "RRR")
+    steps_fn = parallel.per_device(steps_fn, mesh, "RR--RRR---R", "RR")
+  return EpochProgram(jax.jit(plan_fn), jax.jit(steps_fn, donate_argnums=(0, 1)),
+                      jax.jit(finish_fn), num_batches)
 
 
 def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int, mesh: Any = None
@@ -146,10 +268,12 @@ def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int, mes
   `mesh`: as in make_train_epoch.
   """
   def one(variables, x, y, idx, mask, mean, std):
+    student = checkpoint.student_variables(variables)
+
     def body(carry, inputs):
       conf, loss = carry
       i, m = inputs
-      logits, _ = model.apply(variables, model_input(config, x[i], mean, std), train=False)
+      logits, _ = model.apply(student, model_input(config, x[i], mean, std), train=False)
       onehot = jax.nn.one_hot(y[i], num_classes) * m[:, None]
       pred = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
       nll = -jnp.sum(onehot * jax.nn.log_softmax(logits), -1)
@@ -172,6 +296,9 @@ def update_best(state: state_lib.TrainState, score: Array) -> tuple[state_lib.Tr
 
 
 def init_state(model: nn.Module, config: mc.ConfigDict, keys: Array, sample: Array, hp: dict,
-               init_variables: Any = None) -> state_lib.TrainState:
-  """R fresh runs (numpy leaves); `init_variables` (leading R axis) replaces the random init."""
-  return state_lib.create(model, keys, sample, lambda h: make_tx(config, h), hp, init_variables)
+               init_variables: Any = None, extra: Callable | None = None
+               ) -> state_lib.TrainState:
+  """R fresh runs (numpy leaves); `init_variables` (leading R axis) replaces the random init;
+  `extra`: the distillation terms' trainable parts (`jkd.state.create`)."""
+  return state_lib.create(model, keys, sample, lambda h: make_tx(config, h), hp, init_variables,
+                          extra)

@@ -29,13 +29,12 @@ def get_config():
   c.train.eval_batch_size = 32
   c.train.checkpoint_every = 2
   c.optim.schedule = "constant"
-  c.stages.teacher_signal.model.name = "wrn10_1"
-  c.stages.teacher_image.model.name = "wrn10_1"
-  c.stages.teacher_image.model.image_size = 8
+  c.teachers.signal.model.name = "wrn10_1"
+  c.teachers.image.model.name = "wrn10_1"
+  c.teachers.image.model.image_size = 8
   c.stages.student_scratch.model.name = "wrn10_1"
-  c.stages.student_kd.loss.beta = 100.0
-  c.stages.student_kd.loss.lam = 0.9
-  c.sweep = {"loss": {"beta": (100.0, 0.0)}}      # student_kd: 6 runs, the other stages 3
+  pipeline.lab_loss(c.stages.student_kd.loss, lam=0.9, alpha=0.5, beta=100.0)
+  c.stages.student_kd.sweep = {"loss": {"sp": {"weight": (100.0, 0.0)}}}   # 6 runs, others 3
   return c
 '''
 
@@ -64,7 +63,7 @@ def test_four_stages_results_and_report(trained):
   tmp, out = trained
   w = tmp / "W"
   full = json.loads((w / "results.json").read_text())
-  assert list(full["stages"]) == ["teacher_signal", "teacher_image", "student_scratch",
+  assert list(full["stages"]) == ["teacher_image", "teacher_signal", "student_scratch",
                                   "student_kd"]
   assert full["stages"]["teacher_image"]["experiment"]["ndim"] == 2
   for name, res in full["stages"].items():
@@ -73,18 +72,19 @@ def test_four_stages_results_and_report(trained):
   kd_cfg = json.loads((w / "student_kd" / "config.json").read_text())
   assert kd_cfg["train"]["init_from"] == str(w / "student_scratch")
   assert kd_cfg["teachers"]["image"]["source"] == str(w / "teacher_image")
-  assert "teacher image: logits and stage (1, 2, 3) outputs cached" in out
+  assert "teacher image: logits, stage (1, 2, 3) outputs cached" in out
   terms = json.loads((w / "student_kd" / "metrics.jsonl").read_text().splitlines()[0])["train"]
-  assert {"ce", "kd", "kd_signal", "kd_image", "sp"} <= set(terms)
+  assert {"ce", "kd", "sp"} <= set(terms)
   md = (w / "report.md").read_text()
-  for text in ("| teacher_signal |", "| student_kd |", "KD gain", "fold 2 (3)", "Teachers' own"):
+  for text in ("| teacher_signal |", "| student_kd |", "KD gain", "fold 2 (3)", "Teachers' own",
+               "lab ±"):
     assert text in md
   sc_acc = [r["final"]["accuracy"] for r in full["stages"]["student_scratch"]["runs"]]
   for beta in (100.0, 0.0):
     gain, = [g for g in full["kd_gain"] if (g["which"], g["metric"]) == ("final", "accuracy")
-             and g["sweep"] == f"loss.beta={beta:g}"]
+             and g["sweep"] == f"loss.sp.weight={beta:g}"]
     kd_acc = [r["final"]["accuracy"] for r in full["stages"]["student_kd"]["runs"]
-              if r["sweep"] == {"loss.beta": beta}]
+              if r["sweep"] == {"loss.sp.weight": beta}]
     assert gain["n"] == 3 and np.isclose(gain["mean"], np.mean(kd_acc) - np.mean(sc_acc))
 
 
@@ -128,7 +128,7 @@ def test_second_run_skips_and_changed_student_reuses_teachers(trained):
                       "--config.stages.student_kd.loss.alpha=0.2"],
                      cwd=REPO, capture_output=True, text=True, timeout=900)
   assert p.returncode == 2 and "--overwrite" in p.stderr
-  out = _main(tmp, "--config.stages.student_kd.loss.alpha=0.2", "--config.kd.signal.which=best",
+  out = _main(tmp, "--config.stages.student_kd.loss.alpha=0.2", "--config.teachers.signal.which=best",
               "--overwrite")
   assert "[student_kd] config changed: retraining" in out and out.count("skipped") == 3
   for s, t in stamp.items():

@@ -1,0 +1,150 @@
+"""Distillation methods as a registry of loss terms: the KD student's objective is
+
+    total = Σ_{t in loss.terms} loss.<t>.weight × t(student, teachers, labels, epoch)
+
+A term is on because `loss.terms` lists it, never because a weight is non-zero. Each term is one
+module here (`jkd.distill.term.Term`): its keys and defaults, which keys are per-run (traced,
+sweepable; every other key is static and a sweep over it is refused), what it reads of the
+teachers, its trainable parts, its pure loss. `docs/extending.md` says how to add one.
+
+Teachers have per-run weights w (K,): `teachers.<name>.weight`, or, with two teachers and
+`loss.alpha` >= 0, (1 − α, α) (α = the second teacher's weight, the lab's dual-teacher α).
+Terms that combine teachers use w (KD `weighting` may override it per sample: AVER, EBKD, CA-MKD).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+
+from jkd.distill import annealing, at, ce, dist, dkd, fitnet, focal, kd, pkt, rkd, sp
+from jkd.distill.term import Batch, Needs, Outputs, Term, TermError
+
+TERMS: dict[str, Term] = {m.TERM.name: m.TERM for m in (
+    ce, focal, kd, dkd, dist, sp, at, fitnet, rkd, pkt, annealing)}
+HARD = ("ce", "focal")
+__all__ = ["TERMS", "Batch", "Needs", "Outputs", "Term", "TermError", "loss_defaults", "check",
+           "per_run_keys", "ranges", "teacher_needs", "init", "make_objective", "teacher_weights"]
+
+
+def loss_defaults(terms: tuple[str, ...] = ("ce", "kd")) -> mc.ConfigDict:
+  """A KD stage's `loss` section: the listed terms, α, and every term's section at its defaults
+  (so any term can be switched on by an override of `loss.terms`)."""
+  c = mc.ConfigDict({"terms": tuple(terms), "alpha": -1.0})
+  for name, term in TERMS.items():
+    c[name] = term.config()
+  return c
+
+
+def _changed(section: mc.ConfigDict, term: Term) -> list[str]:
+  d = dict(term.defaults)
+  return [k for k, v in section.items() if k in d and _norm(v) != _norm(d[k])]
+
+
+def _norm(v):
+  return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def check(loss: mc.ConfigDict, teachers: list[tuple[str, mc.ConfigDict]], student: mc.ConfigDict,
+          epochs: int) -> None:
+  """Raise TermError (one line) for a bad KD loss section of a stage with these teachers."""
+  terms = tuple(loss.terms)
+  unknown = [t for t in terms if t not in TERMS]
+  if unknown:
+    raise TermError(f"loss.terms: {unknown[0]!r} is not a distillation term; terms are "
+                    f"{', '.join(TERMS)}")
+  if not terms or len(set(terms)) < len(terms):
+    raise TermError(f"loss.terms={terms!r}: list each term once, at least one")
+  if not teachers:
+    raise TermError("the KD stage names no teachers; set its distill.teachers")
+  for name, term in TERMS.items():
+    if name not in terms and name in loss and _changed(loss[name], term):
+      key = _changed(loss[name], term)[0]
+      raise TermError(f"loss.{name}.{key} is set but {name!r} is not in loss.terms, so it would "
+                      f"change nothing; add {name!r} to loss.terms or drop the setting")
+  if "annealing" in terms and set(terms) & set(HARD):
+    raise TermError("loss.terms: 'annealing' includes its own cross-entropy phase; do not list "
+                    "'ce' or 'focal' with it")
+  if loss.alpha >= 0 and len(teachers) != 2:
+    raise TermError(f"loss.alpha={loss.alpha} weighs two teachers (1 − α, α) but the stage has "
+                    f"{len(teachers)}; set teachers.<name>.weight instead (loss.alpha=-1)")
+  for name in terms:
+    TERMS[name].check(loss[name], teachers, student, epochs)
+
+
+def per_run_keys(loss: mc.ConfigDict, teacher_names: tuple[str, ...]) -> list[str]:
+  """Dotted config keys the KD step reads per run: the only ones a sweep may change."""
+  keys = ["loss.alpha"] + [f"teachers.{n}.weight" for n in teacher_names]
+  for name in loss.terms:
+    keys += [f"loss.{name}.{k}" for k in TERMS[name].per_run]
+  return keys
+
+
+def ranges(loss: mc.ConfigDict, teacher_names: tuple[str, ...]) -> dict[str, str]:
+  """Allowed values of the KD stage's numeric keys (checked with their swept values too)."""
+  out = {f"teachers.{n}.weight": ">= 0" for n in teacher_names}
+  for name in loss.terms:
+    out |= {f"loss.{name}.{k}": v for k, v in {"weight": ">= 0", **TERMS[name].ranges}.items()}
+  return out
+
+
+def teacher_needs(loss: mc.ConfigDict) -> Needs:
+  out = Needs()
+  for name in loss.terms:
+    out = out | TERMS[name].needs(loss[name])
+  return out
+
+
+def init(loss: mc.ConfigDict, key: jax.Array, student: Outputs, teachers: list[Outputs]
+         ) -> dict | None:
+  """One run's trainable parts of every listed term, `{'params': {term: ...}, 'batch_stats':
+  {term: ...}}`, or None when no term has any."""
+  params, stats = {}, {}
+  for i, name in enumerate(loss.terms):
+    v = TERMS[name].init(loss[name], jax.random.fold_in(key, i), student, teachers)
+    if v is not None:
+      params[name], stats[name] = v.get("params", {}), v.get("batch_stats", {})
+  return {"params": params, "batch_stats": stats} if params or stats else None
+
+
+def teacher_weights(hp: dict, teacher_names: tuple[str, ...]) -> jax.Array:
+  w = jnp.stack([hp[f"teachers.{n}.weight"] for n in teacher_names]).astype(jnp.float32)
+  if len(teacher_names) == 2:
+    a = hp["loss.alpha"]
+    w = jnp.where(a >= 0, jnp.stack([1.0 - a, a]), w)
+  return w
+
+
+def make_objective(config: mc.ConfigDict) -> Callable:
+  """`objective(logits, features, labels, hp, context) -> (total, terms, distill batch_stats)`.
+
+  `context['teachers']`: one `Outputs` per teacher in `distill.teachers` order; `context['epoch']`;
+  `context['distill']`: this run's `{'params', 'batch_stats'}` of the terms' trainable parts."""
+  loss = config.loss
+  names = tuple(config.distill.teachers)
+  listed = [(n, TERMS[n], loss[n]) for n in loss.terms]
+  epochs = int(config.train.epochs)
+
+  def objective(logits, features, labels, hp, context):
+    student = Outputs.of(logits, features)
+    own = context.get("distill") or {"params": {}, "batch_stats": {}}
+    batch = Batch(student, list(context["teachers"]), teacher_weights(hp, names), labels,
+                  context["epoch"], epochs)
+    total, terms, stats = jnp.float32(0.0), {}, {}
+    for name, term, cfg in listed:
+      thp = {k: hp[f"loss.{name}.{k}"] for k in term.per_run}
+      b = Batch(**{**batch.__dict__, "params": own["params"].get(name),
+                   "batch_stats": own["batch_stats"].get(name)})
+      out = term.loss(cfg, thp, b)
+      value, new = out if isinstance(out, tuple) else (out, None)
+      if new is not None:
+        stats[name] = new
+      value = jnp.asarray(value, jnp.float32)
+      terms[name] = value
+      total = total + thp["weight"] * value
+    return total, terms, stats
+
+  return objective

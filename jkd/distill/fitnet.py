@@ -1,0 +1,63 @@
+"""FitNet hints (Romero et al., ICLR 2015): MSE between a regressed student map and the teacher's.
+
+Source: RepDistiller `distiller_zoo/FitNet.py` (HintLoss = MSE) with its regressor
+`models/util.py: ConvReg` (conv chosen by the two maps' sizes, then BatchNorm and ReLU), hint
+layer 2 (the second stage's output), weight 100, trained jointly with the student in one stage as
+both zoos do (the paper pre-trains the hint first). One regressor per teacher, kept per run in the
+train state and dropped at evaluation. The teacher map must have the student's rank.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jkd import losses
+from jkd.distill.term import Needs, Term, TermError
+
+
+def _regressor(s, t):
+  from jkd.distill import heads
+  return heads.ConvReg(t.shape[-1], tuple(s.shape[1:-1]), tuple(t.shape[1:-1]))
+
+
+class FitNet(Term):
+  name = "fitnet"
+  source = "Romero et al., ICLR 2015; RepDistiller FitNet.py and ConvReg"
+  defaults = {"weight": 100.0, "hint_layer": 2}
+  per_run = ("weight",)
+
+  def check(self, cfg, teachers, student, epochs):
+    if cfg.hint_layer not in (1, 2, 3):
+      raise TermError(f"loss.fitnet.hint_layer={cfg.hint_layer}: choose a stage, 1, 2 or 3")
+    bad = [n for n, m in teachers if m.ndim != student.ndim]
+    if bad:
+      raise TermError(f"loss.fitnet: teacher {bad[0]!r} is {3 - student.ndim}-D but the student "
+                      f"{student.ndim}-D; a hint regressor maps maps of one rank; drop 'fitnet' "
+                      "or that teacher")
+
+  def needs(self, cfg):
+    return Needs(stages=frozenset({cfg.hint_layer}))
+
+  def init(self, cfg, key, student, teachers):
+    s = student.stages[cfg.hint_layer]
+    out = {"params": {}, "batch_stats": {}}
+    for k, t in enumerate(teachers):
+      v = _regressor(s, t.stages[cfg.hint_layer]).init(jax.random.fold_in(key, k),
+                                                      jnp.zeros(s.shape, jnp.float32), train=False)
+      out["params"][str(k)] = v["params"]
+      out["batch_stats"][str(k)] = v.get("batch_stats", {})
+    return out
+
+  def loss(self, cfg, hp, batch):
+    s = batch.student.stages[cfg.hint_layer]
+    total, stats = jnp.float32(0.0), {}
+    for k, t in enumerate(batch.teachers):
+      f_t = t.stages[cfg.hint_layer]
+      reg = _regressor(s, f_t)
+      r, new = reg.apply({"params": batch.params[str(k)], "batch_stats": batch.batch_stats[str(k)]},
+                         s, train=True, mutable=["batch_stats"])
+      stats[str(k)] = new["batch_stats"]
+      total = total + batch.teacher_weights[k] * losses.fitnet_loss(r, f_t)
+    return total, stats
+
+
+TERM = FitNet()

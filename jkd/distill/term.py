@@ -1,0 +1,120 @@
+"""What a distillation term is: its config keys, which of them are per-run, what it reads, its loss.
+
+A term is one weighted summand of the KD student's objective,
+
+    total = Σ_{term in loss.terms} loss.<term>.weight × term(student, teachers, labels, epoch)
+
+and one short module of `jkd.distill` (one `Term` subclass, registered in `jkd.distill.TERMS`).
+
+The contract between a term and the engine:
+
+* `defaults`: the keys of its config section `loss.<name>` and their defaults; `weight` always.
+* `per_run`: the numeric keys the step reads as traced per-run scalars (`hp[key]` in `loss`).
+  Only these may be swept. Every other key is static: it decides the program's structure, is read
+  from `cfg` when the program is built, and a sweep over it is refused.
+* `needs(cfg)`: what it reads of every teacher (`Needs`: logits, stage maps, the pooled
+  embedding); the student always provides everything.
+* `init(cfg, key, student, teachers)`: its trainable parts (a regressor, a projector, ...), as
+  Flax variables `{'params': ..., 'batch_stats': ...}` of ONE run, or None. They live in the
+  train state per run (params under `params['distill'][name]`, the rest under
+  `batch_stats['distill'][name]`), are trained with the student and checkpointed with it, and are
+  left out of the student that evaluation and `jkd.checkpoint.restore_run` return.
+* `loss(cfg, hp, batch)`: a pure function of one run's batch; returns the term's value, or
+  `(value, new_batch_stats)` when it updates non-trainable state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+
+Array = jax.Array
+
+
+class TermError(ValueError):
+  """A term's config is wrong; the message is one line naming the key and the fix."""
+
+
+@flax.struct.dataclass
+class Outputs:
+  """A network's outputs on a batch: logits (B, K), stage maps by 1-based index, pooled embedding."""
+  logits: Array
+  stages: dict = flax.struct.field(default_factory=dict)   # {1: (B, L, C) or (B, H, W, C), ...}
+  embedding: Array | None = None                          # (B, D)
+
+  @classmethod
+  def of(cls, logits: Array, features: tuple, stages: tuple[int, ...] | None = None,
+         embedding: bool = True) -> "Outputs":
+    """From a jkd model's `(logits, (*stage maps, embedding))`; `stages` keeps those (1-based)."""
+    maps = features[:-1]
+    keep = range(1, len(maps) + 1) if stages is None else stages
+    return cls(logits, {i: maps[i - 1] for i in keep}, features[-1] if embedding else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+  """What a term reads of each teacher."""
+  stages: frozenset = frozenset()   # 1-based stage indices
+  embedding: bool = False
+
+  def __or__(self, other: "Needs") -> "Needs":
+    return Needs(self.stages | other.stages, self.embedding or other.embedding)
+
+
+@dataclasses.dataclass
+class Batch:
+  """One run's view of a training batch, as a term's `loss` receives it."""
+  student: Outputs
+  teachers: list            # [Outputs] in the stage's teacher order
+  teacher_weights: Array    # (K,) per-run weights (loss.alpha or teachers.<name>.weight)
+  labels: Array             # int (B,), or soft (B, K) under mixup/cutmix
+  epoch: Array              # 0-based, traced
+  epochs: int = 0           # the stage's train.epochs (static)
+  params: Any = None        # this term's trainable variables (from `init`), or None
+  batch_stats: Any = None   # its non-trainable variables, or None
+
+  def hard_labels(self) -> Array:
+    return self.labels if self.labels.ndim == 1 else jnp.argmax(self.labels, -1)
+
+
+class Term:
+  """Base class: a term without trainable parts that reads only logits. Subclasses override."""
+  name: str = ""
+  source: str = ""                 # where the formula comes from (authors' code)
+  defaults: Mapping[str, Any] = {"weight": 1.0}
+  per_run: tuple[str, ...] = ("weight",)
+  # Allowed values of numeric keys (`jkd.config.in_range` specs); `weight` is always '>= 0'.
+  ranges: Mapping[str, str] = {}
+
+  def config(self) -> mc.ConfigDict:
+    return mc.ConfigDict(dict(self.defaults))
+
+  def check(self, cfg: mc.ConfigDict, teachers: list[tuple[str, mc.ConfigDict]],
+            student: mc.ConfigDict, epochs: int) -> None:
+    """Raise TermError for a bad setting (`teachers`: (name, model section) pairs in the stage's
+    order; `student`: its model section)."""
+
+  def needs(self, cfg: mc.ConfigDict) -> Needs:
+    return Needs()
+
+  def init(self, cfg: mc.ConfigDict, key: Array, student: Outputs, teachers: list[Outputs]
+           ) -> dict | None:
+    return None
+
+  def loss(self, cfg: mc.ConfigDict, hp: Mapping[str, Array], batch: Batch
+           ) -> Array | tuple[Array, Any]:
+    raise NotImplementedError
+
+
+def layers_key(cfg: mc.ConfigDict, key: str, name: str, allowed=(1, 2, 3)) -> tuple[int, ...]:
+  """A tuple-of-layers key, checked."""
+  value = tuple(cfg[key])
+  bad = [v for v in value if v not in allowed]
+  if not value or bad:
+    raise TermError(f"loss.{name}.{key}={value!r}: choose from {allowed}")
+  return value
