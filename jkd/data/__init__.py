@@ -18,8 +18,12 @@ Common keys (defaults for sources that do not override them; PAMAP2 overrides se
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
+import numbers
 from types import ModuleType
+from typing import Iterator
 
 import ml_collections
 import numpy as np
@@ -71,6 +75,30 @@ def default_config(name: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(merged)
 
 
+# Common integer keys and the least value each takes.
+_MINIMA = {"window": 1, "step": 1, "start": 0, "num_folds": 0, "num_val_subjects": 0}
+
+
+def sources_with_key(key: str) -> list[str]:
+  """The sources whose `config.data` has `key` (to say where a misplaced key belongs)."""
+  return [name for name in sorted(SOURCES) if key in default_config(name)]
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """The source name and the common keys' values; DataError with one line naming the key."""
+  source(cfg.name)
+  for key, low in _MINIMA.items():
+    v = cfg.get(key, low)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+      raise DataError(f"config.data.{key}={v!r} must be an integer >= {low}.")
+  for key in ("test_subjects", "val_subjects"):
+    v = cfg.get(key, ())
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in v):
+      raise DataError(f"config.data.{key}={tuple(v)!r} must list subject ids (integers), e.g. "
+                      f"--config.data.{key}='(1,2)'.")
+  _check_config(cfg)
+
+
 def _check_config(cfg: ml_collections.ConfigDict) -> None:
   if cfg.label_rule not in windowing.LABEL_RULES:
     raise DataError(f"config.data.label_rule={cfg.label_rule!r} is unknown; choose one of "
@@ -95,10 +123,10 @@ def _ready_windows(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray, np.n
   x, y, subject = ds.x, np.asarray(ds.y, np.int64), np.asarray(ds.subject, np.int64)
   if (x.ndim != 3 or x.shape[2] != len(ds.channels) or y.shape != (len(x),)
       or subject.shape != y.shape):
-    raise DataError(f"{name} windows: x {x.shape}, y {y.shape}, subject {subject.shape} must be "
+    raise DataError(f"{name}: x {x.shape}, y {y.shape}, subject {subject.shape} must be "
                     f"(N, L, {len(ds.channels)}), (N,), (N,).")
-  check_finite(x, f"{name} windows")
-  check_labels(y, len(ds.classes), f"{name} windows")
+  check_finite(x, f"{name}: x")
+  check_labels(y, len(ds.classes), f"{name}: y")
   everyone = np.unique(subject)
   labelled = np.flatnonzero(y != -1)
   missing = sorted(set(everyone.tolist()) - set(np.unique(subject[labelled]).tolist()))
@@ -121,9 +149,39 @@ def _aligned_take(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
   return out
 
 
+_kept: dict[str, Windows] | None = None
+
+
+@contextlib.contextmanager
+def keep_loaded() -> Iterator[None]:
+  """Within this block `load` of an equal config returns the windows it already loaded (one set):
+  `jkd.main` loads the data to check it before anything is written, then every stage reuses it."""
+  global _kept
+  outer = _kept
+  _kept = {} if outer is None else outer
+  try:
+    yield
+  finally:
+    _kept = outer
+
+
 def load(data_cfg: ml_collections.ConfigDict) -> Windows:
   """Every window of source `data_cfg.name`, preprocessed, not normalised; ordered by subject,
   then recording, then time."""
+  key = None
+  if _kept is not None:
+    key = json.dumps(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg),
+                     sort_keys=True, default=str)
+    if key in _kept:
+      return _kept[key]
+  windows = _load(data_cfg)
+  if key is not None:
+    _kept.clear()
+    _kept[key] = windows
+  return windows
+
+
+def _load(data_cfg: ml_collections.ConfigDict) -> Windows:
   _check_config(data_cfg)
   ds = source(data_cfg.name).load(data_cfg)
   if ds.recordings is not None:
@@ -132,7 +190,8 @@ def load(data_cfg: ml_collections.ConfigDict) -> Windows:
                                            int(data_cfg.step), int(data_cfg.start),
                                            str(data_cfg.label_rule))
   else:
-    x, y, subject = _ready_windows(ds, data_cfg.name)
+    where = f"{data_cfg.name} data at {data_cfg.path}" if data_cfg.path else data_cfg.name
+    x, y, subject = _ready_windows(ds, where)
   if len(x) == 0:
     raise DataError(f"{data_cfg.name}: no labelled window in the data at {data_cfg.path!r}.")
   return Windows(x, y, subject, list(ds.classes), list(ds.channels))
@@ -145,4 +204,5 @@ def load_windows(data_cfg: ml_collections.ConfigDict) -> tuple[np.ndarray, np.nd
 
 
 __all__ = ["DataError", "Dataset", "Recording", "Windows", "SOURCES", "common_config", "source",
-           "default_config", "load", "load_windows"]
+           "default_config", "sources_with_key", "check_config", "keep_loaded", "load",
+           "load_windows"]

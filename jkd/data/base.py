@@ -68,8 +68,9 @@ def check_finite(x: np.ndarray, what: str) -> None:
     part = flat[a:a + _CHECK_CHUNK]
     if not np.isfinite(part).all():
       bad = a + int(np.flatnonzero(~np.isfinite(part))[0])
-      raise DataError(f"{what} holds NaN or inf after preprocessing (first at flat position "
-                      f"{bad}); fill or drop missing values before handing the data to jkd.")
+      at = tuple(int(i) for i in np.unravel_index(bad, x.shape))
+      raise DataError(f"{what} holds NaN or inf after preprocessing (first at index {at}); fill "
+                      "or drop missing values before handing the data to jkd.")
 
 
 def check_labels(y: np.ndarray, num_classes: int, what: str) -> None:

@@ -104,6 +104,22 @@ def held_out(subjects: np.ndarray, cfg: ml_collections.ConfigDict
   return groups, vals
 
 
+def train_counts(subject: np.ndarray, cfg: ml_collections.ConfigDict) -> np.ndarray:
+  """Training windows of every fold `make_folds` would make, from the subjects alone (a cheap
+  check of the fold rules: the same DataErrors)."""
+  subjects, counts = np.unique(np.asarray(subject), return_counts=True)
+  groups, vals = held_out(subjects, cfg)
+  per = dict(zip(subjects.tolist(), counts.tolist()))
+  out = []
+  for f, (group, val) in enumerate(zip(groups, vals)):
+    n = sum(c for s, c in per.items() if s not in group and s not in val)
+    if n == 0:
+      raise DataError(f"fold {f} (test subjects {group}) has an empty train set; use fewer "
+                      "folds or validation subjects, or more subjects.")
+    out.append(n)
+  return np.array(out, np.int64)
+
+
 def _stack(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   """Pad index rows with 0 into one (F, n_max) int32 array, plus the (F,) counts."""
   counts = np.array([len(r) for r in rows], np.int32)
