@@ -447,6 +447,22 @@ def test_pickle_refuses_other_globals(tmp_path):
     pamap2.load(cfg(path))
 
 
+def test_pickle_resaved_by_python3_with_protocol_2(tmp_path):
+  """Python 3's protocol 2 writes every array's bytes as `_codecs.encode(text, 'latin1')`."""
+  rng = np.random.default_rng(0)
+  pairs = [(rng.normal(size=(5 + i, 40)), rng.integers(0, 12, 5 + i)) for i in range(9)]
+  path = tmp_path / pamap2.PICKLE_NAME
+  path.write_bytes(pickle.dumps(pairs, protocol=2))
+  assert b"_codecs\nencode" in path.read_bytes()
+  ds = pamap2.load(cfg(path))
+  for r, (x, y) in zip(ds.recordings, pairs):
+    np.testing.assert_array_equal(r.x, x.astype(np.float32))
+    np.testing.assert_array_equal(r.y, y)
+  path.write_bytes(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x05\x00\x00\x00utf-8\x86R.")
+  with pytest.raises(DataError, match="refusing _codecs.encode of str with encoding 'utf-8'"):
+    pamap2.load(cfg(path))
+
+
 # ---- cache ------------------------------------------------------------------------------------
 
 def test_cache_hit_invalidation_and_corruption(protocol, tmp_path, monkeypatch):

@@ -223,9 +223,20 @@ class _ArraysOnly(pickle.Unpickler):
   def find_class(self, module: str, name: str):
     if (module, name) in _PICKLE_GLOBALS:
       return _PICKLE_GLOBALS[(module, name)]
+    if (module, name) == ("_codecs", "encode"):   # Python 3, protocol <= 2: bytes as latin-1 text
+      return self._latin1
     raise DataError(f"{self.path}: refusing to load the global {module}.{name} from this pickle; "
                     "only numpy arrays and plain containers are allowed (the lab's "
                     f"{PICKLE_NAME} needs nothing else). Is this the right file?")
+
+  def _latin1(self, text, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode` as a protocol-2 pickle of `bytes` uses it (a re-save under Python 3 of
+    the lab's pickle holds it for every array's data): latin-1 text to bytes, nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+      raise DataError(f"{self.path}: refusing _codecs.encode of {type(text).__name__} with "
+                      f"encoding {encoding!r} in this pickle (a pickle of numpy arrays only "
+                      "encodes text as latin1). Is this the right file?")
+    return text.encode("latin1")
 
 
 def read_pickle(path: str, channels: int = 40) -> list[tuple[np.ndarray, np.ndarray]]:
