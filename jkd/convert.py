@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     variables, info = load_torch_wrn(source, ndim=args.ndim, return_info=True)
     out = save_variables(args.out_dir, variables, info, overwrite=args.overwrite)
   except (CheckpointError, OSError) as e:
-    print(f"jkd.convert: error: {e}", file=sys.stderr)
-    return 1
+    print(f"jkd.convert: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2   # the user's input, as jkd.main and argparse report it
   print(f"jkd.convert: {info.model} ({info.ndim}-D, in_channels {info.in_channels}, "
         f"num_classes {info.num_classes}) from {info.source} -> {out}")
   return 0

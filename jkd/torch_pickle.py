@@ -157,19 +157,23 @@ def read_torch(path: str | os.PathLike) -> Any:
           f"torch >= 1.6: torch.save(torch.load(path, weights_only=True), new_path)")
     raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; "
                           f"this file is not one)")
-  with zipfile.ZipFile(path) as archive:
-    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-    if len(pickles) != 1:
-      raise CheckpointError(f"{path}: a zip file but not a torch.save archive "
-                            f"(expected exactly one '<name>/data.pkl' inside)")
-    prefix = pickles[0][:-len("/data.pkl")]
-    try:
-      order = archive.read(f"{prefix}/byteorder").decode().strip()
-    except KeyError:
-      order = "little"
-    try:
-      return _Unpickler(archive.read(pickles[0]), archive, prefix, order == "big").load()
-    except CheckpointError as e:
-      raise CheckpointError(f"{path}: {e}") from None
-    except Exception as e:  # a malformed pickle can fail in many ways
-      raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+  try:
+    with zipfile.ZipFile(path) as archive:
+      pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+      if len(pickles) != 1:
+        raise CheckpointError(f"{path}: a zip file but not a torch.save archive "
+                              f"(expected exactly one '<name>/data.pkl' inside)")
+      prefix = pickles[0][:-len("/data.pkl")]
+      try:
+        order = archive.read(f"{prefix}/byteorder").decode().strip()
+      except KeyError:
+        order = "little"
+      try:
+        return _Unpickler(archive.read(pickles[0]), archive, prefix, order == "big").load()
+      except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+  except CheckpointError:
+    raise
+  except Exception as e:  # noqa: BLE001 - a damaged archive or pickle can fail in many ways
+    raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e}); copy it again "
+                          "from where it was saved, or re-save it with torch.save") from None

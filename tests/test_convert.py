@@ -237,7 +237,7 @@ def test_cli_refuses_to_overwrite_unless_asked(tmp_path, capsys):
   out = tmp_path / "out"
   out.mkdir()
   (out / "keep.txt").write_text("mine")
-  assert convert.main([_fixture("wrn16_1_1d"), str(out)]) == 1
+  assert convert.main([_fixture("wrn16_1_1d"), str(out)]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "not empty" in err and "--overwrite" in err
   assert (out / "keep.txt").read_text() == "mine"
@@ -253,7 +253,7 @@ def test_cli_module_exits_nonzero_with_one_line(tmp_path):
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
   r = subprocess.run([sys.executable, "-m", "jkd.convert", str(bad), str(tmp_path / "o")],
                      capture_output=True, text=True, env=env, cwd=root)
-  assert r.returncode == 1
+  assert r.returncode == 2
   assert r.stderr.strip().count("\n") == 0
   assert r.stderr.startswith(f"jkd.convert: error: {bad}: not a PyTorch checkpoint")
   assert not (tmp_path / "o").exists()
