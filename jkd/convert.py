@@ -8,7 +8,7 @@ reads them back for `jkd.models.create(info.model, ...).apply`.
 
 Reading is `jkd.torch_pickle.read_torch` (restricted unpickler; nothing in the file is executed).
 
-Mapping (REFERENCE.md §2 keys -> `jkd.models.wrn` tree; a `module.` prefix is dropped):
+Mapping (docs/protocol.md §2 keys -> `jkd.models.wrn` tree; a `module.` prefix is dropped):
 
     conv1.weight (out, in, *k)                 params/conv1/kernel (*k, in, out)
     block{s}.nblockLayer.{i}.{conv1,conv2,conv_inp}.weight

@@ -20,7 +20,7 @@ import optax
 
 Array = jax.Array
 
-# REFERENCE §5: 0.05 -> 0.01 -> 0.001 -> 1e-4, as multiples of optim.lr = 0.05.
+# docs/protocol.md §5: 0.05 -> 0.01 -> 0.001 -> 1e-4, as multiples of optim.lr = 0.05.
 LAB_FACTORS = (1.0, 0.2, 0.02, 0.002)
 
 

@@ -2,8 +2,8 @@
 
 Rules (``config.data.normalize``), fitted on a fold's training subjects only:
 
-* ``lab`` (the lab's PAMAP2 pipeline, REFERENCE §6): mean = per-channel mean over all windows and
-  time steps; std = mean over windows of the per-window per-channel std (ddof 0);
+* ``lab`` (the lab's PAMAP2 pipeline, docs/protocol.md §6.2): mean = per-channel mean over all
+  windows and time steps; std = mean over windows of the per-window per-channel std (ddof 0);
 * ``zscore``: per-channel mean and std (ddof 0) over all training samples;
 * ``none``: mean 0, std 1.
 

@@ -1,4 +1,4 @@
-"""ResNet-18/34 of the notes (REFERENCE.md §3), 1-D or 2-D, channels-last.
+"""ResNet-18/34 of the notes (docs/protocol.md §3), 1-D or 2-D, channels-last.
 
     stem        ConvBlock(64, 7-wide, stride 2, padding 3) -> max-pool 3, stride 2, padding 1
     stage{1..4} ResBlocks with 64 * 2^i channels; the first block of stages 2-4 has stride 2
@@ -6,7 +6,7 @@
 
 ConvBlock = conv -> BN -> act. ResBlock = `act(residual(x) + shortcut(x))`, residual
 ConvBlock(3, stride s) -> ConvBlock(3, stride 1), shortcut a 1x1 conv (with bias) of the block's
-stride in *every* block, as REFERENCE states (also where the shape does not change).
+stride in *every* block, as docs/protocol.md §3 states (also where the shape does not change).
 Convs followed by BN have no bias (it would be cancelled by the BN). Init is PyTorch's default.
 Returns `(logits, (stage1, stage2, stage3, stage4))`.
 """

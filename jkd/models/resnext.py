@@ -1,4 +1,4 @@
-"""`resnext1d`: the grouped-convolution ResNeXt-style net of the ECG notes (REFERENCE.md §3).
+"""`resnext1d`: the grouped-convolution ResNeXt-style net of the ECG notes (docs/protocol.md §3).
 
     stem            conv 7 (padding 3) -> BN -> act, in -> `stem_channels`
     stage{i}        `blocks_per_stage` bottlenecks ("floors"), mid_dim `stages[i]`, out 4 * mid_dim;

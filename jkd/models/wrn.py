@@ -1,4 +1,4 @@
-"""Wide-ResNet `wrn{d}_{k}` exactly as the lab's PyTorch "WRN_sp" (REFERENCE.md §2), 1-D or 2-D.
+"""Wide-ResNet `wrn{d}_{k}` exactly as the lab's "WRN_sp" (docs/protocol.md §2), 1-D or 2-D.
 
 Returns `(logits, (stage1, stage2, stage3, embedding))`; the stage outputs are taken before the final
 BN-ReLU, the embedding is the pooled vector the classifier reads (the SP "attention" maps). The parameter tree mirrors the PyTorch state dict, so a
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jkd.models import layers
 
 Array = jax.Array
-STAGE_STRIDES = (1, 2, 2)  # stage1..3; the stem has stride 1 (REFERENCE's [1, 1, 2, 2]).
+STAGE_STRIDES = (1, 2, 2)  # stage1..3; the stem has stride 1 (docs/protocol.md §2: [1, 1, 2, 2]).
 
 
 def num_blocks(depth: int) -> int:
