@@ -159,18 +159,44 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _views(config, workdir: str = "") -> list:
-  """The config, or for a pipeline each stage's engine config (`jkd.pipeline.stage_config`):
-  what `check_fit` checks against the data."""
+  """(stage name or '', engine config): the config itself, or for a pipeline each stage's engine
+  config (`jkd.pipeline.stage_config`) — what `check_fit` checks against the data."""
   from jkd import pipeline   # noqa: PLC0415
   if not pipeline.is_pipeline(config):
-    return [config]
-  return [pipeline.stage_config(config, n, workdir) for n in pipeline.stages_to_run(config)]
+    return [("", config)]
+  try:
+    return [(n, pipeline.stage_config(config, n, workdir)) for n in pipeline.stages_to_run(config)]
+  except (KeyError, AttributeError, TypeError, ValueError):
+    return []   # a malformed pipeline: `pipeline.run` says what is wrong with it, first
+
+
+_SECTION = re.compile(r"(?<![\w.])(--config\.)?"
+                      r"((model|train|optim|loss|augment|distill|sweep)\.[\w.]*\w)")
+
+
+def stage_key(stage: str, key: str) -> str:
+  """Where a pipeline stage's engine-config `key` is set on the command line: its model is the
+  teacher's (`teachers.<t>.model`) or the student's (`stages.student_scratch.model`), the rest
+  `stages.<stage>.<section>` (which inherits the shared section key by key)."""
+  section = key.split(".")[0]
+  if section == "model":
+    if stage.startswith("teacher_"):
+      return f"teachers.{stage[len('teacher_'):]}.{key}"
+    return f"stages.student_scratch.{key}"
+  return f"stages.{stage}.{key}"
+
+
+def in_stage(stage: str, msg: str) -> str:
+  """A stage config's one-line message with its keys as the pipeline config spells them."""
+  out, n = _SECTION.subn(lambda m: ("--config." if m.group(1) else "")
+                        + stage_key(stage, m.group(2)), msg)
+  return out if n else f"stage {stage}: {msg}"
 
 
 def _preflight(config, workdir: str) -> None:
   """Everything the inputs alone show to be wrong, before anything is written or trained: the
-  config's values, the workdir, the data, the folds against the batch sizes and augmentations.
-  The windows stay loaded for the training (`jkd.data.keep_loaded`)."""
+  config's values (a pipeline's every stage), the workdir, the data, the folds against the batch
+  sizes and augmentations. The windows stay loaded for the training (`jkd.data.keep_loaded`)."""
   import jkd.data   # noqa: PLC0415
   from jkd import experiment, pipeline   # noqa: PLC0415
   from jkd.data import folds as folds_lib   # noqa: PLC0415
@@ -182,10 +208,19 @@ def _preflight(config, workdir: str) -> None:
   elif not is_pipeline:
     experiment.check_workdir(config, workdir, _OVERWRITE.value)
     experiment.check_init_from(config)
+  views = _views(config, workdir)
+  for name, view in views if is_pipeline else ():
+    try:
+      pipeline.check_stage(view)
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(in_stage(name, str(e))) from None
   windows = jkd.data.load(config.data)
   counts = folds_lib.train_counts(windows.subject, config.data)
-  for view in _views(config, workdir):
-    config_lib.check_fit(view, windows.x.shape[2], windows.x.shape[1], counts)
+  for name, view in views:
+    try:
+      config_lib.check_fit(view, windows.x.shape[2], windows.x.shape[1], counts)
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(in_stage(name, str(e)) if name else str(e)) from None
 
 
 def main(argv: list[str]) -> None:
