@@ -30,19 +30,21 @@ def test_guide_sees_augmented_batch_and_labels_are_mixed():
                            jax.nn.one_hot(y[idx], 3), c.augment)
   assert (ya.max(-1) < 1).any()                          # mixup really mixed some rows
 
-  def guide(aux, xb, idx):
-    return xb * aux           # stands in for a teacher: a function of the augmented window
+  def guide(aux, xb, raw, idx):
+    # stands in for a teacher: a function of the augmented window, raw = before normalisation
+    return xb * aux, raw
 
   def objective(logits, features, labels, hp, context):
-    teacher = context["teachers"]
+    teacher, raw = context["teachers"]
     return jnp.mean(logits ** 2), {
         "label_err": jnp.max(jnp.abs(labels - ya)),
         "rowsum_err": jnp.max(jnp.abs(labels.sum(-1) - 1)),
-        "teacher_err": jnp.max(jnp.abs(teacher - 2.0 * xa)) + 0.0 * teacher.shape[-1]}
+        "teacher_err": jnp.max(jnp.abs(teacher - 2.0 * xa)) + 0.0 * teacher.shape[-1],
+        "raw_err": jnp.max(jnp.abs(raw - (xa * std + mean)))}, None
 
   step = jax.jit(lambda st: train_lib.train_step(model, c, objective, st, x, y, idx, True, key, hp,
                                                  mean, std, 0, 3, guide, jnp.float32(2.0)))
   _, terms = step(st)
   assert float(terms["label_err"]) < 1e-6 and float(terms["rowsum_err"]) < 1e-6
-  assert float(terms["teacher_err"]) < 1e-5
+  assert float(terms["teacher_err"]) < 1e-5 and float(terms["raw_err"]) < 1e-5
   assert np.isfinite(terms["loss"])

@@ -28,9 +28,9 @@ class FitNet(Term):
   def check(self, cfg, teachers, student, epochs):
     if cfg.hint_layer not in (1, 2, 3):
       raise TermError(f"loss.fitnet.hint_layer={cfg.hint_layer}: choose a stage, 1, 2 or 3")
-    bad = [n for n, m in teachers if m.ndim != student.ndim]
+    bad = [(n, m.ndim) for n, m in teachers if m.ndim != student.ndim]
     if bad:
-      raise TermError(f"loss.fitnet: teacher {bad[0]!r} is {3 - student.ndim}-D but the student "
+      raise TermError(f"loss.fitnet: teacher {bad[0][0]!r} is {bad[0][1]}-D but the student "
                       f"{student.ndim}-D; a hint regressor maps maps of one rank; drop 'fitnet' "
                       "or that teacher")
 
