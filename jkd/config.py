@@ -41,9 +41,12 @@ def base(data: mc.ConfigDict | None = None) -> mc.ConfigDict:
   c.data = data if data is not None else mc.ConfigDict({"name": "", "path": ""})
   c.model = mc.ConfigDict({
       "name": "wrn16_1",
-      "ndim": 1,                 # 2: the model sees a GAF image per channel of the window
-      "image_size": 64,          # GAF side S (ndim 2)
+      "ndim": 1,                 # 2: the model sees an image per channel of the window
+      "image": "gaf",            # ndim 2: 'gaf' (jkd.gaf) or 'pi' (persistence images, jkd.pi)
+      "image_size": 64,          # image side S (ndim 2)
       "gaf_method": "summation",
+      # model.image='pi': persim's legacy PersImage as the lab used it (docs/persistence_images.md)
+      "pi": mc.ConfigDict({"spread": 0.015, "birth_range": (-1.0, 1.0), "threshold": 0.01}),
       "kwargs": mc.ConfigDict(),  # extra jkd.models.create arguments, e.g. {'dropout': 0.1}
   })
   c.train = mc.ConfigDict({
@@ -135,23 +138,27 @@ def seeds(config: mc.ConfigDict) -> list[int]:
   return list(s)
 
 
-# The optim.* keys the step reads per run (traced): the learning rate, the optimiser's scalars,
-# the warm-up and the step factor of the schedule. Every other optim key decides the program's
-# structure (the optimiser, the schedule, milestones, the fine-tuning split).
-OPTIM_PER_RUN = ("lr", "momentum", "weight_decay", "b1", "b2", "eps", "warmup_epochs", "gamma")
-LOSS_PER_RUN = ("label_smoothing", "gamma")   # the engine's own loss (ce / focal)
+# The optim.* and engine loss.* keys the step reads per run (traced), given the static choices
+# that decide whether a key is read at all: SGD reads momentum, Adam b1/b2/eps, the step schedules
+# gamma. Every other optim key decides the program's structure (the optimiser, the schedule,
+# milestones, the fine-tuning split) and cannot be swept.
+def _optim_per_run(optim: mc.ConfigDict) -> list[str]:
+  keys = ["lr", "weight_decay", "warmup_epochs"]
+  keys += ["momentum"] if optim.name == "sgd" else ["b1", "b2", "eps"]
+  keys += ["gamma"] if optim.schedule in ("step", "multistep") else []
+  return [f"optim.{k}" for k in keys]
 
 
 def per_run_keys(config: mc.ConfigDict) -> list[str]:
-  """Dotted keys whose values travel as per-run arrays through the step: the only sweepable ones.
-
-  A distillation stage (a `distill` section) reads its terms' per-run keys (`jkd.distill`)."""
-  keys = [f"optim.{k}" for k in OPTIM_PER_RUN]
+  """Dotted keys whose values travel as per-run arrays through the step and change what it
+  computes: the only sweepable ones. A distillation stage (a `distill` section) reads its terms'
+  per-run keys (`jkd.distill.per_run_keys`)."""
+  keys = _optim_per_run(config.optim)
   if "distill" in config:
     from jkd import distill
     keys += distill.per_run_keys(config.loss, tuple(config.distill.teachers))
   else:
-    keys += [f"loss.{k}" for k in LOSS_PER_RUN]
+    keys += ["loss.label_smoothing"] if config.loss.name == "ce" else ["loss.gamma"]
   return keys
 
 
@@ -169,25 +176,48 @@ def sweep(config: mc.ConfigDict) -> dict[str, tuple[float, ...]]:
     if isinstance(current, bool) or not isinstance(current, numbers.Real):
       raise ConfigError(f"sweep.{key}: {key} is {current!r}, not a number; only numbers are swept")
     if key not in allowed:
-      term = key.split(".")[1] if key.startswith("loss.") and key.count(".") == 2 else ""
-      if term and "distill" in config and term not in config.loss.terms:
-        raise ConfigError(f"sweep.{key}: {term!r} is not in loss.terms, so every sweep point "
-                          f"would train the same; add it to loss.terms or drop the sweep")
-      raise ConfigError(f"sweep.{key}: {key} decides the program's structure (it is read when the "
-                        "program is built), so sweep points would not differ; run each value as "
-                        "its own experiment")
+      _refuse_sweep(config, key)
     if isinstance(values, (int, float)):
       values = (values,)
     if not values or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                              for v in values):
       raise ConfigError(f"sweep.{key} must be a non-empty list of numbers, got {values!r}")
+    if len(set(map(float, values))) < len(values):
+      raise ConfigError(f"sweep.{key}={tuple(values)!r} repeats a value, so two sweep points would "
+                        "be identical; list each value once")
     out[key] = tuple(float(v) for v in values)
   return out
 
 
+def _refuse_sweep(config: mc.ConfigDict, key: str) -> None:
+  """The one-line reason a numeric key cannot be swept (every sweep point would train the same)."""
+  distill = "distill" in config
+  term = key.split(".")[1] if key.startswith("loss.") and key.count(".") == 2 else ""
+  if distill and term and term not in config.loss.terms:
+    raise ConfigError(f"sweep.{key}: {term!r} is not in loss.terms, so every sweep point would "
+                      f"train the same; add it to loss.terms or drop the sweep")
+  if distill and key.startswith("teachers.") and config.loss.alpha >= 0:
+    raise ConfigError(f"sweep.{key}: loss.alpha={config.loss.alpha} sets the two teachers' "
+                      "weights (1 − α, α); sweep loss.alpha, or set loss.alpha=-1 to weigh them by "
+                      "teachers.<name>.weight")
+  if distill and key == "loss.alpha":
+    raise ConfigError(f"sweep.loss.alpha: α weighs two teachers only when loss.alpha >= 0 in the "
+                      f"config (it is {config.loss.alpha} with {len(config.distill.teachers)} "
+                      "teachers); set it, or sweep teachers.<name>.weight")
+  if distill and key.startswith("teachers."):
+    raise ConfigError(f"sweep.{key}: no listed term combines teachers by their weights (e.g. "
+                      "kd with weighting 'aver'), so sweep points would not differ")
+  raise ConfigError(f"sweep.{key}: {key} is not read per run (it decides the program's structure, "
+                    "or the optimiser or schedule chosen does not use it), so sweep points would "
+                    "not differ; run each value as its own experiment")
+
+
 def numeric_hparams(config: mc.ConfigDict) -> dict[str, float]:
-  """The per-run keys (`per_run_keys`) and their values: per-run arrays in the step."""
-  return {k: float(get(config, k)) for k in per_run_keys(config)}
+  """The values the step reads as per-run arrays: every numeric optim key (the optimiser reads
+  those of its kind) and the per-run keys (`per_run_keys`, the sweepable ones)."""
+  out = {f"optim.{k}": float(v) for k, v in config.optim.items()
+         if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+  return out | {k: float(get(config, k)) for k in per_run_keys(config)}
 
 
 def _choice(key: str, value: Any, choices: tuple) -> None:
@@ -289,6 +319,7 @@ def validate(config: mc.ConfigDict, check_sweep: bool = True) -> None:
   _choice("optim.name", config.optim.name, OPTIMIZERS)
   _choice("optim.schedule", config.optim.schedule, SCHEDULES)
   _choice("model.ndim", config.model.ndim, (1, 2))
+  _choice("model.image", config.model.image, ("gaf", "pi"))
   if "distill" not in config:   # a distillation stage's loss is its terms (jkd.distill)
     _choice("loss.name", config.loss.name, ("ce", "focal"))
   _choice("train.init_which", config.train.init_which, ("last", "best"))

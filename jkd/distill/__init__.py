@@ -76,8 +76,16 @@ def check(loss: mc.ConfigDict, teachers: list[tuple[str, mc.ConfigDict]], studen
 
 
 def per_run_keys(loss: mc.ConfigDict, teacher_names: tuple[str, ...]) -> list[str]:
-  """Dotted config keys the KD step reads per run: the only ones a sweep may change."""
-  keys = ["loss.alpha"] + [f"teachers.{n}.weight" for n in teacher_names]
+  """Dotted config keys the KD step reads per run and that change what it computes: the only
+  ones a sweep may change. The teacher weights are (1 − α, α) when two teachers have
+  `loss.alpha` >= 0 (then α is per-run and the weights are not), else `teachers.<name>.weight`;
+  either only when a listed term combines teachers by them."""
+  keys = []
+  if any(TERMS[n].uses_teacher_weights(loss[n]) for n in loss.terms):
+    if len(teacher_names) == 2 and loss.alpha >= 0:
+      keys.append("loss.alpha")
+    else:
+      keys += [f"teachers.{n}.weight" for n in teacher_names]
   for name in loss.terms:
     keys += [f"loss.{name}.{k}" for k in TERMS[name].per_run]
   return keys
@@ -111,11 +119,13 @@ def init(loss: mc.ConfigDict, key: jax.Array, student: Outputs, teachers: list[O
 
 
 def teacher_weights(hp: dict, teacher_names: tuple[str, ...]) -> jax.Array:
-  w = jnp.stack([hp[f"teachers.{n}.weight"] for n in teacher_names]).astype(jnp.float32)
-  if len(teacher_names) == 2:
-    a = hp["loss.alpha"]
-    w = jnp.where(a >= 0, jnp.stack([1.0 - a, a]), w)
-  return w
+  """(K,) per-run teacher weights: (1 − α, α) when `hp` carries α (`per_run_keys`), else each
+  teacher's weight (1 when no listed term reads them)."""
+  if "loss.alpha" in hp:
+    a = jnp.asarray(hp["loss.alpha"], jnp.float32)
+    return jnp.stack([1.0 - a, a])
+  return jnp.stack([jnp.asarray(hp.get(f"teachers.{n}.weight", 1.0), jnp.float32)
+                    for n in teacher_names])
 
 
 def make_objective(config: mc.ConfigDict) -> Callable:

@@ -27,7 +27,10 @@ class Annealing(Term):
     if int(cfg.tau_max) < 1 or int(cfg.phase1_epochs) < 0:
       raise TermError(f"loss.annealing: tau_max={cfg.tau_max} must be >= 1 and phase1_epochs="
                       f"{cfg.phase1_epochs} >= 0")
-    losses.annealing_temperature(0, tau_max=int(cfg.tau_max), phase1_epochs=phase1(cfg, epochs))
+    try:
+      losses.annealing_temperature(0, tau_max=int(cfg.tau_max), phase1_epochs=phase1(cfg, epochs))
+    except ValueError as e:
+      raise TermError(f"loss.annealing: {e}") from None
 
   def loss(self, cfg, hp, batch):
     p1 = phase1(cfg, batch.epochs)

@@ -14,6 +14,9 @@ class CrossEntropy(Term):
   per_run = ("weight", "label_smoothing")
   ranges = {"label_smoothing": "[0, 1)"}
 
+  def uses_teacher_weights(self, cfg):
+    return False
+
   def loss(self, cfg, hp, batch):
     return losses.cross_entropy(batch.student.logits, batch.labels,
                                 label_smoothing=hp["label_smoothing"], standardize=cfg.standardize)

@@ -11,6 +11,9 @@ class Focal(Term):
   per_run = ("weight", "gamma")
   ranges = {"gamma": ">= 0"}
 
+  def uses_teacher_weights(self, cfg):
+    return False
+
   def loss(self, cfg, hp, batch):
     return losses.focal_loss(batch.student.logits, batch.labels, gamma=hp["gamma"])
 

@@ -40,6 +40,9 @@ class KD(Term):
       raise TermError(f"loss.kd.standardize with weighting={cfg.weighting!r}: the per-sample "
                       "weighting is defined on plain logits; turn one of them off")
 
+  def uses_teacher_weights(self, cfg):
+    return cfg.weighting == "fixed"
+
   def loss(self, cfg, hp, batch):
     zs, zt = batch.student.logits, [t.logits for t in batch.teachers]
     t = hp["temperature"]

@@ -102,6 +102,10 @@ class Term:
   def needs(self, cfg: mc.ConfigDict) -> Needs:
     return Needs()
 
+  def uses_teacher_weights(self, cfg: mc.ConfigDict) -> bool:
+    """Whether the loss combines teachers by the per-run teacher weights."""
+    return True
+
   def init(self, cfg: mc.ConfigDict, key: Array, student: Outputs, teachers: list[Outputs]
            ) -> dict | None:
     return None

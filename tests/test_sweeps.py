@@ -1,0 +1,151 @@
+"""Sweeps cannot lie: every sweepable key changes what the step computes, and a key the step does
+not read per run (or a term that is not listed, or a repeated value) is refused with one line."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+import pytest
+
+import jkd.models
+from jkd import config as config_lib
+from jkd import distill, pipeline
+from jkd import state as state_lib
+from jkd import train as train_lib
+from jkd.distill import Outputs
+
+import jkd.data
+
+
+def _engine(optim="sgd", schedule="lab", loss="ce"):
+  c = config_lib.base(mc.ConfigDict({"name": "windows", "path": ""}))
+  c.model.name = "wrn10_1"
+  c.train.epochs = 60
+  c.optim.update(name=optim, schedule=schedule, step_size=30, milestones=(30,))
+  c.loss.name = loss
+  return c
+
+
+def _step(c, hp, epoch):
+  model = jkd.models.create("wrn10_1", num_classes=3, ndim=1)
+  r = np.random.default_rng(0)
+  x = jnp.asarray(r.normal(size=(8, 16, 3)), jnp.float32)
+  y = jnp.asarray(r.integers(0, 3, 8), jnp.int32)
+  st = state_lib.from_variables(model.init(jax.random.PRNGKey(0), x[:2]), train_lib.make_tx(c, hp))
+  from jkd import objective
+  new, terms = train_lib.train_step(model, c, objective.make(c), st, x, y, jnp.arange(8), True,
+                                    jax.random.PRNGKey(1), hp, jnp.zeros(3), jnp.ones(3),
+                                    jnp.int32(epoch), 3)
+  # a second step, so momentum and Adam's moments enter the update
+  new, terms = train_lib.train_step(model, c, objective.make(c), new, x, y, jnp.arange(8), True,
+                                    jax.random.PRNGKey(2), hp, jnp.zeros(3), jnp.ones(3),
+                                    jnp.int32(epoch), 3)
+  return jax.tree.leaves(new.params) + [terms["loss"]]
+
+
+def _other(value):
+  return value * 0.5 + 0.25 if value else 0.3
+
+
+@pytest.mark.parametrize("optim,schedule,loss", [("sgd", "lab", "ce"), ("adam", "step", "focal"),
+                                                 ("adamw", "multistep", "ce")])
+def test_every_sweepable_engine_key_changes_the_step(optim, schedule, loss):
+  c = _engine(optim, schedule, loss)
+  c.optim.warmup_epochs = 2.0
+  base = {k: jnp.float32(v) for k, v in config_lib.numeric_hparams(c).items()}
+  if loss == "ce":
+    base["loss.label_smoothing"] = jnp.float32(0.1)
+  keys = config_lib.per_run_keys(c)
+  assert "optim.lr" in keys and ("optim.momentum" in keys) == (optim == "sgd")
+  assert ("optim.gamma" in keys) == (schedule != "lab")
+  ref = {e: _step(c, base, e) for e in (0, 35)}
+  for key in keys:
+    hp = dict(base, **{key: jnp.float32(_other(float(base[key])))})
+    changed = any(not np.allclose(a, b, rtol=0, atol=0) for e in ref
+                  for a, b in zip(ref[e], _step(c, hp, e)))
+    assert changed, f"sweeping {key} would change nothing"
+
+
+def _kd_config(terms, teachers=("signal", "image"), alpha=0.3):
+  loss = distill.loss_defaults(terms)
+  loss.alpha = alpha
+  return mc.ConfigDict({"train": {"epochs": 10}, "distill": {"teachers": tuple(teachers)},
+                        "teachers": {t: {"weight": 1.0 + i} for i, t in enumerate(teachers)},
+                        "loss": loss, "optim": config_lib.base().optim})
+
+
+def _kd_hp(c):
+  hp = {}
+  for key in distill.per_run_keys(c.loss, tuple(c.distill.teachers)):
+    hp[key] = jnp.float32(config_lib.get(c, key))
+  return hp
+
+
+@pytest.mark.parametrize("terms,alpha", [
+    (("ce", "kd", "dkd", "dist", "sp", "at", "rkd", "pkt", "fitnet"), 0.3),
+    (("focal", "kd", "sp"), -1.0),
+    (("annealing",), 0.3),
+])
+def test_every_sweepable_distillation_key_changes_the_objective(terms, alpha):
+  c = _kd_config(terms, alpha=alpha)
+  c.loss.ce.label_smoothing = 0.1
+  c.loss.annealing.tau_max = 4
+  r = np.random.default_rng(0)
+  B, K = 6, 4
+  n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
+  student = (n(B, K), (n(B, 16, 8), n(B, 8, 16), n(B, 4, 32), n(B, 32)))
+  teach = [Outputs(n(B, K) * 2, {1: n(B, 16, 8), 2: n(B, 8, 12), 3: n(B, 4, 24)}, n(B, 24))
+           for _ in range(2)]
+  labels = jnp.asarray(r.integers(0, K, B))
+  s_out = Outputs.of(*student)
+  own = distill.init(c.loss, jax.random.PRNGKey(0), s_out, teach)
+  obj = jax.jit(distill.make_objective(c))
+  ctx = {"epoch": jnp.int32(0), "teachers": teach, "distill": own}
+  base = _kd_hp(c)
+  ref, _, _ = obj(*student, labels, base, ctx)
+  keys = distill.per_run_keys(c.loss, ("signal", "image"))
+  assert ("loss.alpha" in keys) == (alpha >= 0) and ("teachers.image.weight" in keys) == (alpha < 0)
+  for key in keys:
+    hp = dict(base, **{key: jnp.float32(_other(float(base[key])))})
+    total, _, _ = obj(*student, labels, hp, ctx)
+    assert float(total) != float(ref), f"sweeping {key} would change nothing"
+
+
+def _stage(**loss):
+  c = pipeline.base(jkd.data.default_config("windows"))
+  kd = c.stages.student_kd
+  pipeline.lab_loss(kd.loss, **loss)
+  return c, kd
+
+
+@pytest.mark.parametrize("sweep,match", [
+    # the SP trap of a config built with β = 0: SP is not listed, so no point would train SP
+    ({"loss": {"sp": {"weight": (0.0, 200.0)}}}, "'sp' is not in loss.terms"),
+    ({"optim": {"backbone_lr_mult": (1.0, 0.5)}}, "not read per run"),
+    ({"optim": {"gamma": (0.1, 0.2)}}, "not read per run"),          # the lab schedule has none
+    ({"optim": {"b1": (0.9, 0.8)}}, "not read per run"),             # SGD has no b1
+    ({"loss": {"annealing": {"tau_max": (4, 10)}}}, "'annealing' is not in loss.terms"),
+    ({"loss": {"kd": {"temperature": (4.0, 4.0)}}}, "repeats a value"),
+    ({"teachers": {"signal": {"weight": (0.2, 0.8)}}}, "loss.alpha=0.5 sets the two teachers"),
+    ({"loss": {"kd": {"reduction": ("mean",)}}}, "not a number"),
+])
+def test_sweeps_that_would_change_nothing_are_refused(sweep, match, tmp_path):
+  c, kd = _stage(lam=0.9, alpha=0.5, beta=0.0)
+  kd.sweep = sweep
+  cfg = pipeline.stage_config(c, "student_kd", str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.sweep(cfg)
+
+
+def test_static_keys_of_listed_terms_are_refused(tmp_path):
+  c, kd = _stage(lam=0.9, alpha=0.5, beta=200.0)
+  kd.loss.terms = ("ce", "kd", "sp", "fitnet")
+  kd.sweep = {"loss": {"fitnet": {"hint_layer": (1, 2)}}}
+  cfg = pipeline.stage_config(c, "student_kd", str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match="loss.fitnet.hint_layer is not read per run"):
+    config_lib.sweep(cfg)
+  kd.sweep = {"loss": {"sp": {"weight": (0.0, 200.0)}, "alpha": (0.1, 0.9)},
+              "optim": {"warmup_epochs": (0.0, 3.0)}}
+  cfg = pipeline.stage_config(c, "student_kd", str(tmp_path))
+  assert config_lib.sweep(cfg) == {"loss.sp.weight": (0.0, 200.0), "loss.alpha": (0.1, 0.9),
+                                   "optim.warmup_epochs": (0.0, 3.0)}
