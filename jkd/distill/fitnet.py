@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 
 from jkd import losses
+from jkd.distill import heads
 from jkd.distill.term import Needs, Term, TermError
 
 
-def _regressor(s, t):
-  from jkd.distill import heads
+def _regressor(s, t) -> heads.ConvReg:
   return heads.ConvReg(t.shape[-1], tuple(s.shape[1:-1]), tuple(t.shape[1:-1]))
 
 
