@@ -162,31 +162,65 @@ def per_run_keys(config: mc.ConfigDict) -> list[str]:
   return keys
 
 
+ZIP = "zip"   # sweep.zip.<keys>: lists of one length, taken together (point i = every i-th value)
+
+
 def sweep(config: mc.ConfigDict) -> dict[str, tuple[float, ...]]:
-  """The swept keys (dotted) and their values, checked against the config.
+  """The swept keys (dotted, `zip.` stripped) and their values, checked against the config.
 
   Only per-run keys are sweepable (`per_run_keys`): a key read when the program is built would
-  give sweep points that differ in their label only, so sweeping it is refused."""
+  give sweep points that differ in their label only, so sweeping it is refused. Keys under
+  `sweep.zip` are zipped (e.g. the lab's three-teacher weight triples), the rest multiplied."""
   out = {}
   allowed = per_run_keys(config)
-  for key, values in flat(config.sweep):
+  zipped = []
+  for raw, values in flat(config.sweep):
     if isinstance(values, (mc.ConfigDict, dict)):
       continue
+    is_zip = raw.startswith(ZIP + ".")
+    key = raw[len(ZIP) + 1:] if is_zip else raw
     current = get(config, key)
     if isinstance(current, bool) or not isinstance(current, numbers.Real):
-      raise ConfigError(f"sweep.{key}: {key} is {current!r}, not a number; only numbers are swept")
+      raise ConfigError(f"sweep.{raw}: {key} is {current!r}, not a number; only numbers are swept")
     if key not in allowed:
       _refuse_sweep(config, key)
+    if key in out:
+      raise ConfigError(f"sweep.{raw}: {key} is swept twice (zipped and multiplied); keep one")
     if isinstance(values, (int, float)):
       values = (values,)
     if not values or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                              for v in values):
-      raise ConfigError(f"sweep.{key} must be a non-empty list of numbers, got {values!r}")
-    if len(set(map(float, values))) < len(values):
+      raise ConfigError(f"sweep.{raw} must be a non-empty list of numbers, got {values!r}")
+    if not is_zip and len(set(map(float, values))) < len(values):
       raise ConfigError(f"sweep.{key}={tuple(values)!r} repeats a value, so two sweep points would "
                         "be identical; list each value once")
     out[key] = tuple(float(v) for v in values)
+    if is_zip:
+      zipped.append(key)
+  if zipped:
+    lengths = {len(out[k]) for k in zipped}
+    if len(lengths) > 1:
+      raise ConfigError(f"sweep.zip: {', '.join(zipped)} have {sorted(lengths)} values; zipped "
+                        "lists need one length")
+    points = list(zip(*(out[k] for k in zipped)))
+    if len(set(points)) < len(points):
+      raise ConfigError(f"sweep.zip: a point of ({', '.join(zipped)}) repeats, so two sweep "
+                        "points would be identical; list each once")
   return out
+
+
+def sweep_points(config: mc.ConfigDict) -> list[dict[str, float]]:
+  """Every sweep point: the product of the multiplied keys' values and the zipped points."""
+  values = sweep(config)
+  zipped = [k[len(ZIP) + 1:] for k, v in flat(config.sweep)
+            if k.startswith(ZIP + ".") and not isinstance(v, (mc.ConfigDict, dict))]
+  groups = [((k,), [(v,) for v in vs]) for k, vs in values.items() if k not in zipped]
+  if zipped:
+    groups.append((tuple(zipped), list(zip(*(values[k] for k in zipped)))))
+  points = [{}]
+  for keys, rows in groups:
+    points = [{**p, **dict(zip(keys, row))} for p in points for row in rows]
+  return points
 
 
 def _refuse_sweep(config: mc.ConfigDict, key: str) -> None:

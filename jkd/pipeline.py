@@ -34,7 +34,6 @@ import ml_collections as mc
 
 from jkd import config as config_lib
 from jkd import distill, report, teachers
-from jkd import runs as runs_lib
 
 SCRATCH = "student_scratch"
 SECTIONS = ("train", "optim", "loss", "augment")
@@ -290,7 +289,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   # The CPU is split once, for the stage with the most runs (every stage has the same folds), so
   # each stage runs on the same devices whether the pipeline started fresh or resumed: XLA:CPU's
   # float results depend on how many devices the process has.
-  runs_per_fold = max(len(runs_lib.sweep_points(config_lib.sweep(c))) * len(config_lib.seeds(c))
+  runs_per_fold = max(len(config_lib.sweep_points(c)) * len(config_lib.seeds(c))
                       for c in cfgs.values())
   trained: set[str] = set()
   for n in names:

@@ -28,13 +28,8 @@ class Run:
     return f"fold {self.fold} seed {self.seed}" + (f" {sw}" if sw else "")
 
 
-def sweep_points(sweep: dict[str, tuple[float, ...]]) -> list[dict[str, float]]:
-  keys = list(sweep)
-  return [dict(zip(keys, values)) for values in itertools.product(*(sweep[k] for k in keys))]
-
-
 def expand(config: mc.ConfigDict, num_folds: int) -> list[Run]:
-  points = sweep_points(config_lib.sweep(config))
+  points = config_lib.sweep_points(config)
   seeds = config_lib.seeds(config)
   return [Run(i, fold, seed, point) for i, (point, seed, fold)
           in enumerate(itertools.product(points, seeds, range(num_folds)))]

@@ -149,3 +149,22 @@ def test_static_keys_of_listed_terms_are_refused(tmp_path):
   cfg = pipeline.stage_config(c, "student_kd", str(tmp_path))
   assert config_lib.sweep(cfg) == {"loss.sp.weight": (0.0, 200.0), "loss.alpha": (0.1, 0.9),
                                    "optim.warmup_epochs": (0.0, 3.0)}
+
+
+def test_zipped_keys_are_taken_together_and_multiplied_with_the_rest(tmp_path):
+  c = pipeline.base(jkd.data.default_config("windows"))
+  pipeline.add_teacher(c, "pi", {"name": "wrn16_1", "ndim": 2})
+  kd = pipeline.add_kd_stage(c, "three", ("image", "pi", "signal"), ("ce", "kd", "sp"))
+  weights = ((.2, .2, .6), (.2, .3, .5), (.3, .2, .5), (.3, .3, .4))   # (GAF, PI, signal)
+  kd.sweep = {"zip": {"teachers": {n: {"weight": tuple(w[i] for w in weights)}
+                                   for i, n in enumerate(("image", "pi", "signal"))}},
+              "loss": {"sp": {"weight": (0.0, 200.0)}}}
+  cfg = pipeline.stage_config(c, "three", str(tmp_path))
+  points = config_lib.sweep_points(cfg)
+  assert len(points) == 8
+  got = {(p["teachers.image.weight"], p["teachers.pi.weight"], p["teachers.signal.weight"],
+          p["loss.sp.weight"]) for p in points}
+  assert got == {(*w, b) for w in weights for b in (0.0, 200.0)}
+  kd.sweep = {"zip": {"teachers": {"image": {"weight": (.2, .3)}, "pi": {"weight": (.2,)}}}}
+  with pytest.raises(config_lib.ConfigError, match="zipped lists need one length"):
+    config_lib.sweep(pipeline.stage_config(c, "three", str(tmp_path)))
