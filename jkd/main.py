@@ -16,6 +16,7 @@ Multi-host: `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -193,6 +194,27 @@ def in_stage(stage: str, msg: str) -> str:
   return out if n else f"stage {stage}: {msg}"
 
 
+def _check_stage_dir(stage_dir: str, name: str, view) -> None:
+  """A pipeline stage's workdir holds this stage config or none (what `pipeline.run` refuses only
+  after it wrote W/config.json), read-only."""
+  from jkd import experiment, pipeline   # noqa: PLC0415
+  path = os.path.join(stage_dir, "config.json")
+  try:
+    changed = pipeline.status(stage_dir, view) == "changed"
+    if changed:
+      with open(path) as f:
+        old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise experiment.WorkdirError(f"{path} is unreadable ({type(e).__name__}: {e}); use another "
+                                  "--workdir, or --overwrite to retrain that stage") from None
+  if changed:
+    diff = experiment._diff(old, json.loads(config_lib.to_json(view)))
+    raise experiment.WorkdirError(
+        f"{stage_dir} holds stage {name} of a different config ({diff}); use another --workdir, "
+        "or --overwrite to retrain the stages whose config changed (and those depending on them), "
+        "keeping the others")
+
+
 def _preflight(config, workdir: str) -> None:
   """Everything the inputs alone show to be wrong, before anything is written or trained: the
   config's values (a pipeline's every stage), the workdir, the data, the folds against the batch
@@ -214,6 +236,8 @@ def _preflight(config, workdir: str) -> None:
       pipeline.check_stage(view)
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(in_stage(name, str(e))) from None
+    if not _OVERWRITE.value:
+      _check_stage_dir(os.path.join(workdir, name), name, view)
   windows = jkd.data.load(config.data)
   counts = folds_lib.train_counts(windows.subject, config.data)
   for name, view in views:

@@ -193,6 +193,11 @@ CASES = [
     ("workdir_other_config", ["@other_config"], ["holds a different config",
                                                  "train.epochs: 3 -> 1", "--overwrite"]),
     ("workdir_config_unreadable", ["@garbage_config"], ["config.json is unreadable", "--overwrite"]),
+    ("pipeline_stage_other_config", ["--config=configs/demo.py", "@stage_other_config"],
+     ["teacher_signal holds stage teacher_signal of a different config", "train.epochs: 3 -> 1",
+      "--overwrite"]),
+    ("pipeline_stage_config_unreadable", ["--config=configs/demo.py", "@stage_garbage_config"],
+     ["teacher_signal/config.json is unreadable", "--overwrite"]),
     ("report_empty_workdir", ["--mode=report"], ["results.json"]),
 ]
 
@@ -271,6 +276,14 @@ def _argv(case_argv: list[str], d: str, w: str) -> tuple[str, list[str]]:
       text = config_lib.to_json(c)
     with open(os.path.join(w, "config.json"), "w") as f:
       f.write(text)
+  if "@stage_other_config" in marks or "@stage_garbage_config" in marks:
+    from jkd import config as config_lib, pipeline
+    c = config_lib.load_file("configs/demo.py")
+    c.model.name, c.train.epochs, c.train.batch_size, c.train.eval_batch_size = "wrn10_1", 3, 8, 64
+    os.makedirs(os.path.join(w, "teacher_signal"))
+    with open(os.path.join(w, "teacher_signal", "config.json"), "w") as f:
+      f.write("[1, 2" if "@stage_garbage_config" in marks
+              else config_lib.to_json(pipeline.stage_config(c, "teacher_signal", w)))
   base = [_sub(a, d) for a in TINY]
   keys = {a.split("=", 1)[0] for a in args}
   if "--config" in keys:    # another config file (first, as absl wants): its own data path
