@@ -57,3 +57,29 @@ def test_unknown_source_and_bad_rules_are_errors():
   cfg.normalize = "minmax"
   with pytest.raises(DataError, match="normalize='minmax' is unknown"):
     data.load(cfg)
+
+
+def test_check_config_ranges_and_where_a_key_belongs():
+  cfg = data.default_config("windows")
+  data.check_config(cfg)
+  cfg.step = 0
+  with pytest.raises(DataError, match=r"config.data.step=0 must be an integer >= 1"):
+    data.check_config(cfg)
+  assert data.sources_with_key("ignore_label") == ["streams", "windows"]
+  assert data.sources_with_key("downsample") == ["pamap2"]
+
+
+def test_keep_loaded_reuses_the_windows_of_an_equal_config(tmp_path):
+  import numpy as np
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "w.npz", x=rng.normal(size=(6, 4, 2)).astype(np.float32),
+           y=np.arange(6) % 2, subject=np.repeat([1, 2], 3))
+  cfg = data.default_config("windows")
+  cfg.path = str(tmp_path / "w.npz")
+  assert data.load(cfg) is not data.load(cfg)          # outside the block: loaded each time
+  with data.keep_loaded():
+    first = data.load(cfg)
+    assert data.load(ml_collections.ConfigDict(cfg.to_dict())) is first
+    cfg.ignore_label = 1
+    assert data.load(cfg) is not first                 # another config: loaded again
+  assert data.load(cfg) is not data.load(cfg)

@@ -180,3 +180,16 @@ def test_no_warning_on_clean_data():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     folds.make_folds(x, y, subject, _cfg())
+
+
+@pytest.mark.parametrize("overrides", [{}, {"test_subjects": (5, 9)}, {"num_folds": 2},
+                                       {"num_val_subjects": 1}, {"val_subjects": (8,)}])
+def test_train_counts_from_subjects_equal_make_folds(overrides):
+  x, y, subject = _data()
+  cfg = _cfg(**overrides)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    made = folds.make_folds(x, y, subject, cfg)
+  np.testing.assert_array_equal(folds.train_counts(subject, cfg), made.train_count)
+  with pytest.raises(DataError, match="num_folds=9 needs 2..4"):
+    folds.train_counts(subject, _cfg(num_folds=9))
