@@ -90,6 +90,18 @@ def add_teacher(config: mc.ConfigDict, name: str, model: dict, **kw) -> None:
   config.stages[f"teacher_{name}"] = teacher_stage(config)
 
 
+def add_early_teacher(config: mc.ConfigDict, name: str, of: str, epoch: int) -> None:
+  """Teacher `name`: teacher `of` as its stage's checkpoint after `epoch` (ESKD's early-stopped
+  teacher, Cho & Hariharan ICCV 2019); that stage keeps the checkpoint."""
+  config.teachers[name] = teachers.spec(config.teachers[of].model.to_dict(), source=f"@{of}",
+                                        epoch=epoch)
+
+
+def _internal(source: str) -> str:
+  """The teacher whose stage a source '@<teacher>' names, else ''."""
+  return source[1:] if source.startswith("@") else ""
+
+
 def add_kd_stage(config: mc.ConfigDict, name: str, teacher_names: tuple[str, ...],
                  terms: tuple[str, ...] = ("ce", "kd")) -> mc.ConfigDict:
   config.stages[name] = kd_stage(config, teacher_names, terms)
@@ -135,20 +147,30 @@ def _check(config: mc.ConfigDict) -> None:
           raise config_lib.ConfigError(
               f"stages.{name}.distill.teachers names {t!r} but teachers.{t} is not declared; "
               f"declared: {', '.join(config.teachers)}")
+  for t, s in config.teachers.items():
+    of = _internal(s.source)
+    if of and (of not in config.teachers or _internal(config.teachers[of].source)):
+      raise config_lib.ConfigError(f"teachers.{t}.source={s.source!r}: '@<name>' names another "
+                                   "declared teacher (not itself an '@' one)")
   if not kd_stages(config):
     raise config_lib.ConfigError("the pipeline has no distillation stage (a stage with a "
                                  "`distill` section)")
 
 
 def used_teachers(config: mc.ConfigDict) -> list[str]:
-  """Teachers some KD stage uses, in declaration order."""
+  """Teachers some KD stage uses (and those whose stage an '@' source names), in order."""
   used = {t for n in kd_stages(config) for t in config.stages[n].distill.teachers}
+  used |= {_internal(config.teachers[t].source) for t in used} - {""}
   return [t for t in config.teachers if t in used]
+
+
+def _trained(config: mc.ConfigDict, teacher: str) -> bool:
+  return not config.teachers[teacher].source
 
 
 def stages_to_run(config: mc.ConfigDict) -> list[str]:
   """Teacher stages of the teachers used and not imported, the scratch student, the KD stages."""
-  trained = [f"teacher_{t}" for t in used_teachers(config) if not config.teachers[t].source]
+  trained = [f"teacher_{t}" for t in used_teachers(config) if _trained(config, t)]
   return trained + [SCRATCH] + kd_stages(config)
 
 
@@ -160,7 +182,11 @@ def _shared(config: mc.ConfigDict) -> dict:
 
 
 def _early_epochs(config: mc.ConfigDict, teacher: str) -> tuple[int, ...]:
-  return tuple(sorted({int(config.teachers[teacher].epoch)} - {0}))
+  """Epochs whose checkpoints teacher `teacher`'s stage must keep (its own `epoch` and those of
+  teachers naming it with '@')."""
+  epochs = {int(s.epoch) for n, s in config.teachers.items()
+            if n == teacher or _internal(s.source) == teacher}
+  return tuple(sorted(epochs - {0}))
 
 
 def stage_config(config: mc.ConfigDict, name: str, workdir: str) -> mc.ConfigDict:
@@ -192,7 +218,9 @@ def stage_config(config: mc.ConfigDict, name: str, workdir: str) -> mc.ConfigDic
     ts = {}
     for t in d["teachers"]:
       spec = config.teachers[t].to_dict()
-      spec["source"] = spec["source"] or os.path.abspath(os.path.join(workdir, f"teacher_{t}"))
+      of = _internal(spec["source"]) or t
+      spec["source"] = (config.teachers[of].source if of != t else spec["source"]) or (
+          os.path.abspath(os.path.join(workdir, f"teacher_{of}")))
       ts[t] = spec
     merged["teachers"] = ts
   return mc.ConfigDict(merged)
@@ -213,7 +241,8 @@ def dependencies(config: mc.ConfigDict, name: str) -> set[str]:
   if name not in kd_stages(config):
     return set()
   st = config.stages[name]
-  deps = {f"teacher_{t}" for t in st.distill.teachers if not config.teachers[t].source}
+  of = [_internal(config.teachers[t].source) or t for t in st.distill.teachers]
+  deps = {f"teacher_{t}" for t in of if _trained(config, t)}
   return deps | ({SCRATCH} if st.distill.init_from_scratch else set())
 
 
@@ -252,7 +281,7 @@ def _check_external_teachers(config: mc.ConfigDict, cfgs: dict[str, mc.ConfigDic
     seeds = config_lib.seeds(cfg)
     for t in cfg.distill.teachers:
       src = config.teachers[t].source
-      if not src:
+      if not src or _internal(src):
         continue
       if test_subjects is not None:
         pairs = [(f, s) for f in range(len(test_subjects)) for s in seeds]

@@ -1,0 +1,29 @@
+"""The lab's GENEActiv results table in one command (`:7,1000` default; `:7,500`, `:14,500`).
+
+  python -m jkd.main --config=configs/geneactiv_table.py --workdir=W --config.data.path=DIR
+
+The rows of configs/pamap_table.py plus the single-teacher baselines of the GENEActiv tables,
+each from the signal teacher with its authors' weights (`jkd.tables`: AT, SP, DKD, DIST, RKD,
+PKT, FitNet, ESKD from the signal teacher's checkpoint after epoch 50, and AVER from GAF +
+signal). β = 700 (the lab's GENEActiv SP weight); 5 subject-grouped folds x 3 trials, 200 epochs.
+"""
+
+import jkd.data
+from jkd import pipeline, tables
+
+
+def get_config(arg: str = "7,1000"):
+  classes, window = (int(v) for v in arg.split(","))
+  if classes not in (7, 14) or window not in (500, 1000):
+    raise ValueError(f"configs/geneactiv_table.py:{arg}: use CLASSES,WINDOW with classes 7 or 14 "
+                     "and window 500 or 1000")
+  config = pipeline.base(jkd.data.default_config("geneactiv"))
+  config.data.num_classes = classes
+  config.data.window = window
+  config.train.epochs = 200
+  config.train.seeds = 3
+  tables.table(config, lam=0.99, alpha=0.5, beta=700.0, image_size=64, baselines=True,
+               eskd_epoch=50)
+  for t in ("gaf", "pi"):
+    config.stages[f"teacher_{t}"].train.eval_batch_size = 128
+  return config

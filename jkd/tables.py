@@ -1,0 +1,80 @@
+"""The lab's results tables as one pipeline: every row a distillation stage sharing the teachers.
+
+`table(config, ...)` turns a pipeline config (`jkd.pipeline.base` on a data source) into the
+table's rows (docs/protocol.md, results table): three teachers trained once — `signal` (1-D WRN),
+`gaf` (2-D WRN on GAF images) and `pi` (2-D WRN on persistence images) — the scratch student, and
+one KD stage per row:
+
+  kd_signal, kd_gaf, kd_pi      single-teacher KD (the lab's KD: KLDivLoss 'mean', λ)
+  pi_signal, gaf_signal         two teachers, weights (1 − α, α), plain init ("base")
+  pi_signal_ann, gaf_signal_ann the same initialised from the scratch student ("annealing"), with
+                                and without SP: one program, a sweep over loss.sp.weight (0, β)
+  three_ebkd, three_camkd       three teachers, per-sample weights of EBKD / CA-MKD (logit terms)
+  three, three_ann              three teachers with the lab's weight triples (a zipped sweep), plain
+                                init; annealing init with and without SP (sweep × (0, β))
+
+`baselines=True` adds the single-teacher baselines of the GENEActiv tables, each from the signal
+teacher with its authors' weights: at, sp, dkd, dist, rkd, pkt, fitnet, eskd (KD from the
+signal teacher's checkpoint after `eskd_epoch`), and aver (GAF + signal, AVER's mean of KDs).
+Stages whose rows differ only in per-run values (SP's weight, the teacher weights) are one
+program each: see docs/benchmarks.md for what one program of two methods costs against two.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mc
+
+from jkd import pipeline
+
+# The lab's three-teacher weights (GAF, PI, signal).
+THREE_WEIGHTS = ((.2, .2, .6), (.2, .3, .5), (.3, .2, .5), (.3, .3, .4))
+BASELINES = ("at", "sp", "dkd", "dist", "rkd", "pkt", "fitnet")
+
+
+def _kd(config: mc.ConfigDict, name: str, teachers: tuple[str, ...], *, lam: float,
+        alpha: float, beta: float = 0.0, init: bool = True) -> mc.ConfigDict:
+  st = pipeline.add_kd_stage(config, name, teachers)
+  pipeline.lab_loss(st.loss, lam=lam, alpha=alpha if len(teachers) == 2 else -1.0, beta=beta)
+  st.distill.init_from_scratch = init
+  if beta:
+    st.sweep = {"loss": {"sp": {"weight": (0.0, beta)}}}
+  return st
+
+
+def table(config: mc.ConfigDict, *, lam: float = 0.99, alpha: float = 0.5, beta: float = 200.0,
+          teacher_model: dict | None = None, image_size: int = 64, baselines: bool = False,
+          eskd_epoch: int = 0) -> mc.ConfigDict:
+  """The rows on `config` (a `jkd.pipeline.base` config; its `student_kd` stage is replaced)."""
+  m = {"name": "wrn16_1", **(teacher_model or {})}
+  with config.unlocked():
+    del config.teachers["image"], config.stages["teacher_image"], config.stages["student_kd"]
+  config.teachers.signal.model.update({**m, "ndim": 1})
+  pipeline.add_teacher(config, "gaf", {**m, "ndim": 2, "image": "gaf", "image_size": image_size})
+  pipeline.add_teacher(config, "pi", {**m, "ndim": 2, "image": "pi", "image_size": image_size})
+  for t in ("signal", "gaf", "pi"):
+    _kd(config, f"kd_{t}", (t,), lam=lam, alpha=-1.0, init=False)
+  for pair in ("pi", "gaf"):
+    _kd(config, f"{pair}_signal", ("signal", pair), lam=lam, alpha=alpha, init=False)
+    _kd(config, f"{pair}_signal_ann", ("signal", pair), lam=lam, alpha=alpha, beta=beta)
+  three = ("gaf", "pi", "signal")
+  for weighting in ("ebkd", "camkd"):
+    st = _kd(config, f"three_{weighting}", three, lam=lam, alpha=-1.0, init=False)
+    st.loss.kd.weighting = weighting
+  zipped = {"teachers": {n: {"weight": tuple(w[i] for w in THREE_WEIGHTS)}
+                         for i, n in enumerate(three)}}
+  st = _kd(config, "three", three, lam=lam, alpha=-1.0, init=False)
+  st.sweep = {"zip": zipped}
+  st = _kd(config, "three_ann", three, lam=lam, alpha=-1.0, beta=beta)
+  st.sweep = {"zip": zipped, "loss": {"sp": {"weight": (0.0, beta)}}}
+  if baselines:
+    for term in BASELINES:
+      st = pipeline.add_kd_stage(config, term, ("signal",), ("ce", term))
+      st.distill.init_from_scratch = False
+      if term in ("at", "sp"):
+        st.loss[term].layers = (1, 2, 3) if term == "at" else (3,)
+    if eskd_epoch:
+      pipeline.add_early_teacher(config, "signal_early", "signal", eskd_epoch)
+      _kd(config, "eskd", ("signal_early",), lam=lam, alpha=-1.0, init=False)
+    st = _kd(config, "aver", ("signal", "gaf"), lam=lam, alpha=-1.0, init=False)
+    st.loss.kd.weighting = "aver"
+  return config

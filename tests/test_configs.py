@@ -1,0 +1,41 @@
+"""Every config file in configs/ loads, and every stage it would train passes the checks that run
+before training (values, loss terms, sweeps) — without any data or training."""
+
+import glob
+import os
+
+import pytest
+
+from jkd import config as config_lib
+from jkd import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_and_its_stages_pass_the_checks(path, tmp_path):
+  config = config_lib.load_file(path)
+  if not pipeline.is_pipeline(config):
+    config_lib.validate(config)
+    return
+  pipeline._check(config)
+  for name in pipeline.stages_to_run(config):
+    pipeline.check_stage(pipeline.stage_config(config, name, str(tmp_path)))
+
+
+def test_the_table_configs_have_every_row():
+  rows = {"kd_signal", "kd_gaf", "kd_pi", "pi_signal", "pi_signal_ann", "gaf_signal",
+          "gaf_signal_ann", "three_ebkd", "three_camkd", "three", "three_ann"}
+  for name in ("pamap_table.py", "geneactiv_table.py"):
+    config = config_lib.load_file(os.path.join(REPO, "configs", name))
+    assert rows <= set(pipeline.kd_stages(config))
+    assert {"teacher_signal", "teacher_gaf", "teacher_pi"} <= set(pipeline.stages_to_run(config))
+  gene = config_lib.load_file(os.path.join(REPO, "configs", "geneactiv_table.py"))
+  assert {"at", "sp", "dist", "dkd", "eskd", "aver", "fitnet"} <= set(pipeline.kd_stages(gene))
+  eskd = pipeline.stage_config(gene, "eskd", "/w")
+  assert eskd.teachers.signal_early.source == "/w/teacher_signal"
+  assert eskd.teachers.signal_early.epoch == 50
+  assert 50 in pipeline.stage_config(gene, "teacher_signal", "/w").train.keep_epochs
+  three = pipeline.stage_config(gene, "three_ann", "/w")
+  assert len(config_lib.sweep_points(three)) == 8
