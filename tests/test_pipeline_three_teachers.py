@@ -1,0 +1,86 @@
+"""Three teachers end to end (`python -m jkd.main`): signal, GAF and persistence-image teachers
+trained once, a three-teacher KD stage over the lab's weight triples (zipped) in one program, and
+a FitNet stage whose trainable regressor lives in the train state and checkpoint but not in the
+student that `restore_run` returns."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from synthetic import write_sine_windows
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = '''
+import jkd.data
+from jkd import pipeline
+
+
+def get_config():
+  c = pipeline.base(jkd.data.default_config("windows"))
+  c.model.name = "wrn10_1"
+  c.train.update(epochs=1, batch_size=8, eval_batch_size=32, checkpoint_every=1)
+  c.optim.schedule = "constant"
+  with c.unlocked():
+    del c.teachers["image"], c.stages["teacher_image"], c.stages["student_kd"]
+  c.teachers.signal.model.name = "wrn10_1"
+  pipeline.add_teacher(c, "gaf", {"name": "wrn10_1", "ndim": 2, "image": "gaf", "image_size": 8})
+  pipeline.add_teacher(c, "pi", {"name": "wrn10_1", "ndim": 2, "image": "pi", "image_size": 8})
+  c.stages.student_scratch.model.name = "wrn10_1"
+  three = pipeline.add_kd_stage(c, "three", ("gaf", "pi", "signal"), ("ce", "kd", "sp"))
+  three.loss.sp.update(weight=50.0, layers=(1, 2, 3))
+  three.sweep = {"zip": {"teachers": {"gaf": {"weight": (.2, .3)}, "pi": {"weight": (.2, .3)},
+                                      "signal": {"weight": (.6, .4)}}}}
+  hint = pipeline.add_kd_stage(c, "hint", ("signal",), ("ce", "fitnet"))
+  hint.distill.init_from_scratch = False
+  return c
+'''
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("three")
+  (tmp / "cfg.py").write_text(CONFIG)
+  write_sine_windows(tmp / "d.npz", [10, 12, 8])
+  p = subprocess.run([sys.executable, "-m", "jkd.main", f"--config={tmp / 'cfg.py'}",
+                      f"--workdir={tmp / 'W'}", f"--config.data.path={tmp / 'd.npz'}"],
+                     cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  return tmp / "W", p.stdout
+
+
+def test_three_teachers_trained_once_and_distilled_in_one_program(trained):
+  w, out = trained
+  full = json.loads((w / "results.json").read_text())
+  assert {"teacher_signal", "teacher_gaf", "teacher_pi", "student_scratch", "three",
+          "hint"} == set(full["stages"])
+  assert full["stages"]["teacher_pi"]["experiment"]["ndim"] == 2
+  three = full["stages"]["three"]
+  assert len(three["runs"]) == 6 and all(r["status"] == "ok" for r in three["runs"])
+  points = {tuple(sorted(r["sweep"].items())) for r in three["runs"]}
+  assert len(points) == 2
+  cfg = json.loads((w / "three" / "config.json").read_text())
+  assert cfg["distill"]["teachers"] == ["gaf", "pi", "signal"]
+  assert cfg["teachers"]["pi"]["model"]["image"] == "pi"
+  assert cfg["teachers"]["pi"]["source"] == str(w / "teacher_pi")
+  for t in ("gaf", "pi", "signal"):
+    assert f"teacher {t}: logits, stage (1, 2, 3) outputs cached" in out
+  gains = {(g["stage"], g["sweep"]) for g in full["kd_gain"]}
+  assert {g[0] for g in gains} == {"three", "hint"}
+
+
+def test_trainable_parts_are_checkpointed_but_not_part_of_the_student(trained):
+  w, _ = trained
+  from jkd import checkpoint
+  raw = checkpoint._restore_raw(str(w / "hint"), None)
+  reg = raw["params"]["distill"]["fitnet"]["0"]
+  assert jax.tree.leaves(reg) and all(np.asarray(a).shape[0] == 3 for a in jax.tree.leaves(reg))
+  assert "distill" in raw["batch_stats"]
+  student = checkpoint.restore_run(str(w / "hint"), 0)
+  assert "distill" not in student["params"] and "distill" not in student["batch_stats"]
+  scratch = checkpoint.restore_run(str(w / "student_scratch"), 0)
+  assert set(student["params"]) == set(scratch["params"])
