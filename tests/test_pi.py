@@ -290,6 +290,16 @@ def test_image_input_gaf_pi_and_signals():
     images.image_input(cfg, x)
 
 
+def test_train_model_input_makes_pis_from_the_raw_windows():
+  from jkd import train
+  config = config_lib.base()
+  config.model.update(ndim=2, image="pi", image_size=16)
+  raw = jnp.asarray(random_windows(1, 3, seed=4)[:2], jnp.float32)
+  mean, std = jnp.full(3, 0.4), jnp.full(3, 0.25)
+  got = train.model_input(config, raw, mean, std)
+  np.testing.assert_array_equal(got, pi.persistence_image(raw, 16))
+
+
 def test_config_validates_model_image():
   c = config_lib.load_file(os.path.join(os.path.dirname(__file__), "..", "configs", "watch.py"))
   assert c.model.image == "gaf" and c.model.pi.to_dict() == {
