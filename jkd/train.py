@@ -59,7 +59,8 @@ def make_tx(config: mc.ConfigDict, hp: dict, epoch: Array | int = 0
 def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
                state: state_lib.TrainState, x: Array, y: Array, idx: Array, active: Array,
                key: Array, hp: dict, mean: Array, std: Array, epoch: Array, num_classes: int,
-               guide: Callable | None = None, aux: Any = ()
+               guide: Callable | None = None, aux: Any = (), pool: Array | None = None,
+               pool_count: Array | None = None
                ) -> tuple[state_lib.TrainState, dict[str, Array]]:
   """One SGD step of ONE run (vmap it over runs). Returns the new state and its loss terms.
 
@@ -67,7 +68,11 @@ def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
   `jkd.teachers.Prepared`), computes `context['teachers']` for the objective from the run's `aux`
   and the normalised (augmented) windows `xb` of batch `idx` (`raw`: before normalisation).
   The trainable parts of distillation terms (`params['distill']`, `batch_stats['distill']`) are
-  trained with the student and handed to the objective as `context['distill']`.
+  trained with the student and handed to the objective as `context['distill']`. The objective
+  also gets `context['index']` (= `idx`, the batch's dataset indices), `context['key']` (a key
+  of this run and step, apart from augmentation's and dropout's), `context['all_labels']` (= `y`)
+  and, when given, `context['pool']` / `context['pool_count']`: the run's training indices
+  (`Runs.train`, `Runs.train_count`; CRD draws its negatives from them).
   """
   raw, labels = x[idx], y[idx]
   xb = normalize.apply(raw, mean, std)
@@ -75,7 +80,9 @@ def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
     xb, labels = augment_lib.augment(jax.random.fold_in(key, 1), xb,
                                      jax.nn.one_hot(labels, num_classes), config.augment)
     raw = xb * std + mean
-  context = {"epoch": epoch}
+  context = {"epoch": epoch, "index": idx, "key": jax.random.fold_in(key, 3), "all_labels": y}
+  if pool is not None:
+    context["pool"], context["pool_count"] = pool, pool_count
   if guide is not None:
     context["teachers"] = guide(aux, xb, raw, idx)
   xb = image_input(config.model, xb, raw)
@@ -193,7 +200,7 @@ class _Lowered:
     idx, mask, sums = jax.eval_shape(p.plan, state, x, y, runs, epoch, aux)
     lo = jax.ShapeDtypeStruct((), jnp.int32)
     steps = p.steps.lower(state, sums, x, y, runs, idx, mask, epoch, lo, lo, aux).compile()
-    finish = p.finish.lower(sums).compile()
+    finish = p.finish   # tiny; compiled at its first call, for the shardings it is given
     return lambda state, x, y, runs, epoch, aux=(): p.run(state, x, y, runs, epoch, aux,
                                                           _programs=(plan, steps, finish))
 
@@ -217,9 +224,9 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
   train_step). `mesh`: each device runs its own runs (`jkd.parallel.per_device`).
   """
   batch = config.train.batch_size
-  step = jax.vmap(lambda s, x, y, i, a, k, hp, m, sd, e, ax: train_step(
-      model, config, objective, s, x, y, i, a, k, hp, m, sd, e, num_classes, guide, ax),
-      in_axes=(0, None, None, 0, 0, 0, 0, 0, 0, None, 0))
+  step = jax.vmap(lambda s, x, y, i, a, k, hp, m, sd, e, ax, tr, tc: train_step(
+      model, config, objective, s, x, y, i, a, k, hp, m, sd, e, num_classes, guide, ax, tr, tc),
+      in_axes=(0, None, None, 0, 0, 0, 0, 0, 0, None, 0, 0, 0))
 
   def epoch_keys(runs: Runs, epoch):
     return jax.vmap(lambda k: jax.random.fold_in(k, epoch))(runs.key)
@@ -233,7 +240,8 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
     idx, mask = jax.vmap(folds_lib.batch_indices, in_axes=(0, 0, 0, None, None))(
         perm_keys, runs.train, runs.train_count, batch, num_batches)
     _, terms = jax.eval_shape(step, state, x, y, idx[:, 0], mask[:, 0], step_keys(keys, 0),
-                              runs.hp, runs.mean, runs.std, epoch, aux)
+                              runs.hp, runs.mean, runs.std, epoch, aux, runs.train,
+                              runs.train_count)
     return idx, mask, jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), terms)
 
   def steps_fn(state, sums, x, y, runs: Runs, idx, mask, epoch, lo, hi, aux=()):
@@ -243,7 +251,8 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
       state, sums = carry
       state, terms = step(state, x, y, jax.lax.dynamic_index_in_dim(idx, s, 1, keepdims=False),
                           jax.lax.dynamic_index_in_dim(mask, s, 1, keepdims=False),
-                          step_keys(keys, s), runs.hp, runs.mean, runs.std, epoch, aux)
+                          step_keys(keys, s), runs.hp, runs.mean, runs.std, epoch, aux,
+                          runs.train, runs.train_count)
       return state, jax.tree.map(jnp.add, sums, terms)
 
     return jax.lax.fori_loop(lo, hi, body, (state, sums))
@@ -260,20 +269,26 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
                       jax.jit(finish_fn), num_batches)
 
 
-def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int, mesh: Any = None
-                  ) -> Callable:
+def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int, mesh: Any = None,
+                  predict: Callable | None = None) -> Callable:
   """`evaluate(variables, x, y, idx, mask, mean, std) -> (confusion (R, K, K), loss (R,))`.
 
   `idx`, `mask` (R, nb, Be): every run's evaluation batches; confusion[r, true, predicted] counts.
-  `mesh`: as in make_train_epoch.
+  `mesh`: as in make_train_epoch. `predict(own, logits, features) -> logits`, when given
+  (`jkd.distill.make_predict`: a term such as SimKD that predicts through its own parts), turns
+  the student's outputs into its predictions with the run's distillation-term variables `own`
+  (`params['distill']`, `batch_stats['distill']` of `variables`); else the student's logits.
   """
   def one(variables, x, y, idx, mask, mean, std):
     student = checkpoint.student_variables(variables)
+    own = {k: tree.get(checkpoint.DISTILL, {}) for k, tree in variables.items()}
 
     def body(carry, inputs):
       conf, loss = carry
       i, m = inputs
-      logits, _ = model.apply(student, model_input(config, x[i], mean, std), train=False)
+      logits, features = model.apply(student, model_input(config, x[i], mean, std), train=False)
+      if predict is not None:
+        logits = predict(own, logits, features)
       onehot = jax.nn.one_hot(y[i], num_classes) * m[:, None]
       pred = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
       nll = -jnp.sum(onehot * jax.nn.log_softmax(logits), -1)
@@ -296,9 +311,10 @@ def update_best(state: state_lib.TrainState, score: Array) -> tuple[state_lib.Tr
 
 
 def init_state(model: nn.Module, config: mc.ConfigDict, keys: Array, sample: Array, hp: dict,
-               init_variables: Any = None, extra: Callable | None = None
-               ) -> state_lib.TrainState:
+               init_variables: Any = None, extra: Callable | None = None,
+               extra_inputs: Any = None) -> state_lib.TrainState:
   """R fresh runs (numpy leaves); `init_variables` (leading R axis) replaces the random init;
-  `extra`: the distillation terms' trainable parts (`jkd.state.create`)."""
+  `extra`: the distillation terms' trainable parts, `extra_inputs` the runs' teacher variables it
+  reads (`jkd.state.create`)."""
   return state_lib.create(model, keys, sample, lambda h: make_tx(config, h), hp, init_variables,
-                          extra)
+                          extra, extra_inputs)

@@ -1,103 +1,131 @@
-"""Benchmark the real `student_kd` training step of configs/pamap_spkd.py on synthetic data.
+"""Benchmark a KD stage's real training step on synthetic data: the lab's SP-KD, or any method.
 
   python -m jkd.bench kd-step --runs=9 --batch=128 --steps=10 [--cached] [--image_size=64] \
       [--devices=0] [--torch [--torch_modes=no_grad,ref]]
+  python -m jkd.bench kd-step --method=kd,dkd,dist,sp,at,rkd,pkt,fitnet --runs=9 --steps=10
 
 Runs are spread over devices as `jkd.main` does (`--devices=0`: one CPU device per run).
-The student, teachers, KD/SP objective and SP layers are those of the config's `student_kd` stage
-(`jkd.pipeline.stage_config`), run through `jkd.train.make_train_epoch` with `jkd.kd.make`'s
-objective and `jkd.teachers.make_guide`'s guide, on PAMAP2-shaped random windows (100 x 40, 12
-classes) with random teacher variables. By default every teacher runs forward in the step (the
-image teacher on GAF images computed in the step); `--cached` feeds outputs precomputed by
+`--method=lab` (the default) is configs/pamap_spkd.py's `student_kd` stage: a WRN16-1 student,
+signal and GAF teachers, `(1 − λ)·CE + λ·KD + β·SP` over the three stages, built in code
+(`jkd.pipeline.base` on PAMAP2's data config, `jkd.pipeline.lab_loss`). Any other name is a term
+of `jkd.distill.TERMS` trained as `CE + term` from the signal teacher (`--teachers` changes
+that) with the term's authors' defaults; several names (comma-separated) are timed one after
+another in this process, each beside plain KD (`kd` is added first when missing), and each line
+carries `vs_kd` = its step time / KD's. Everything runs through `jkd.train.make_train_epoch`,
+`jkd.distill.make_objective` and `jkd.teachers.make_guide` on PAMAP2-shaped random windows (100 x
+40, 12 classes) with random teacher variables. By default every teacher runs forward in the step
+(the image teacher on GAF images computed in the step); `--cached` feeds outputs precomputed by
 `jkd.teachers.make_cache_fn`, as the stage does when no augmentation is active.
 
-Prints one JSON line: `compile_s` (lowering + XLA compile of the R-run epoch of `steps` steps),
-`ms_per_step` (one step of every run), `samples_per_s` (all runs together), `student`, `teachers`,
-`sp_layers`. `--torch` adds, in a separate process, a PyTorch eager loop training the R students
-one after another with the same losses: `torch.no_grad` = frozen teachers under `no_grad` on
-precomputed GAF images, `torch.ref` = the reference's pattern where the teachers' forward keeps
-its graph and the backward also flows into them. One epoch of each runs after each of jkd's;
-`speedup_no_grad` and `speedup_ref` = jax / torch (ratio of the median epochs), `*_pairs` the
-ratio in each alternating round.
+Prints one JSON line per method: `compile_s` (lowering + XLA compile of the R-run epoch of
+`steps` steps), `ms_per_step` (one step of every run), `samples_per_s` (all runs together),
+`student`, `teachers`, `terms`. `--torch` (lab method only) adds, in a separate process, a
+PyTorch eager loop training the R students one after another with the same losses:
+`torch.no_grad` = frozen teachers under `no_grad` on precomputed GAF images, `torch.ref` = the
+reference's pattern where the teachers' forward keeps its graph and the backward also flows into
+them. One epoch of each runs after each of jkd's; `speedup_no_grad` and `speedup_ref` = jax /
+torch (ratio of the median epochs), `*_pairs` the ratio in each alternating round.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections as mc
 
+import jkd.data
 import jkd.models
 from jkd.bench import Reference, _epoch
-from jkd import config as config_lib
-from jkd import kd as kd_lib
-from jkd import parallel
-from jkd import pipeline
+from jkd import distill, parallel, pipeline
 from jkd import teachers as teachers_lib
 from jkd import train as train_lib
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pamap_spkd.py")
 
-
-def stage_config(a: argparse.Namespace):
-  """The `student_kd` stage config of configs/pamap_spkd.py, with the benchmark's batch/image."""
-  cfg = pipeline.stage_config(config_lib.load_file(os.path.normpath(CONFIG)), "student_kd",
-                              "/tmp/jkd-bench-kd-step")
+def stage_config(a: argparse.Namespace, method: str = "lab") -> mc.ConfigDict:
+  """The KD stage's engine config for `method`, with the benchmark's batch and image size."""
+  c = pipeline.base(jkd.data.default_config("pamap2"))
+  kd = c.stages.student_kd
+  if method == "lab":
+    pipeline.lab_loss(kd.loss, lam=0.99, alpha=0.5, beta=200.0, temperature=4.0)
+  else:
+    kd.distill.teachers = tuple(a.teachers.split(","))
+    kd.loss.terms = ("ce", method) if method not in ("ce", "annealing") else (method,)
+    if method == "annealing":
+      kd.loss.annealing.tau_max = 1
+  cfg = pipeline.stage_config(c, "student_kd", "/tmp/jkd-bench-kd-step")
   cfg.train.batch_size = a.batch
-  cfg.teachers.image.image_size = a.image_size
   cfg.train.init_from = ""
-  if a.teacher_conv_impl:
-    with cfg.unlocked():
-      for name in cfg.teachers.order:
-        cfg.teachers[name].kwargs.conv_impl = a.teacher_conv_impl
+  for name in cfg.distill.teachers:
+    if cfg.teachers[name].model.ndim == 2:
+      cfg.teachers[name].model.image_size = a.image_size
+    if a.teacher_conv_impl:
+      with cfg.unlocked():
+        cfg.teachers[name].model.kwargs.conv_impl = a.teacher_conv_impl
+  pipeline.check_stage(cfg)
   return cfg
 
 
 def describe(cfg) -> dict[str, Any]:
+  loss = cfg.loss
+  sp = "sp" in loss.terms
+  weights = ([1.0 - loss.alpha, loss.alpha] if loss.alpha >= 0 and len(cfg.distill.teachers) == 2
+             else [cfg.teachers[n].weight for n in cfg.distill.teachers])
   return {"student": cfg.model.name,
-          "teachers": {n: {"model": cfg.teachers[n].model, "ndim": cfg.teachers[n].ndim,
-                           **({"image_size": cfg.teachers[n].image_size}
-                              if cfg.teachers[n].ndim == 2 else {})}
-                       for n in cfg.teachers.order},
-          "sp_layers": list(cfg.loss.sp_layers) if cfg.loss.beta else [],
-          "loss": {k: cfg.loss[k] for k in ("lam", "alpha", "temperature", "beta", "reduction")}}
+          "teachers": {n: {"model": cfg.teachers[n].model.name, "ndim": cfg.teachers[n].model.ndim,
+                           **({"image_size": cfg.teachers[n].model.image_size}
+                              if cfg.teachers[n].model.ndim == 2 else {})}
+                       for n in cfg.distill.teachers},
+          "terms": list(loss.terms),
+          "sp_layers": list(loss.sp.layers) if sp else [],
+          "loss": {"lam": loss.kd.weight, "weights": weights,
+                   "temperature": loss.kd.temperature, "beta": loss.sp.weight if sp else 0.0,
+                   "reduction": loss.kd.reduction}}
 
 
-def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
-  cfg = stage_config(a)
+def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
+              method: str = "lab") -> dict[str, Any]:
+  cfg = stage_config(a, method)
   m = parallel.mesh()
   x, y, inputs = _epoch.synthetic(cfg, a, m)
   model = jkd.models.create(cfg.model.name, num_classes=a.classes, ndim=cfg.model.ndim,
                             **cfg.model.kwargs.to_dict())
-  state = parallel.shard_runs(train_lib.init_state(
-      model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp), m)
-  inputs = parallel.shard_runs(inputs, m)
   ts = teachers_lib.build(cfg, a.classes)
-  layers = kd_lib.needed_layers(cfg.loss)
-  sample = jnp.zeros((1, a.length, a.channels))
+  needs = distill.teacher_needs(cfg.loss)
+  sample = jnp.zeros((2, a.length, a.channels))
   keys = jax.random.split(jax.random.PRNGKey(7), a.runs)
-  aux, cache_s = [], 0.0
+  aux, cache_s, shapes = [], 0.0, []
   for t in ts:                                 # random teacher variables, one set per run
-    variables = jax.jit(jax.vmap(lambda k: t.model.init(k, t.input(sample), train=False)))(keys)
+    tin = teachers_lib.image_input(t.spec.model, sample, sample)
+    variables = jax.jit(jax.vmap(lambda k: t.model.init(k, tin, train=False)))(keys)
+    one = jax.tree.map(lambda v: v[0], variables)
+    shapes.append(jax.eval_shape(lambda v, t=t: t.forward(v, sample, sample, needs), one))
     variables = parallel.shard_runs(jax.device_get(variables), m)
     if a.cached:
       t0 = time.perf_counter()
       variables = jax.block_until_ready(teachers_lib.make_cache_fn(
-          t, layers, cfg.train.eval_batch_size, m)(variables, x, inputs.mean, inputs.std))
+          t, needs, cfg.train.eval_batch_size, m)(variables, x, inputs.mean, inputs.std))
       cache_s += time.perf_counter() - t0
     aux.append(variables)
-  guide = teachers_lib.make_guide(ts, [a.cached] * len(ts), layers)
-  epoch_fn = train_lib.make_train_epoch(model, cfg, kd_lib.make(cfg), a.steps, a.classes, guide,
-                                        mesh=m)
+  student = jax.eval_shape(lambda: distill.Outputs.of(*model.apply(
+      model.init(jax.random.PRNGKey(0), sample, train=False), sample, train=False)))
+  extra = lambda key: distill.init(cfg.loss, key, student, shapes)
+  if jax.eval_shape(extra, jax.random.PRNGKey(0)) is None:
+    extra = None
+  state = parallel.shard_runs(train_lib.init_state(
+      model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp, None, extra), m)
+  inputs = parallel.shard_runs(inputs, m)
+  guide = teachers_lib.make_guide(ts, [a.cached] * len(ts), needs)
+  epoch_fn = train_lib.make_train_epoch(model, cfg, distill.make_objective(cfg), a.steps,
+                                        a.classes, guide, mesh=m)
   out = _epoch.time_epochs(epoch_fn, state, (x, y, inputs, None, aux), a, references)
   terms, epoch_s, ref_s = out.pop("terms"), out.pop("epoch_s"), out.pop("ref_s")
-  result = {"devices": m.size, **({"cache_s": round(cache_s, 2)} if a.cached else {}), **out,
+  result = {"method": method, "devices": m.size,
+            **({"cache_s": round(cache_s, 2)} if a.cached else {}), **out,
             "final_loss": float(jnp.mean(terms["loss"])),
             "final_terms": {k: round(float(jnp.mean(v)), 4) for k, v in terms.items()
                             if k not in ("loss", "steps")}}
@@ -126,7 +154,7 @@ def torch_loops(a: argparse.Namespace, spec: dict[str, Any]):
   loss_cfg, layers = spec["loss"], spec["sp_layers"]
   temp, lam, beta = loss_cfg["temperature"], loss_cfg["lam"], loss_cfg["beta"]
   order = list(spec["teachers"])
-  w = [1.0] if len(order) == 1 else [1.0 - loss_cfg["alpha"], loss_cfg["alpha"]]
+  w = loss_cfg["weights"]
 
   def sim(f):
     q = f.flatten(1)
@@ -176,6 +204,11 @@ def torch_loops(a: argparse.Namespace, spec: dict[str, Any]):
 
 def main(argv: list[str]) -> int:
   p = argparse.ArgumentParser(prog=argv[0], description=__doc__.splitlines()[0])
+  p.add_argument("--method", default="lab",
+                 help="'lab' (the lab's SP-KD) or terms of jkd.distill.TERMS, comma-separated "
+                      f"({', '.join(distill.TERMS)}); each is timed beside plain kd")
+  p.add_argument("--teachers", default="signal",
+                 help="teachers of a --method term: signal and/or image (comma-separated)")
   p.add_argument("--runs", type=int, default=9)
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--length", type=int, default=100)
@@ -195,20 +228,36 @@ def main(argv: list[str]) -> int:
                  help="override the teachers' conv_impl (default: the config's)")
   _epoch.add_devices_flag(p)
   a = p.parse_args(argv[1:])
-  spec = describe(stage_config(a))
+  methods = [m for m in a.method.split(",") if m]
+  bad = [m for m in methods if m != "lab" and m not in distill.TERMS]
+  if bad:
+    p.error(f"--method: {bad[0]!r} is not 'lab' nor a term ({', '.join(distill.TERMS)})")
+  if methods != ["lab"] and "kd" not in methods:
+    methods = ["kd", *methods]
   modes = [m for m in a.torch_modes.split(",") if m]
   if not set(modes) <= {"no_grad", "ref"}:
     p.error(f"--torch_modes: no_grad and/or ref, got {a.torch_modes!r}")
-  flags = {k: v for k, v in vars(a).items() if k not in ("torch", "torch_modes")}
+  if a.torch and methods != ["lab"]:
+    p.error("--torch compares the lab's SP-KD only; drop --method or --torch")
+  flags = {k: v for k, v in vars(a).items() if k not in ("torch", "torch_modes", "method")}
+  spec = describe(stage_config(a, methods[0]))
   # One process per PyTorch loop, started before XLA's threads: run in one process, the no_grad
   # loop ran 2x faster after a reference-pattern epoch than before one (glibc's allocator state).
   references = {m: Reference(torch_loops, a, spec) for m in modes} if a.torch else {}
   _epoch.set_devices(a)
+  kd_ms = None
   try:
-    result: dict[str, Any] = {"bench": "kd-step", **flags, **spec, **bench_jax(a, references),
-                              "backend": jax.default_backend()}
+    for method in methods:
+      spec = describe(stage_config(a, method))
+      result: dict[str, Any] = {"bench": "kd-step", **flags, **spec,
+                                **bench_jax(a, references if method == "lab" else None, method),
+                                "backend": jax.default_backend()}
+      if method == "kd":
+        kd_ms = result["ms_per_step"]
+      if kd_ms and method != "lab":
+        result["vs_kd"] = round(result["ms_per_step"] / kd_ms, 2)
+      print(json.dumps(result), flush=True)
   finally:
     for reference in references.values():
       reference.close()
-  print(json.dumps(result))
   return 0
