@@ -24,6 +24,10 @@ one process:
     timed call, so a lower bound of that route (it would still need the dense max to normalise);
     `conv_only_*` convolves ready images.
 Prints one JSON line.
+
+Measured on the 2-core CPU, shared with other jobs (docs/persistence_images.md, §6-7): jkd 267-319
+ms per batch (16-19k images/s), the lab 305-316 ms per window (~130 images/s), `lab_over_jkd`
+126-146; stem step: dense 808-1424 ms, factors 9477-11240 ms (8-12x), conv alone 775-859 ms.
 """
 
 from __future__ import annotations
