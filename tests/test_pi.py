@@ -131,7 +131,8 @@ def random_windows(n: int = 4, channels: int = 6, seed: int = 0) -> np.ndarray:
   walk = np.cumsum(rng.normal(size=(n, 100, channels)), 1)
   walk = (walk - walk.min(1, keepdims=True)) / np.ptp(walk, 1, keepdims=True) * 1.1 - 0.05
   walk = np.where(walk > 1, 0.99, np.clip(walk, 0, None))
-  sine = 0.5 + 0.4 * np.sin(t / rng.uniform(2, 9, (n, 1, channels))) + rng.normal(0, .03, noise.shape)
+  sine = 0.5 + 0.4 * np.sin(t / rng.uniform(2, 9, (n, 1, channels)))
+  sine = sine + rng.normal(0, 0.03, noise.shape)
   quant = np.round(rng.random((n, 100, channels)) * 4) / 4
   return np.concatenate([noise, walk, sine, quant])
 

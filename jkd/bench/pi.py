@@ -77,8 +77,8 @@ def lab_images(x: np.ndarray, size: int) -> np.ndarray:
   with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
     warnings.simplefilter("ignore")
     from persim import PersImage
-    pim = PersImage(pixels=[size, size], spread=LAB_ARGS["spread"],
-                    specs={"minBD": LAB_ARGS["birth_range"][0], "maxBD": LAB_ARGS["birth_range"][1]})
+    lo, hi = LAB_ARGS["birth_range"]
+    pim = PersImage(pixels=[size, size], spread=LAB_ARGS["spread"], specs={"minBD": lo, "maxBD": hi})
   out = []
   for window in np.asarray(x, np.float64):
     per_channel = []
