@@ -8,8 +8,7 @@ a config.json of another run) and snapshots its files' bytes and mtimes before a
 Each configuration is tiny (`configs/windows.py` on 3 subjects of 16-step windows, wrn10_1, 1 epoch),
 so a case that wrongly started training would still end quickly; a correct one fails before.
 
-Left out: a teacher `source` that is not a workdir or checkpoint (`teachers.<name>.source`), which
-the distillation pipeline checks itself before any stage trains.
+Teacher sources (`teachers.<name>.source`) are checked before any stage trains as well.
 """
 
 from __future__ import annotations
@@ -138,6 +137,22 @@ CASES = [
     ("student_model_unknown", ["--config=configs/demo.py",
                                "--config.stages.student_scratch.model.name=foo"],
      ["stages.student_scratch.model.name", "unknown model 'foo'"]),
+    ("teacher_source_not_workdir", ["--config=configs/demo.py",
+                                    "--config.teachers.signal.source={d}/a_file"],
+     ["teachers.signal.source", "is not a jkd workdir"]),
+    ("teacher_source_missing_pth", ["--config=configs/demo.py",
+                                    "--config.teachers.image.source={d}/img_f{fold}.pth.tar"],
+     ["teachers.image.source", "img_f0.pth.tar (fold 0, seed 1234) does not exist"]),
+    ("kd_teacher_undeclared", ["--config=configs/demo.py",
+                               "--config.stages.student_kd.distill.teachers=('signal','nope')"],
+     ["'nope'", "not declared"]),
+    ("sweep_of_unlisted_term", ["--config=configs/demo.py",
+                                "--config.stages.student_kd.loss.terms=('ce','kd')",
+                                "--config.stages.student_kd.loss.sp.weight=3000.0"],
+     ["'sp' is not in stages.student_kd.loss.terms"]),
+    ("unknown_term", ["--config=configs/demo.py",
+                      "--config.stages.student_kd.loss.terms=('ce','kd','sp','nope')"],
+     ["'nope' is not a distillation term"]),
     ("stage_batch_larger_than_folds", ["--config=configs/demo.py",
                                        "--config.stages.teacher_signal.train.batch_size=100000"],
      ["stages.teacher_signal.train.batch_size=100000", "lower"]),
