@@ -27,7 +27,7 @@ Prints one JSON line.
 
 Measured on the 2-core CPU, shared with other jobs (docs/persistence_images.md, §6-7): jkd 267-319
 ms per batch (16-19k images/s), the lab 305-316 ms per window (~130 images/s), `lab_over_jkd`
-126-146; stem step: dense 808-1424 ms, factors 9477-11240 ms (8-12x), conv alone 775-859 ms.
+126-146 (74 once, with the machine oversubscribed: jkd uses two cores, the lab one); stem step: dense 808-1424 ms, factors 9477-11240 ms (8-12x), conv alone 775-859 ms.
 """
 
 from __future__ import annotations
