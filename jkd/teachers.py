@@ -37,7 +37,7 @@ import numpy as np
 
 import jkd.models
 from jkd import augment as augment_lib
-from jkd import checkpoint, convert, parallel
+from jkd import checkpoint, convert, images, parallel
 from jkd import config as config_lib
 from jkd.data import normalize
 from jkd.distill import Needs, Outputs
@@ -58,13 +58,6 @@ def image_input(model_cfg: mc.ConfigDict, x: Array, raw: Array | None = None):
   """What a model with section `model_cfg` consumes from normalised windows `x` (B, L, C): the
   windows, or (2-D) their images as the first convolution takes them; `raw`: the same windows
   before normalisation (persistence images are made from those)."""
-  if model_cfg.ndim == 1:
-    return x
-  try:
-    from jkd import images
-  except ImportError:   # TODO(pi): jkd.images lands with the persistence images
-    from jkd import gaf
-    return gaf.gaf_factors(x, model_cfg.image_size, method=model_cfg.gaf_method)
   return images.image_input(model_cfg, x, raw)
 
 
@@ -264,6 +257,7 @@ class Prepared:
   guide: Callable           # see make_guide
   aux: list                 # per teacher: variables or cached outputs, sharded along runs
   variables: list           # per teacher: its variables (R, ...), sharded (for term init)
+  host_variables: list | None = None   # the same on the host (numpy; every run, every process)
 
 
 def prepare(config: mc.ConfigDict, runs: list, test_subjects: list, num_classes: int,
@@ -276,13 +270,14 @@ def prepare(config: mc.ConfigDict, runs: list, test_subjects: list, num_classes:
                            num_classes, needs)
   for line in lines:
     log(line)
-  aux, variables = [], []
+  aux, variables, host = [], [], []
   for t, cached in zip(ts, plan):
-    v = parallel.shard_runs(load(t, runs, test_subjects, num_classes), mesh)
+    host.append(load(t, runs, test_subjects, num_classes))
+    v = parallel.shard_runs(host[-1], mesh)
     variables.append(v)
     if cached:
       fn = make_cache_fn(t, needs, config.train.eval_batch_size, mesh)
       aux.append(fn(v, x, mean, std))
     else:
       aux.append(v)
-  return Prepared(ts, make_guide(ts, plan, needs), aux, variables)
+  return Prepared(ts, make_guide(ts, plan, needs), aux, variables, host)

@@ -15,7 +15,8 @@ carries `vs_kd` = its step time / KD's. Everything runs through `jkd.train.make_
 `jkd.distill.make_objective` and `jkd.teachers.make_guide` on PAMAP2-shaped random windows (100 x
 40, 12 classes) with random teacher variables. By default every teacher runs forward in the step
 (the image teacher on GAF images computed in the step); `--cached` feeds outputs precomputed by
-`jkd.teachers.make_cache_fn`, as the stage does when no augmentation is active.
+`jkd.teachers.make_cache_fn`, as the stage does when no augmentation is active. `--image=pi`
+gives the image teacher persistence images (made in the step from the raw windows).
 
 Prints one JSON line per method: `compile_s` (lowering + XLA compile of the R-run epoch of
 `steps` steps), `ms_per_step` (one step of every run), `samples_per_s` (all runs together),
@@ -63,6 +64,7 @@ def stage_config(a: argparse.Namespace, method: str = "lab") -> mc.ConfigDict:
   for name in cfg.distill.teachers:
     if cfg.teachers[name].model.ndim == 2:
       cfg.teachers[name].model.image_size = a.image_size
+      cfg.teachers[name].model.image = a.image
     if a.teacher_conv_impl:
       with cfg.unlocked():
         cfg.teachers[name].model.kwargs.conv_impl = a.teacher_conv_impl
@@ -214,7 +216,9 @@ def main(argv: list[str]) -> int:
   p.add_argument("--length", type=int, default=100)
   p.add_argument("--channels", type=int, default=40)
   p.add_argument("--classes", type=int, default=12)
-  p.add_argument("--image_size", type=int, default=64, help="GAF image side of the image teacher")
+  p.add_argument("--image_size", type=int, default=64, help="image side of the image teacher")
+  p.add_argument("--image", default="gaf", choices=("gaf", "pi"),
+                 help="the image teacher's images: GAF or persistence images (made in the step)")
   p.add_argument("--steps", type=int, default=2, help="steps per timed epoch (one lax.scan)")
   p.add_argument("--repeats", type=int, default=1, help="timed epochs (median)")
   p.add_argument("--cached", action="store_true",
