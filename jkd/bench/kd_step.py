@@ -47,8 +47,8 @@ from jkd import teachers as teachers_lib
 from jkd import train as train_lib
 
 
-def stage_config(a: argparse.Namespace, method: str = "lab") -> mc.ConfigDict:
-  """The KD stage's engine config for `method`, with the benchmark's batch and image size."""
+def stage_config(a: argparse.Namespace, method: str = "lab", image: str = "gaf") -> mc.ConfigDict:
+  """The KD stage's engine config for `method`, with the benchmark's batch and images."""
   c = pipeline.base(jkd.data.default_config("pamap2"))
   kd = c.stages.student_kd
   if method == "lab":
@@ -64,7 +64,7 @@ def stage_config(a: argparse.Namespace, method: str = "lab") -> mc.ConfigDict:
   for name in cfg.distill.teachers:
     if cfg.teachers[name].model.ndim == 2:
       cfg.teachers[name].model.image_size = a.image_size
-      cfg.teachers[name].model.image = a.image
+      cfg.teachers[name].model.image = image
     if a.teacher_conv_impl:
       with cfg.unlocked():
         cfg.teachers[name].model.kwargs.conv_impl = a.teacher_conv_impl
@@ -90,8 +90,8 @@ def describe(cfg) -> dict[str, Any]:
 
 
 def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
-              method: str = "lab") -> dict[str, Any]:
-  cfg = stage_config(a, method)
+              method: str = "lab", image: str = "gaf") -> dict[str, Any]:
+  cfg = stage_config(a, method, image)
   m = parallel.mesh()
   x, y, inputs = _epoch.synthetic(cfg, a, m)
   model = jkd.models.create(cfg.model.name, num_classes=a.classes, ndim=cfg.model.ndim,
@@ -217,8 +217,9 @@ def main(argv: list[str]) -> int:
   p.add_argument("--channels", type=int, default=40)
   p.add_argument("--classes", type=int, default=12)
   p.add_argument("--image_size", type=int, default=64, help="image side of the image teacher")
-  p.add_argument("--image", default="gaf", choices=("gaf", "pi"),
-                 help="the image teacher's images: GAF or persistence images (made in the step)")
+  p.add_argument("--image", default="gaf",
+                 help="the image teacher's images: gaf, pi (persistence images, made in the step) "
+                      "or gaf,pi (both, side by side: vs_gaf)")
   p.add_argument("--steps", type=int, default=2, help="steps per timed epoch (one lax.scan)")
   p.add_argument("--repeats", type=int, default=1, help="timed epochs (median)")
   p.add_argument("--cached", action="store_true",
@@ -233,6 +234,9 @@ def main(argv: list[str]) -> int:
   _epoch.add_devices_flag(p)
   a = p.parse_args(argv[1:])
   methods = [m for m in a.method.split(",") if m]
+  images = [i for i in a.image.split(",") if i]
+  if not images or not set(images) <= {"gaf", "pi"}:
+    p.error(f"--image: gaf and/or pi, got {a.image!r}")
   bad = [m for m in methods if m != "lab" and m not in distill.TERMS]
   if bad:
     p.error(f"--method: {bad[0]!r} is not 'lab' nor a term ({', '.join(distill.TERMS)})")
@@ -243,24 +247,32 @@ def main(argv: list[str]) -> int:
     p.error(f"--torch_modes: no_grad and/or ref, got {a.torch_modes!r}")
   if a.torch and methods != ["lab"]:
     p.error("--torch compares the lab's SP-KD only; drop --method or --torch")
-  flags = {k: v for k, v in vars(a).items() if k not in ("torch", "torch_modes", "method")}
-  spec = describe(stage_config(a, methods[0]))
+  flags = {k: v for k, v in vars(a).items() if k not in ("torch", "torch_modes", "method",
+                                                        "image")}
+  spec = describe(stage_config(a, methods[0], images[0]))
   # One process per PyTorch loop, started before XLA's threads: run in one process, the no_grad
   # loop ran 2x faster after a reference-pattern epoch than before one (glibc's allocator state).
   references = {m: Reference(torch_loops, a, spec) for m in modes} if a.torch else {}
   _epoch.set_devices(a)
-  kd_ms = None
+  kd_ms, gaf_ms = {}, {}
   try:
     for method in methods:
-      spec = describe(stage_config(a, method))
-      result: dict[str, Any] = {"bench": "kd-step", **flags, **spec,
-                                **bench_jax(a, references if method == "lab" else None, method),
-                                "backend": jax.default_backend()}
-      if method == "kd":
-        kd_ms = result["ms_per_step"]
-      if kd_ms and method != "lab":
-        result["vs_kd"] = round(result["ms_per_step"] / kd_ms, 2)
-      print(json.dumps(result), flush=True)
+      for image in images:
+        spec = describe(stage_config(a, method, image))
+        refs = references if method == "lab" and image == images[0] else None
+        result: dict[str, Any] = {"bench": "kd-step", **flags, "image": image, **spec,
+                                  **bench_jax(a, refs, method, image),
+                                  "backend": jax.default_backend()}
+        ms = result["ms_per_step"]
+        if method == "kd":
+          kd_ms[image] = ms
+        if image == "gaf":
+          gaf_ms[method] = ms
+        if image in kd_ms and method != "lab":
+          result["vs_kd"] = round(ms / kd_ms[image], 2)
+        if method in gaf_ms and image == "pi":
+          result["vs_gaf"] = round(ms / gaf_ms[method], 2)
+        print(json.dumps(result), flush=True)
   finally:
     for reference in references.values():
       reference.close()
