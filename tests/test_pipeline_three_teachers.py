@@ -37,6 +37,10 @@ def get_config():
                                       "signal": {"weight": (.6, .4)}}}}
   hint = pipeline.add_kd_stage(c, "hint", ("signal",), ("ce", "fitnet"))
   hint.distill.init_from_scratch = False
+  # ESKD: the signal teacher as it was after epoch 1 of 2, a checkpoint its stage must keep
+  c.stages.teacher_signal.train.update(epochs=2, keep_checkpoints=1)
+  pipeline.add_early_teacher(c, "signal_early", "signal", 1)
+  pipeline.add_kd_stage(c, "eskd", ("signal_early",), ("ce", "kd"))
   return c
 '''
 
@@ -57,7 +61,7 @@ def test_three_teachers_trained_once_and_distilled_in_one_program(trained):
   w, out = trained
   full = json.loads((w / "results.json").read_text())
   assert {"teacher_signal", "teacher_gaf", "teacher_pi", "student_scratch", "three",
-          "hint"} == set(full["stages"])
+          "hint", "eskd"} == set(full["stages"])
   assert full["stages"]["teacher_pi"]["experiment"]["ndim"] == 2
   three = full["stages"]["three"]
   assert len(three["runs"]) == 6 and all(r["status"] == "ok" for r in three["runs"])
@@ -70,7 +74,26 @@ def test_three_teachers_trained_once_and_distilled_in_one_program(trained):
   for t in ("gaf", "pi", "signal"):
     assert f"teacher {t}: logits, stage (1, 2, 3) outputs cached" in out
   gains = {(g["stage"], g["sweep"]) for g in full["kd_gain"]}
-  assert {g[0] for g in gains} == {"three", "hint"}
+  assert {g[0] for g in gains} == {"three", "hint", "eskd"}
+
+
+def test_eskd_teacher_is_the_early_checkpoint(trained):
+  w, _ = trained
+  from jkd import checkpoint, teachers
+  import ml_collections as mc
+  assert checkpoint.steps(str(w / "teacher_signal")) == [1, 2]   # 1 kept beyond keep_checkpoints
+  cfg = mc.ConfigDict(json.loads((w / "eskd" / "config.json").read_text()))
+  spec = cfg.teachers.signal_early
+  assert (spec.source, spec.epoch) == (str(w / "teacher_signal"), 1)
+  (t,) = teachers.build(cfg, num_classes=3)
+  from jkd.runs import Run
+  got = teachers.load(t, [Run(0, 1, 1234, {})], [(2,), (1,), (3,)], 3)
+  early = checkpoint.restore_runs(str(w / "teacher_signal"), [1], step=1)
+  last = checkpoint.restore_runs(str(w / "teacher_signal"), [1])
+  for a, b, c in zip(jax.tree.leaves(got), jax.tree.leaves(early), jax.tree.leaves(last)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(b, c) for b, c in zip(jax.tree.leaves(early),
+                                                       jax.tree.leaves(last)))
 
 
 def test_trainable_parts_are_checkpointed_but_not_part_of_the_student(trained):
