@@ -8,6 +8,10 @@ to restore (damaged files) is skipped with a warning in favour of the previous o
 
 `restore_run(workdir, run)` returns one run's student variables for use elsewhere (a teacher, an
 initialisation; without the trainable parts of distillation terms), with `run` an index or a `(fold, seed)` / `(fold, seed, sweep)` tuple.
+`restore_run(..., distill=True)` keeps those parts too (under `params['distill'][term]` and
+`batch_stats['distill'][term]`): a SimKD student predicts through its projector and the copy of
+its teacher's classifier held there, not through its own fc (`jkd.distill.make_predict`, as
+`jkd.train.make_evaluate` applies it).
 """
 
 from __future__ import annotations
@@ -118,15 +122,17 @@ def _restore_raw(workdir: str, step: int | None) -> dict:
         logging.warning("checkpoint %d cannot be restored (%s); trying the previous one", s, e)
 
 
-def restore_runs(workdir: str, indices: list[int], which: str = "last", step: int | None = None
-                 ) -> dict:
-  """Variables of runs `indices`, stacked along a leading axis (numpy)."""
+def restore_runs(workdir: str, indices: list[int], which: str = "last", step: int | None = None,
+                 distill: bool = False) -> dict:
+  """Variables of runs `indices`, stacked along a leading axis (numpy); the student alone unless
+  `distill` (then with the distillation terms' parts, `DISTILL`)."""
   if which not in ("last", "best"):
     raise ValueError(f"which must be 'last' or 'best', got {which!r}")
   state = _restore_raw(workdir, step)
   variables = state["best"] if which == "best" else {"params": state["params"],
                                                       "batch_stats": state["batch_stats"]}
-  variables = student_variables(variables)
+  if not distill:
+    variables = student_variables(variables)
   return jax.tree.map(lambda a: np.asarray(a)[np.asarray(indices)], variables)
 
 
@@ -139,9 +145,11 @@ def student_variables(variables: dict) -> dict:
   return {k: {n: v for n, v in tree.items() if n != DISTILL} for k, tree in variables.items()}
 
 
-def restore_run(workdir: str, run: int | tuple, which: str = "last", step: int | None = None
-                ) -> dict:
+def restore_run(workdir: str, run: int | tuple, which: str = "last", step: int | None = None,
+                distill: bool = False) -> dict:
   """One run's `{'params', 'batch_stats'}` ('last': the state at the checkpoint; 'best': its best
-  epoch so far) from the newest (or given) checkpoint of `workdir`, as numpy arrays."""
-  stacked = restore_runs(workdir, [run_index(workdir, run)], which, step)
+  epoch so far) from the newest (or given) checkpoint of `workdir`, as numpy arrays: the student
+  alone, or with `distill=True` also its distillation terms' parts (`params['distill']`,
+  `batch_stats['distill']`; what a SimKD student needs to predict, see the module docstring)."""
+  stacked = restore_runs(workdir, [run_index(workdir, run)], which, step, distill)
   return jax.tree.map(lambda a: a[0], stacked)

@@ -52,7 +52,8 @@ class Setup:
   train_epoch: Callable
   evaluate: Callable
   teachers: Any = None              # jkd.teachers.Prepared of a distillation stage
-  extra: Callable | None = None     # key -> a run's distillation-term variables (jkd.distill.init)
+  extra: Callable | None = None     # (key, the run's teacher variables) -> its distillation-term
+                                    # variables (jkd.distill.init)
 
   @property
   def aux(self) -> Any:
@@ -69,17 +70,26 @@ class Setup:
     shape = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *self.x.shape[1:]), jnp.float32))
     return jnp.zeros(shape.shape, shape.dtype)
 
+  def _teacher_variables(self) -> Any:
+    """Every run's teacher variables (a list per teacher, leading runs axis) for `extra`."""
+    if self.extra is None or self.teachers is None:
+      return None
+    host = getattr(self.teachers, "host_variables", None)
+    return host if host is not None else self.teachers.variables
+
   def init_state(self, init_variables: Any = None) -> state_lib.TrainState:
     """Fresh states of every run, sharded along the runs axis (`init_variables`: (R, ...))."""
     state = train_lib.init_state(self.model, self.config, self.host_keys, self._sample(),
-                                 self.host_hp, init_variables, self.extra)
+                                 self.host_hp, init_variables, self.extra,
+                                 self._teacher_variables())
     return parallel.shard_runs(state, self.mesh)
 
   def abstract_state(self) -> state_lib.TrainState:
     """What init_state returns, as shapes with shardings (the target of a checkpoint restore)."""
     return state_lib.abstract(self.model, self.host_keys, self._sample(),
                               lambda h: train_lib.make_tx(self.config, h), self.host_hp,
-                              NamedSharding(self.mesh, P(parallel.AXIS)), self.extra)
+                              NamedSharding(self.mesh, P(parallel.AXIS)), self.extra,
+                              self._teacher_variables())
 
 
 def _eval_rows(idx: np.ndarray, count: np.ndarray, fold_of_run: np.ndarray, batch: int):
@@ -122,12 +132,15 @@ def build(config: mc.ConfigDict, runs_per_fold: int = 0,
                             **config.model.kwargs.to_dict())
   x_dev = parallel.replicate(np.asarray(x, np.float32), mesh)
   sharded = parallel.shard_runs(inputs, mesh)
-  prepared, extra, guide = None, None, None
+  prepared, extra, guide, predict = None, None, None, None
   if "distill" in config:
     prepared = teachers_lib.prepare(config, runs, folds.test_subjects, num_classes, x_dev,
                                     sharded.mean, sharded.std, mesh, log)
     guide = prepared.guide
-    extra = _term_init(config, model, prepared.teachers, tuple(x.shape[1:]))
+    extra, info = _term_init(config, model, prepared.teachers, tuple(x.shape[1:]),
+                             num_windows=int(x.shape[0]),
+                             train_windows=int(np.min(folds.train_count)))
+    predict = distill.make_predict(config, info)
     objective = distill.make_objective(config)
   else:
     objective = objective_lib.make(config)
@@ -140,22 +153,33 @@ def build(config: mc.ConfigDict, runs_per_fold: int = 0,
       num_batches=num_batches, num_classes=num_classes,
       train_epoch=train_lib.make_train_epoch(model, config, objective, num_batches, num_classes,
                                              guide, mesh),
-      evaluate=train_lib.make_evaluate(model, config, num_classes, mesh),
+      evaluate=train_lib.make_evaluate(model, config, num_classes, mesh, predict),
       teachers=prepared, extra=extra)
 
 
-def _term_init(config: mc.ConfigDict, model: nn.Module, teachers: list, window: tuple
-               ) -> Callable | None:
-  """`key -> variables` of the distillation terms' trainable parts for one run, or None."""
+def _term_init(config: mc.ConfigDict, model: nn.Module, teachers: list, window: tuple,
+               num_windows: int = 0, train_windows: int = 0
+               ) -> tuple[Callable | None, distill.Info]:
+  """(`extra(key, teacher_variables=None) -> variables` of the distillation terms' parts for one
+  run (`teacher_variables`: the run's variables of each teacher), or None when no term has any;
+  the `jkd.distill.Info` the terms' `init` and `predict` read)."""
   x = jnp.zeros((2, *window), jnp.float32)
   student = jax.eval_shape(lambda: distill.Outputs.of(*model.apply(
       model.init(jax.random.PRNGKey(0), train_lib.image_input(config.model, x, x), train=False),
       train_lib.image_input(config.model, x, x), train=False)))
   needs = distill.teacher_needs(config.loss)
-  outs = []
+  outs, shapes = [], []
   for t in teachers:
     v = jax.eval_shape(lambda t=t: t.model.init(
         jax.random.PRNGKey(0), train_lib.image_input(t.spec.model, x, x), train=False))
+    shapes.append(v)
     outs.append(jax.eval_shape(lambda v, t=t: t.forward(v, x, x, needs), v))
-  fn = lambda key: distill.init(config.loss, key, student, outs)
-  return fn if jax.eval_shape(fn, jax.random.PRNGKey(0)) is not None else None
+  info = distill.Info(num_windows=num_windows, train_windows=train_windows,
+                      teacher_models=tuple(t.spec.model for t in teachers), teachers=tuple(outs))
+
+  def fn(key, teacher_variables=None):
+    return distill.init(config.loss, key, student, outs,
+                        dataclasses.replace(info, teacher_variables=teacher_variables))
+
+  has = jax.eval_shape(fn, jax.random.PRNGKey(0), shapes) is not None
+  return (fn if has else None), info

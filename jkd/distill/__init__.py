@@ -14,20 +14,23 @@ Terms that combine teachers use w (KD `weighting` may override it per sample: AV
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mc
 
-from jkd.distill import annealing, at, ce, dist, dkd, fitnet, focal, kd, pkt, rkd, sp
-from jkd.distill.term import Batch, Needs, Outputs, Term, TermError
+from jkd.distill import (annealing, at, camkd, ce, crd, dist, dkd, fitnet, focal, kd, pkt, rkd,
+                         simkd, sp, srrl)
+from jkd.distill.term import LAST, Batch, Info, Needs, Outputs, Term, TermError
 
 TERMS: dict[str, Term] = {m.TERM.name: m.TERM for m in (
-    ce, focal, kd, dkd, dist, sp, at, fitnet, rkd, pkt, annealing)}
+    ce, focal, kd, dkd, dist, sp, at, fitnet, rkd, pkt, annealing, crd, simkd, srrl, camkd)}
 HARD = ("ce", "focal")
-__all__ = ["TERMS", "Batch", "Needs", "Outputs", "Term", "TermError", "loss_defaults", "check",
-           "per_run_keys", "ranges", "teacher_needs", "init", "make_objective", "teacher_weights"]
+__all__ = ["TERMS", "Batch", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
+           "loss_defaults", "check", "per_run_keys", "ranges", "teacher_needs", "init",
+           "make_objective", "make_predict", "teacher_weights"]
 
 
 def loss_defaults(terms: tuple[str, ...] = ("ce", "kd")) -> mc.ConfigDict:
@@ -71,6 +74,10 @@ def check(loss: mc.ConfigDict, teachers: list[tuple[str, mc.ConfigDict]], studen
   if loss.alpha >= 0 and len(teachers) != 2:
     raise TermError(f"loss.alpha={loss.alpha} weighs two teachers (1 − α, α) but the stage has "
                     f"{len(teachers)}; set teachers.<name>.weight instead (loss.alpha=-1)")
+  predictors = [n for n in terms if TERMS[n].predicts(loss[n])]
+  if len(predictors) > 1:
+    raise TermError(f"loss.terms: {predictors[0]!r} and {predictors[1]!r} both decide how the "
+                    "student predicts; list one of them")
   for name in terms:
     TERMS[name].check(loss[name], teachers, student, epochs)
 
@@ -81,12 +88,13 @@ def per_run_keys(loss: mc.ConfigDict, teacher_names: tuple[str, ...]) -> list[st
   `loss.alpha` >= 0 (then α is per-run and the weights are not), else `teachers.<name>.weight`;
   either only when a listed term combines teachers by them."""
   keys = []
-  if any(TERMS[n].uses_teacher_weights(loss[n]) for n in loss.terms):
+  known = [n for n in loss.terms if n in TERMS]   # `check` names an unknown one
+  if any(TERMS[n].uses_teacher_weights(loss[n]) for n in known):
     if len(teacher_names) == 2 and loss.alpha >= 0:
       keys.append("loss.alpha")
     else:
       keys += [f"teachers.{n}.weight" for n in teacher_names]
-  for name in loss.terms:
+  for name in known:
     keys += [f"loss.{name}.{k}" for k in TERMS[name].per_run]
   return keys
 
@@ -94,7 +102,7 @@ def per_run_keys(loss: mc.ConfigDict, teacher_names: tuple[str, ...]) -> list[st
 def ranges(loss: mc.ConfigDict, teacher_names: tuple[str, ...]) -> dict[str, str]:
   """Allowed values of the KD stage's numeric keys (checked with their swept values too)."""
   out = {f"teachers.{n}.weight": ">= 0" for n in teacher_names}
-  for name in loss.terms:
+  for name in (n for n in loss.terms if n in TERMS):
     out |= {f"loss.{name}.{k}": v for k, v in {"weight": ">= 0", **TERMS[name].ranges}.items()}
   return out
 
@@ -106,13 +114,19 @@ def teacher_needs(loss: mc.ConfigDict) -> Needs:
   return out
 
 
-def init(loss: mc.ConfigDict, key: jax.Array, student: Outputs, teachers: list[Outputs]
-         ) -> dict | None:
+def _takes_info(term: Term) -> bool:
+  return "info" in inspect.signature(term.init).parameters
+
+
+def init(loss: mc.ConfigDict, key: jax.Array, student: Outputs, teachers: list[Outputs],
+         info: Info | None = None) -> dict | None:
   """One run's trainable parts of every listed term, `{'params': {term: ...}, 'batch_stats':
-  {term: ...}}`, or None when no term has any."""
+  {term: ...}}`, or None when no term has any. `info` goes to the terms whose `init` takes it."""
   params, stats = {}, {}
   for i, name in enumerate(loss.terms):
-    v = TERMS[name].init(loss[name], jax.random.fold_in(key, i), student, teachers)
+    term, k = TERMS[name], jax.random.fold_in(key, i)
+    v = (term.init(loss[name], k, student, teachers, info=info or Info()) if _takes_info(term)
+         else term.init(loss[name], k, student, teachers))
     if v is not None:
       params[name], stats[name] = v.get("params", {}), v.get("batch_stats", {})
   return {"params": params, "batch_stats": stats} if params or stats else None
@@ -132,17 +146,23 @@ def make_objective(config: mc.ConfigDict) -> Callable:
   """`objective(logits, features, labels, hp, context) -> (total, terms, distill batch_stats)`.
 
   `context['teachers']`: one `Outputs` per teacher in `distill.teachers` order; `context['epoch']`;
-  `context['distill']`: this run's `{'params', 'batch_stats'}` of the terms' trainable parts."""
+  `context['distill']`: this run's `{'params', 'batch_stats'}` of the terms' trainable parts;
+  from the training step (`jkd.train.train_step`) also `index` (the batch's dataset indices),
+  `key` (a PRNG key of the run and step), `pool` and `pool_count` (the run's training indices)
+  and `all_labels` (every window's label), which `Batch` carries to the terms."""
   loss = config.loss
   names = tuple(config.distill.teachers)
   listed = [(n, TERMS[n], loss[n]) for n in loss.terms]
   epochs = int(config.train.epochs)
+  models = _teacher_models(config)
 
   def objective(logits, features, labels, hp, context):
     student = Outputs.of(logits, features)
     own = context.get("distill") or {"params": {}, "batch_stats": {}}
     batch = Batch(student, list(context["teachers"]), teacher_weights(hp, names), labels,
-                  context["epoch"], epochs)
+                  context["epoch"], epochs, index=context.get("index"), key=context.get("key"),
+                  pool=context.get("pool"), pool_count=context.get("pool_count"),
+                  all_labels=context.get("all_labels"), teacher_models=models)
     total, terms, stats = jnp.float32(0.0), {}, {}
     for name, term, cfg in listed:
       thp = {k: hp[f"loss.{name}.{k}"] for k in term.per_run}
@@ -158,3 +178,27 @@ def make_objective(config: mc.ConfigDict) -> Callable:
     return total, terms, stats
 
   return objective
+
+
+def _teacher_models(config: mc.ConfigDict) -> tuple:
+  """Each teacher's model section (None where the config has none), `distill.teachers` order."""
+  ts = config.get("teachers", None) or {}
+  return tuple(ts[n].get("model", None) if n in ts else None for n in config.distill.teachers)
+
+
+def make_predict(config: mc.ConfigDict, info: Info) -> Callable | None:
+  """`predict(own, logits, features) -> logits` of the listed term that decides how the trained
+  student predicts (SimKD), from the run's term variables `own` (`{'params': {term: ...},
+  'batch_stats': {term: ...}}`, i.e. `params['distill']` and `batch_stats['distill']`) and the
+  student's outputs; None when no listed term does (the student's own logits)."""
+  loss = config.loss
+  found = [(n, TERMS[n]) for n in loss.terms if TERMS[n].predicts(loss[n])]
+  if not found:
+    return None
+  (name, term), = found
+
+  def predict(own, logits, features):
+    mine = {"params": own["params"][name], "batch_stats": own["batch_stats"][name]}
+    return term.predict(loss[name], mine, Outputs.of(logits, features), info)
+
+  return predict

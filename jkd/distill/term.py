@@ -14,13 +14,21 @@ The contract between a term and the engine:
   from `cfg` when the program is built, and a sweep over it is refused.
 * `needs(cfg)`: what it reads of every teacher (`Needs`: logits, stage maps, the pooled
   embedding); the student always provides everything.
-* `init(cfg, key, student, teachers)`: its trainable parts (a regressor, a projector, ...), as
-  Flax variables `{'params': ..., 'batch_stats': ...}` of ONE run, or None. They live in the
-  train state per run (params under `params['distill'][name]`, the rest under
+* `init(cfg, key, student, teachers[, info])`: its trainable parts (a regressor, a projector,
+  ...), as Flax variables `{'params': ..., 'batch_stats': ...}` of ONE run, or None. They live in
+  the train state per run (params under `params['distill'][name]`, the rest under
   `batch_stats['distill'][name]`), are trained with the student and checkpointed with it, and are
-  left out of the student that evaluation and `jkd.checkpoint.restore_run` return.
+  left out of the student that `jkd.checkpoint.restore_run` returns by default. `info` (`Info`,
+  passed only to an `init` that takes it) says what else the engine knows: the number of windows,
+  the smallest fold's training windows, the teachers' model sections, shapes and this run's
+  variables (to copy a teacher's classifier). Non-trainable state (memory banks, a copied
+  classifier) goes in `batch_stats`.
 * `loss(cfg, hp, batch)`: a pure function of one run's batch; returns the term's value, or
   `(value, new_batch_stats)` when it updates non-trainable state.
+* `predicts(cfg)` / `predict(cfg, own, student, info)`: a term that changes how the trained
+  student predicts (SimKD: through its projector and the teacher's classifier) returns the
+  logits from the run's term variables `own` and the student's `Outputs`; evaluation
+  (`jkd.train.make_evaluate`) then uses them instead of the student's own logits.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ class TermError(ValueError):
   """A term's config is wrong; the message is one line naming the key and the fix."""
 
 
+LAST = 0   # in `Needs.stages`: the network's last stage map, whatever its depth
+
+
 @flax.struct.dataclass
 class Outputs:
   """A network's outputs on a batch: logits (B, K), stage maps by 1-based index, pooled embedding."""
@@ -50,10 +61,18 @@ class Outputs:
   @classmethod
   def of(cls, logits: Array, features: tuple, stages: tuple[int, ...] | None = None,
          embedding: bool = True) -> "Outputs":
-    """From a jkd model's `(logits, (*stage maps, embedding))`; `stages` keeps those (1-based)."""
+    """From a jkd model's `(logits, (*stage maps, embedding))`; `stages` keeps those (1-based;
+    `LAST` is the last one, kept under its own index)."""
     maps = features[:-1]
     keep = range(1, len(maps) + 1) if stages is None else stages
+    keep = sorted({len(maps) if i == LAST else i for i in keep})
     return cls(logits, {i: maps[i - 1] for i in keep}, features[-1] if embedding else None)
+
+
+def last_map(out: Outputs) -> Array:
+  """The last stage map of outputs that hold it (a term that needs `LAST` of the teachers; the
+  student holds every stage): the highest index kept."""
+  return out.stages[max(out.stages)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +83,16 @@ class Needs:
 
   def __or__(self, other: "Needs") -> "Needs":
     return Needs(self.stages | other.stages, self.embedding or other.embedding)
+
+
+@dataclasses.dataclass(frozen=True)
+class Info:
+  """What `init` and `predict` may know beyond the output shapes (`jkd.setup` fills it)."""
+  num_windows: int = 0          # windows in the dataset `x` (dataset indices are 0..N-1)
+  train_windows: int = 0        # training windows of the smallest fold
+  teacher_models: tuple = ()    # each teacher's model section (name, ndim, kwargs), stage order
+  teachers: tuple = ()          # each teacher's Outputs as shapes (ShapeDtypeStruct leaves)
+  teacher_variables: Any = None  # init only: this run's variables of each teacher (a list)
 
 
 @dataclasses.dataclass
@@ -77,6 +106,13 @@ class Batch:
   epochs: int = 0           # the stage's train.epochs (static)
   params: Any = None        # this term's trainable variables (from `init`), or None
   batch_stats: Any = None   # its non-trainable variables, or None
+  # What the training step knows beyond the batch (None when the caller gives none):
+  index: Array | None = None       # (B,) the windows' dataset indices into x
+  key: Array | None = None         # a PRNG key of this run and step
+  pool: Array | None = None        # (n_max,) the run's training indices into x, padded
+  pool_count: Array | None = None  # () how many of `pool` are real
+  all_labels: Array | None = None  # (N,) the labels of every window of x
+  teacher_models: tuple = ()       # each teacher's model section, as Info.teacher_models
 
   def hard_labels(self) -> Array:
     return self.labels if self.labels.ndim == 1 else jnp.argmax(self.labels, -1)
@@ -106,9 +142,18 @@ class Term:
     """Whether the loss combines teachers by the per-run teacher weights."""
     return True
 
-  def init(self, cfg: mc.ConfigDict, key: Array, student: Outputs, teachers: list[Outputs]
-           ) -> dict | None:
+  def init(self, cfg: mc.ConfigDict, key: Array, student: Outputs, teachers: list[Outputs],
+           info: Info | None = None) -> dict | None:
     return None
+
+  def predicts(self, cfg: mc.ConfigDict) -> bool:
+    """Whether the trained student predicts through this term's parts (`predict`)."""
+    return False
+
+  def predict(self, cfg: mc.ConfigDict, own: dict, student: Outputs, info: Info) -> Array:
+    """The student's logits at inference from this term's variables `own` ({'params',
+    'batch_stats'} of one run) and the student's outputs; only when `predicts(cfg)`."""
+    raise NotImplementedError
 
   def loss(self, cfg: mc.ConfigDict, hp: Mapping[str, Array], batch: Batch
            ) -> Array | tuple[Array, Any]:

@@ -1,0 +1,95 @@
+"""CA-MKD's intermediate term (Zhang et al., ICASSP 2022, confidence-aware multi-teacher KD).
+
+Source: Rorozhl/CA-MKD `distiller_zoo/CAMKD.py`, `models/util.py` (`Embed`, `CalWeight`),
+`helper/loops.py: train_distill_multi_teacher`, `scripts/run.sh` (`CE + 1·L_KD + 50·L_inter`,
+L_inter dropped in the first epoch). CA-MKD's logit term is `kd` with `weighting='camkd'`; the
+whole method is `loss.terms=('ce', 'kd', 'camkd')` with that weighting.
+
+Per teacher k the student's last stage map is aligned to the teacher's size (adaptive average
+pooling if it is at least as large, else (bi)linear upsampling) and goes through an embed
+(Conv1×1 with bias – BN – ReLU, or the 3-conv bottleneck with `convs`) to give F_k. The teacher's
+classifier on F_k gives logits whose per-sample cross-entropy sets the weights
+w_kb = (1 − softmax_k CE_kb) / (K − 1) — NOT detached, as in the authors' code, so the gradient
+flows through the weights. `L_inter = Σ_k Σ_b w_kb · mean(F_k − f_t,k)² / (B·K)`, with f_t,k the
+map teacher k's classifier pools (the authors' `feat_t[-2]`; a WRN teacher's act(batch_norm(map)),
+eval mode, `jkd.models.head`). The term is 0 before epoch `start_epoch` (0-based; the authors
+drop it in their epoch 1, i.e. `start_epoch=1`); its parts still see the batch (BatchNorm
+statistics move) as there.
+
+Trainable: the embeds (params and BatchNorm statistics, per run). Non-trainable: a copy of each
+teacher's classifier head, taken from the run's teacher at init. Both are dropped at inference.
+Needs at least two teachers (the weights divide by K − 1), each of the student's rank.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jkd import losses
+from jkd.distill import heads
+from jkd.distill.term import LAST, Needs, Term, TermError, last_map
+from jkd.models import head as head_lib
+
+
+class CAMKD(Term):
+  name = "camkd"
+  source = "Zhang et al., ICASSP 2022; Rorozhl/CA-MKD distiller_zoo/CAMKD.py, models/util.py"
+  defaults = {"weight": 50.0, "convs": False, "start_epoch": 1}
+  per_run = ("weight",)
+  ranges = {"start_epoch": ">= 0"}
+
+  def check(self, cfg, teachers, student, epochs):
+    if not isinstance(cfg.convs, bool):
+      raise TermError(f"loss.camkd.convs={cfg.convs!r} must be True or False")
+    if int(cfg.start_epoch) != cfg.start_epoch or cfg.start_epoch < 0:
+      raise TermError(f"loss.camkd.start_epoch={cfg.start_epoch!r} must be an integer >= 0")
+    if len(teachers) < 2:
+      raise TermError(f"loss.camkd weighs teachers by (1 − softmax CE)/(K − 1) and needs at least "
+                      f"two; the stage has {len(teachers)}; add a teacher or drop 'camkd'")
+    bad = [(n, m.ndim) for n, m in teachers if m.ndim != student.ndim]
+    if bad:
+      raise TermError(f"loss.camkd: teacher {bad[0][0]!r} is {bad[0][1]}-D but the student "
+                      f"{student.ndim}-D; CA-MKD aligns maps of one rank; drop 'camkd' or that "
+                      "teacher")
+
+  def uses_teacher_weights(self, cfg):
+    return False
+
+  def needs(self, cfg):
+    return Needs(stages=frozenset({LAST}))
+
+  def _embed(self, cfg, t_channels):
+    return heads.CAMKDEmbed(t_channels, convs=bool(cfg.convs))
+
+  def init(self, cfg, key, student, teachers, info=None):
+    if info is None or info.teacher_variables is None or len(info.teacher_models) < len(teachers):
+      raise TermError("loss.camkd needs the teachers' model sections and variables at init "
+                      "(jkd.distill.Info) to copy their classifiers")
+    s = jnp.zeros(last_map(student).shape, jnp.float32)
+    params, stats = {}, {}
+    for k, t in enumerate(teachers):
+      f_t = last_map(t)
+      v = self._embed(cfg, f_t.shape[-1]).init(
+          jax.random.fold_in(key, k), heads.camkd_align(s, f_t.shape[1:-1]), train=False)
+      params[str(k)] = v["params"]
+      stats[str(k)] = {"embed": v["batch_stats"], "head": head_lib.of(
+          info.teacher_models[k]).variables(info.teacher_variables[k])}
+    return {"params": params, "batch_stats": stats}
+
+  def loss(self, cfg, hp, batch):
+    s = last_map(batch.student)
+    feats, targets, logits, stats = [], [], [], {}
+    for k, t in enumerate(batch.teachers):
+      head, hv = head_lib.of(batch.teacher_models[k]), batch.batch_stats[str(k)]["head"]
+      f_t = head.features(hv, last_map(t))
+      f, new = self._embed(cfg, f_t.shape[-1]).apply(
+          {"params": batch.params[str(k)], "batch_stats": batch.batch_stats[str(k)]["embed"]},
+          heads.camkd_align(s, f_t.shape[1:-1]), train=True, mutable=["batch_stats"])
+      feats.append(f)
+      targets.append(f_t)
+      logits.append(head.logits(hv, f))
+      stats[str(k)] = {"embed": new["batch_stats"], "head": hv}
+    value = losses.camkd_feature_loss(feats, targets, logits, batch.hard_labels())
+    return jnp.where(batch.epoch >= int(cfg.start_epoch), value, 0.0), stats
+
+
+TERM = CAMKD()

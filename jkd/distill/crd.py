@@ -1,0 +1,125 @@
+"""CRD, contrastive representation distillation (Tian et al., ICLR 2020), NCE with memory banks.
+
+Source: RepDistiller (HobbitLong/RepDistiller) `crd/criterion.py` (`CRDLoss`, `Embed`,
+`ContrastLoss`), `crd/memory.py` (`ContrastMemory`) and `dataset/cifar100.py`
+(`CIFAR100InstanceSample`, mode 'exact'); defaults from `train_student.py` (feat_dim 128, nce_k
+16384, nce_t 0.07, nce_m 0.5, β 0.8).
+
+Per teacher k: the student's and the teacher's pooled embeddings go through their own `Embed`
+heads (Linear → 128, L2-normalised), both TRAINABLE; two memory banks of N × 128 (N = the windows
+of the dataset `x`, indexed by dataset index; only training windows are ever read or written)
+hold the student's and the teacher's embeddings, U(−b, b) at init, NON-TRAINABLE (batch_stats).
+Each sample is scored against the OTHER bank at its own index (the positive) and at `nce_k`
+negatives: `exp(<memory, e> / T) / Z`, with each Z estimated on the run's first step as
+mean(scores) · n and then frozen (state). The loss is the NCE of Eq. 18 with Pn = 1/n, for the
+student's and for the teacher's scores; after scoring both banks move to
+normalize(m · memory + (1 − m) · e) at the batch's indices. Teachers add up by their weights.
+n is the run's number of training windows (the authors' `n_data`, the size of their memory).
+
+Negatives ('exact'): drawn uniformly, without replacement, from the run's training windows of
+other classes than the sample's (its label in `y`; the dataset label even under mixup). Jittable:
+every entry of the run's training-index pool gets a uniform key, entries of the sample's class
+(and the pool's padding) get key 2, and the `nce_k` smallest keys (`lax.top_k`) are the
+negatives; when a class has fewer than `nce_k` other-class windows the negatives are drawn
+with replacement from them, as the authors' `np.random.choice(replace=True)`.
+
+Everything (heads, banks, Z) is dropped at inference. `nce_k` must be at most the training
+windows of every fold (it is static: the scores are (B, nce_k + 1)).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jkd import losses
+from jkd.distill import heads
+from jkd.distill.term import Needs, Term, TermError
+
+
+def negatives(key, labels, pool, pool_count, all_labels, k: int):
+  """(B, k) dataset indices: for each sample, `k` training windows of other classes than its
+  `labels` entry, uniform without replacement (with replacement if fewer than `k` exist)."""
+  n = pool.shape[0]
+  if k > n:
+    raise TermError(f"loss.crd.nce_k={k} exceeds the run's {n} training windows; lower it")
+  valid = (jnp.arange(n) < pool_count)[None, :] & (all_labels[pool][None, :] != labels[:, None])
+  ku, kr = jax.random.split(key)
+  u = jnp.where(valid, jax.random.uniform(ku, valid.shape), 2.0)
+  _, order = jax.lax.top_k(-u, k)                                  # other-class entries first
+  m = jnp.sum(valid, axis=1)
+  again = jax.random.randint(kr, (labels.shape[0], k), 0, jnp.maximum(m, 1)[:, None])
+  pos = jnp.where((m >= k)[:, None], jnp.arange(k)[None, :], again)
+  return pool[jnp.take_along_axis(order, pos, axis=1)]
+
+
+class CRD(Term):
+  name = "crd"
+  source = "Tian et al., ICLR 2020; RepDistiller crd/criterion.py, crd/memory.py"
+  defaults = {"weight": 0.8, "feat_dim": 128, "nce_k": 16384, "temperature": 0.07,
+              "momentum": 0.5}
+  per_run = ("weight", "temperature")
+  ranges = {"temperature": "> 0", "momentum": "[0, 1)", "feat_dim": ">= 1", "nce_k": ">= 1"}
+
+  def check(self, cfg, teachers, student, epochs):
+    for key in ("feat_dim", "nce_k"):
+      if int(cfg[key]) != cfg[key] or cfg[key] < 1:
+        raise TermError(f"loss.crd.{key}={cfg[key]!r} must be a positive integer")
+    if not 0.0 <= cfg.momentum < 1.0:
+      raise TermError(f"loss.crd.momentum={cfg.momentum} must be in [0, 1)")
+
+  def needs(self, cfg):
+    return Needs(embedding=True)
+
+  def init(self, cfg, key, student, teachers, info=None):
+    n, k = int(info.num_windows) if info else 0, int(cfg.nce_k)
+    if n < 1:
+      raise TermError("loss.crd needs the number of windows of the dataset for its memory banks "
+                      "(jkd.distill.Info.num_windows)")
+    if info.train_windows and k > info.train_windows:
+      raise TermError(f"loss.crd.nce_k={k} exceeds the {info.train_windows} training windows of "
+                      "the smallest fold; lower loss.crd.nce_k")
+    dim = int(cfg.feat_dim)
+    embed = heads.Embed(dim)
+    params, stats = {}, {}
+    for i, t in enumerate(teachers):
+      ks = jax.random.split(jax.random.fold_in(key, i), 4)
+      params[str(i)] = {
+          "embed_s": embed.init(ks[0], jnp.zeros(student.embedding.shape, jnp.float32))["params"],
+          "embed_t": embed.init(ks[1], jnp.zeros(t.embedding.shape, jnp.float32))["params"]}
+      stats[str(i)] = {"memory_s": losses.crd_memory_init(ks[2], n, dim),
+                       "memory_t": losses.crd_memory_init(ks[3], n, dim),
+                       "z_s": jnp.float32(-1.0), "z_t": jnp.float32(-1.0)}
+    return {"params": params, "batch_stats": stats}
+
+  def loss(self, cfg, hp, batch):
+    if any(v is None for v in (batch.index, batch.key, batch.pool, batch.pool_count,
+                               batch.all_labels)):
+      raise TermError("loss.crd needs the batch's dataset indices, a step key, the run's training "
+                      "indices and every window's label (context index, key, pool, pool_count, "
+                      "all_labels, as jkd.train.train_step gives)")
+    idx = batch.index
+    neg = negatives(batch.key, batch.all_labels[idx], batch.pool, batch.pool_count,
+                    batch.all_labels, int(cfg.nce_k))
+    contrast = jnp.concatenate([idx[:, None], neg], axis=1)          # (B, K+1), positive first
+    n_data = batch.pool_count.astype(jnp.float32)
+    embed = heads.Embed(int(cfg.feat_dim))
+    t_ = hp["temperature"]
+    total, stats = jnp.float32(0.0), {}
+    for i, t in enumerate(batch.teachers):
+      p, s = batch.params[str(i)], batch.batch_stats[str(i)]
+      e_s = embed.apply({"params": p["embed_s"]}, batch.student.embedding)
+      e_t = embed.apply({"params": p["embed_t"]}, t.embedding)
+      out_s = losses.crd_scores(s["memory_t"], contrast, e_s, temperature=t_)
+      out_t = losses.crd_scores(s["memory_s"], contrast, e_t, temperature=t_)
+      z_s = jnp.where(s["z_s"] < 0, losses.crd_estimate_z(out_s, num_data=n_data), s["z_s"])
+      z_t = jnp.where(s["z_t"] < 0, losses.crd_estimate_z(out_t, num_data=n_data), s["z_t"])
+      value = (losses.crd_nce_loss(out_s / z_s, num_data=n_data)
+               + losses.crd_nce_loss(out_t / z_t, num_data=n_data))
+      stats[str(i)] = {
+          "memory_s": losses.crd_memory_update(s["memory_s"], idx, e_s, cfg.momentum),
+          "memory_t": losses.crd_memory_update(s["memory_t"], idx, e_t, cfg.momentum),
+          "z_s": jax.lax.stop_gradient(z_s), "z_t": jax.lax.stop_gradient(z_t)}
+      total = total + batch.teacher_weights[i] * value
+    return total, stats
+
+
+TERM = CRD()
