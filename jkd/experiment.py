@@ -362,7 +362,12 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     samples = float(host["terms"]["steps"][:s.real].sum()) * B
     now = time.time()
     durations.append(now - t_epoch)
-    per_epoch = np.mean(durations[1:]) if len(durations) > 1 else durations[0]   # 1st compiles
+    if len(durations) > 1:
+      per_epoch = np.mean(durations[1:])           # the first epoch also compiled
+    elif progress.pacer.per_step is not None:      # after it: its measured step time
+      per_epoch = s.num_batches * progress.pacer.per_step + progress.eval_s
+    else:
+      per_epoch = durations[0]
     acc = np.array([metrics_lib.accuracy(c) for c in host["test"][:s.real]])
     alive = ~host["failed"][:s.real]
     loss = host["terms"]["loss"][:s.real][alive].mean() if alive.any() else float("nan")
