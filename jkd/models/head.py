@@ -2,7 +2,10 @@
 
 SimKD, SRRL and CA-MKD reuse a (frozen) teacher's classifier on student features. In their authors'
 CIFAR zoos the reused map is `feat[-2]`, the last map as the pooling reads it (post-ReLU), and the
-classifier is pooling + the final Linear. jkd's models return their stage maps at other points:
+classifier is pooling + the final Linear: CA-MKD (Rorozhl/CA-MKD `models/wrn.py`) moves its WRN's
+`f3` after the final `bn1`-ReLU and reuses `distill_seq()[-1]` = avgpool → fc; SimKD
+(DefangChen/SimKD `models/resnet.py`) uses ResNet-style WRNs whose `f3` is post-ReLU and reuses
+`fc`. jkd's models return their stage maps at other points:
 
     wrn{d}_{k}          the last stage map is taken BEFORE the final `batch_norm` and activation:
                         the map the pooling reads is act(batch_norm(map)) (eval mode)
