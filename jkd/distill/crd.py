@@ -23,7 +23,8 @@ every entry of the run's training-index pool gets a uniform key, entries of the 
 negatives; when a class has fewer than `nce_k` other-class windows the negatives are drawn
 with replacement from them, as the authors' `np.random.choice(replace=True)`.
 
-Everything (heads, banks, Z) is dropped at inference. `nce_k` must be at most the training
+Everything (heads, banks, Z) is dropped at inference. The banks are run state like BatchNorm
+statistics: checkpointed, and copied into `best`: 2 · teachers · N · feat_dim floats per run. `nce_k` must be at most the training
 windows of every fold (it is static: the scores are (B, nce_k + 1)).
 """
 
