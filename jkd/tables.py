@@ -14,8 +14,12 @@ one KD stage per row:
                                 init; annealing init with and without SP (sweep × (0, β))
 
 `baselines=True` adds the single-teacher baselines of the GENEActiv tables, each from the signal
-teacher with its authors' weights: at, sp, dkd, dist, rkd, pkt, fitnet, eskd (KD from the
-signal teacher's checkpoint after `eskd_epoch`), and aver (GAF + signal, AVER's mean of KDs).
+teacher with its authors' weights: at, sp, dkd, dist, rkd, pkt, fitnet, crd, simkd, srrl, eskd
+(KD from the signal teacher's checkpoint after `eskd_epoch`), and aver (GAF + signal, AVER's
+mean of KDs). CA-MKD's intermediate term (`camkd`) aligns the student's last map with each
+teacher's, so it needs teachers of the student's rank: three_camkd (GAF, PI, signal) uses its
+logit weighting only. Rows of the lab's tables jkd has no method for (DCD, the "projection"
+baseline, MTKD-RL, "full KD") are not included.
 Stages whose rows differ only in per-run values (SP's weight, the teacher weights) are one
 program each: see docs/benchmarks.md for what one program of two methods costs against two.
 """
@@ -28,7 +32,7 @@ from jkd import pipeline
 
 # The lab's three-teacher weights (GAF, PI, signal).
 THREE_WEIGHTS = ((.2, .2, .6), (.2, .3, .5), (.3, .2, .5), (.3, .3, .4))
-BASELINES = ("at", "sp", "dkd", "dist", "rkd", "pkt", "fitnet")
+BASELINES = ("at", "sp", "dkd", "dist", "rkd", "pkt", "fitnet", "crd", "simkd", "srrl")
 
 
 def _kd(config: mc.ConfigDict, name: str, teachers: tuple[str, ...], *, lam: float,
@@ -68,7 +72,9 @@ def table(config: mc.ConfigDict, *, lam: float = 0.99, alpha: float = 0.5, beta:
   st.sweep = {"zip": zipped, "loss": {"sp": {"weight": (0.0, beta)}}}
   if baselines:
     for term in BASELINES:
-      st = pipeline.add_kd_stage(config, term, ("signal",), ("ce", term))
+      # SimKD trains on its MSE alone (its authors' -c 0 -d 0); the others with CE
+      st = pipeline.add_kd_stage(config, term, ("signal",),
+                                 (term,) if term == "simkd" else ("ce", term))
       st.distill.init_from_scratch = False
       if term in ("at", "sp"):
         st.loss[term].layers = (1, 2, 3) if term == "at" else (3,)

@@ -43,6 +43,7 @@ import jkd.data
 import jkd.models
 from jkd.bench import Reference, _epoch
 from jkd import distill, parallel, pipeline
+from jkd import setup as setup_lib
 from jkd import teachers as teachers_lib
 from jkd import train as train_lib
 
@@ -58,6 +59,11 @@ def stage_config(a: argparse.Namespace, method: str = "lab", image: str = "gaf")
     kd.loss.terms = ("ce", method) if method not in ("ce", "annealing") else (method,)
     if method == "annealing":
       kd.loss.annealing.tau_max = 1
+    if method == "crd":
+      kd.loss.crd.nce_k = min(kd.loss.crd.nce_k, a.batch * a.steps // 2)   # the data's size
+    if method == "camkd" and len(kd.distill.teachers) < 2:   # its feature term needs several
+      pipeline.add_teacher(c, "signal2", c.teachers.signal.model.to_dict())
+      kd.distill.teachers = ("signal", "signal2")
   cfg = pipeline.stage_config(c, "student_kd", "/tmp/jkd-bench-kd-step")
   cfg.train.batch_size = a.batch
   cfg.train.init_from = ""
@@ -100,26 +106,23 @@ def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
   needs = distill.teacher_needs(cfg.loss)
   sample = jnp.zeros((2, a.length, a.channels))
   keys = jax.random.split(jax.random.PRNGKey(7), a.runs)
-  aux, cache_s, shapes = [], 0.0, []
+  aux, cache_s, host_vars = [], 0.0, []
   for t in ts:                                 # random teacher variables, one set per run
     tin = teachers_lib.image_input(t.spec.model, sample, sample)
-    variables = jax.jit(jax.vmap(lambda k: t.model.init(k, tin, train=False)))(keys)
-    one = jax.tree.map(lambda v: v[0], variables)
-    shapes.append(jax.eval_shape(lambda v, t=t: t.forward(v, sample, sample, needs), one))
-    variables = parallel.shard_runs(jax.device_get(variables), m)
+    variables = jax.device_get(jax.jit(jax.vmap(lambda k: t.model.init(k, tin, train=False)))(keys))
+    host_vars.append(variables)
+    variables = parallel.shard_runs(variables, m)
     if a.cached:
       t0 = time.perf_counter()
       variables = jax.block_until_ready(teachers_lib.make_cache_fn(
           t, needs, cfg.train.eval_batch_size, m)(variables, x, inputs.mean, inputs.std))
       cache_s += time.perf_counter() - t0
     aux.append(variables)
-  student = jax.eval_shape(lambda: distill.Outputs.of(*model.apply(
-      model.init(jax.random.PRNGKey(0), sample, train=False), sample, train=False)))
-  extra = lambda key: distill.init(cfg.loss, key, student, shapes)
-  if jax.eval_shape(extra, jax.random.PRNGKey(0)) is None:
-    extra = None
+  n = a.batch * a.steps
+  extra, _ = setup_lib._term_init(cfg, model, ts, (a.length, a.channels), n, n)
   state = parallel.shard_runs(train_lib.init_state(
-      model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp, None, extra), m)
+      model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp, None, extra,
+      host_vars if extra is not None else None), m)
   inputs = parallel.shard_runs(inputs, m)
   guide = teachers_lib.make_guide(ts, [a.cached] * len(ts), needs)
   epoch_fn = train_lib.make_train_epoch(model, cfg, distill.make_objective(cfg), a.steps,
