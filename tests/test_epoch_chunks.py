@@ -114,3 +114,12 @@ def test_pacer_sizes_chunks_from_the_measured_step_time():
   assert p.size(10_000) == 320
   p.record(320, 320 * 20.0)       # slower than the target: still one step
   assert p.size(100) == 1
+
+
+def test_epoch_chunks_benchmark_runs_and_finds_the_chunks_bit_identical():
+  import argparse
+  from jkd.bench import epoch_chunks
+  a = argparse.Namespace(model="wrn10_1", runs=1, batch=8, length=16, channels=3, classes=3,
+                         steps=4, chunk=3, repeats=1, devices=0)
+  out = epoch_chunks.bench(a)
+  assert out["calls_per_epoch"] == 2 and out["bit_identical"] and out["ratio"] > 0
