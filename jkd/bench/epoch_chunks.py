@@ -52,7 +52,7 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
   config.data.name = "synthetic"
   config.train.batch_size = a.batch
   config.optim.schedule = "constant"
-  m = parallel.mesh()
+  m = parallel.mesh(a.runs)
   x, y, inputs = _epoch.synthetic(config, a, m)
   model = jkd.models.create(a.model, num_classes=a.classes)
   program = train_lib.make_train_epoch(model, config, objective_lib.make(config), a.steps,
