@@ -4,7 +4,7 @@
   python -m jkd.main --config=configs/geneactiv.py:14 --workdir=W --config.data.path=DIR
 
 Windows of `data.window` samples (1000 or 500, the folder under DIR); subject-grouped K folds
-(`data.num_folds`); the lab's optimisation (REFERENCE §5), 3 trials.
+(`data.num_folds`); the lab's optimisation (docs/protocol.md §5), 3 trials.
 """
 
 import jkd.data

@@ -1,4 +1,4 @@
-"""GENEActiv distillation (REFERENCE §1, §8): GAF + signal teachers -> SP-KD WRN16-1 student.
+"""GENEActiv distillation (docs/protocol.md §1, §8): GAF + signal teachers -> SP-KD WRN16-1 student.
 
   python -m jkd.main --config=configs/geneactiv_spkd.py --workdir=W --config.data.path=DIR
   python -m jkd.main --config=configs/geneactiv_spkd.py:7,500 ...     (classes, window)
@@ -6,7 +6,7 @@
 
 Where the numbers come from:
   data        wrist accelerometer, 3 channels, 7- or 14-class label sets, windows of 1000 or 500
-              samples (REFERENCE §6), subject-grouped 5 folds (152 subjects: not LOSO).
+              samples (docs/protocol.md §6.3), subject-grouped 5 folds (152 subjects: not LOSO).
   models      WRN16-1 teachers (signal; GASF S = 64 per channel) and WRN16-1 student (§8 reports
               WRN16-1: scratch 89.29 / 86.83, SP-KD 90.99 / 89.39 for windows 1000 / 500).
   optim       the lab's SGD schedule, batch 128, 200 epochs, 3 trials (§5).

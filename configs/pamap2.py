@@ -1,4 +1,4 @@
-"""PAMAP2, WRN16-1 on the 40-channel signal, LOSO over 9 subjects (REFERENCE §5, §6).
+"""PAMAP2, WRN16-1 on the 40-channel signal, LOSO over 9 subjects (docs/protocol.md §5, §6.1).
 
   python -m jkd.main --config=configs/pamap2.py --workdir=W --config.data.path=pamap2_12cls9sbj.data
 

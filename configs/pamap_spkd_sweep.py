@@ -4,7 +4,7 @@ trial, in ONE program: 5 x 3 points x 9 folds x 3 trials = 405 KD runs.
   python -m jkd.main --config=configs/pamap_spkd_sweep.py --workdir=W --config.data.path=PAMAP2_DIR
 
 With the same --workdir as pamap_spkd.py the teachers and the scratch student are reused (their
-stage configs do not change); only student_kd trains. α spans REFERENCE §4's 0.1-0.9; β brackets
+stage configs do not change); only student_kd trains. α spans docs/protocol.md §4's 0.1-0.9; β brackets
 the lab's 200 (PAMAP2) with 0 (no SP) and 700 (their GENEActiv value).
 """
 

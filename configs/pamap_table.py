@@ -10,7 +10,7 @@ the lab's four weight triples. The lab's PAMAP2 protocol otherwise (configs/pama
 LOSO folds x 3 trials, 200 epochs, λ = 0.99, T = 4, α = 0.5, β = 200. The report (W/report.md)
 has one row per stage and sweep point, the gain over the scratch student with its paired test,
 and the lab's "±". `--config.teachers.signal.model.name=wrn28_3` etc. gives the other columns
-of the table (docs/protocol.md, results table).
+of the table (docs/protocol.md §8).
 """
 
 import jkd.data

@@ -36,7 +36,7 @@ class ConfigError(ValueError):
 
 
 def base(data: mc.ConfigDict | None = None) -> mc.ConfigDict:
-  """Engine defaults (REFERENCE §5: SGD 0.9, wd 1e-4, batch 128, 200 epochs, seed 1234)."""
+  """Engine defaults (docs/protocol.md §5: SGD 0.9, wd 1e-4, batch 128, 200 epochs, seed 1234)."""
   c = mc.ConfigDict()
   c.data = data if data is not None else mc.ConfigDict({"name": "", "path": ""})
   c.model = mc.ConfigDict({

@@ -1,4 +1,4 @@
-"""Every loss a KD train step uses (REFERENCE.md §4), each a small pure function of jnp arrays.
+"""Every loss a KD train step uses (docs/protocol.md §4), each a small pure function of jnp arrays.
 
 All functions are jittable and vmappable (hyper-parameters such as ``temperature``, ``lam``, ``alpha``
 or ``phi`` may be traced per-run values) and take an optional per-example ``mask`` of shape ``(B,)``

@@ -347,7 +347,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
 
 def lab_loss(loss: mc.ConfigDict, *, lam: float = 0.99, alpha: float = 0.5, beta: float = 0.0,
              temperature: float = 4.0) -> mc.ConfigDict:
-  """The lab's dual-teacher objective on a KD stage's `loss` (docs/protocol.md, losses):
+  """The lab's dual-teacher objective on a KD stage's `loss` (docs/protocol.md §4):
   `(1 − λ)·CE + λ·[(1 − α)·KD_1 + α·KD_2] + β·SP` with PyTorch `KLDivLoss()`'s 'mean' reduction and
   SP summed over the three WRN stages; SP is listed only when β > 0 (sweeping `loss.sp.weight`
   needs it listed: pass the largest β here)."""

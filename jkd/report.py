@@ -151,7 +151,7 @@ def kd_gain(stages: dict[str, dict]) -> list[dict[str, Any]]:
 
 
 def lab_pm(res: dict, point: str, which: str = "best", metric: str = "accuracy") -> float:
-  """The lab's "±" (docs/protocol.md, reporting): the population std of the per-fold trial means
+  """The lab's "±" (docs/protocol.md §9): the population std of the per-fold trial means
   divided by √(folds · trials − 1), √26 for PAMAP2's 9 folds × 3 trials. Not a standard
   deviation of anything; reported beside the honest ones so numbers compare with the papers."""
   folds = per_fold(res, which, metric).get(point, {})

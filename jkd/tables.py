@@ -1,7 +1,7 @@
 """The lab's results tables as one pipeline: every row a distillation stage sharing the teachers.
 
 `table(config, ...)` turns a pipeline config (`jkd.pipeline.base` on a data source) into the
-table's rows (docs/protocol.md, results table): three teachers trained once — `signal` (1-D WRN),
+table's rows (docs/protocol.md §8): three teachers trained once — `signal` (1-D WRN),
 `gaf` (2-D WRN on GAF images) and `pi` (2-D WRN on persistence images) — the scratch student, and
 one KD stage per row:
 

@@ -1,6 +1,6 @@
 """PAMAP2 source: the fast parser, each preprocessing step, the lab's pickle, the cache, the errors.
 
-Expected values come from a row-by-row Python reimplementation of REFERENCE.md §6 written here
+Expected values come from a row-by-row Python reimplementation of docs/protocol.md §6.1 written here
 (tokens read with Python's float), and from hand-computed values.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from jkd.data import pamap2, pamap2_parse
 from jkd.data.base import DataError
 
-# REFERENCE.md §6, copied independently of jkd/data/pamap2.py
+# docs/protocol.md §6.1, copied independently of jkd/data/pamap2.py
 LAB_MAX = [202.0, 35.5, 47.6314, 155.532, 157.76, 45.5484, 62.2598, 61.728, 21.8452, 13.1222,
            14.2184, 137.544, 109.181, 100.543, 38.5625, 26.386, 153.582, 37.2936, 23.9101, 61.9328,
            36.9676, 15.5171, 5.97964, 2.94183, 80.4739, 39.7391, 95.8415, 35.4375, 157.232,
@@ -33,7 +33,7 @@ LAB_DROP = [0, 8, 9, 10, 11, 18, 19, 20]
 
 def reference(path, drop=LAB_DROP, order=LAB_ORDER, orientation=False, fill=True, minmax=True,
               down=3):
-  """REFERENCE.md §6 row by row."""
+  """docs/protocol.md §6.1 row by row."""
   rows = [[float(t) for t in line.split()] for line in open(path) if line.strip()]
   rows = [r for r in rows if int(r[1]) not in drop]
   labels = [order.index(int(r[1])) for r in rows]

@@ -30,7 +30,7 @@ def test_stage_shapes(name, ndim, shape, stages):
   blocks = [k for k in p if "_block" in k]
   assert len(blocks) == sum(resnet.STAGE_SIZES[name])
   assert p["stem"]["conv"]["kernel"].shape == (7,) * ndim + (shape[-1], 64)
-  # every block has a 1x1 shortcut conv with bias (REFERENCE: "shortcut = 1x1 conv")
+  # every block has a 1x1 shortcut conv with bias (docs/protocol.md §3: "shortcut = 1x1 conv")
   sc = p["stage2_block1"]["shortcut"]
   assert sc["kernel"].shape == (1,) * ndim + (128, 128) and sc["bias"].shape == (128,)
   assert p["stage3_block0"]["shortcut"]["kernel"].shape == (1,) * ndim + (128, 256)

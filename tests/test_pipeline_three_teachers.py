@@ -1,7 +1,7 @@
 """Three teachers end to end (`python -m jkd.main`): signal, GAF and persistence-image teachers
-trained once, a three-teacher KD stage over the lab's weight triples (zipped) in one program, and
-a FitNet stage whose trainable regressor lives in the train state and checkpoint but not in the
-student that `restore_run` returns."""
+trained once, a three-teacher KD stage over weight triples (zipped) in one program, and an ESKD
+stage (the signal teacher's early checkpoint) with FitNet hints, whose trainable regressor lives
+in the train state and checkpoint but not in the student that `restore_run` returns."""
 
 import json
 import os
@@ -35,12 +35,12 @@ def get_config():
   three.loss.sp.update(weight=50.0, layers=(1, 2, 3))
   three.sweep = {"zip": {"teachers": {"gaf": {"weight": (.2, .3)}, "pi": {"weight": (.2, .3)},
                                       "signal": {"weight": (.6, .4)}}}}
-  hint = pipeline.add_kd_stage(c, "hint", ("signal",), ("ce", "fitnet"))
-  hint.distill.init_from_scratch = False
-  # ESKD: the signal teacher as it was after epoch 1 of 2, a checkpoint its stage must keep
+  # ESKD: the signal teacher as it was after epoch 1 of 2, a checkpoint its stage must keep; with
+  # FitNet hints from it (a term with a trainable regressor)
   c.stages.teacher_signal.train.update(epochs=2, keep_checkpoints=1)
   pipeline.add_early_teacher(c, "signal_early", "signal", 1)
-  pipeline.add_kd_stage(c, "eskd", ("signal_early",), ("ce", "kd"))
+  eskd = pipeline.add_kd_stage(c, "eskd", ("signal_early",), ("ce", "kd", "fitnet"))
+  eskd.distill.init_from_scratch = False
   return c
 '''
 
@@ -61,7 +61,7 @@ def test_three_teachers_trained_once_and_distilled_in_one_program(trained):
   w, out = trained
   full = json.loads((w / "results.json").read_text())
   assert {"teacher_signal", "teacher_gaf", "teacher_pi", "student_scratch", "three",
-          "hint", "eskd"} == set(full["stages"])
+          "eskd"} == set(full["stages"])
   assert full["stages"]["teacher_pi"]["experiment"]["ndim"] == 2
   three = full["stages"]["three"]
   assert len(three["runs"]) == 6 and all(r["status"] == "ok" for r in three["runs"])
@@ -74,7 +74,7 @@ def test_three_teachers_trained_once_and_distilled_in_one_program(trained):
   for t in ("gaf", "pi", "signal"):
     assert f"teacher {t}: logits, stage (1, 2, 3) outputs cached" in out
   gains = {(g["stage"], g["sweep"]) for g in full["kd_gain"]}
-  assert {g[0] for g in gains} == {"three", "hint", "eskd"}
+  assert {g[0] for g in gains} == {"three", "eskd"}
 
 
 def test_eskd_teacher_is_the_early_checkpoint(trained):
@@ -99,11 +99,11 @@ def test_eskd_teacher_is_the_early_checkpoint(trained):
 def test_trainable_parts_are_checkpointed_but_not_part_of_the_student(trained):
   w, _ = trained
   from jkd import checkpoint
-  raw = checkpoint._restore_raw(str(w / "hint"), None)
+  raw = checkpoint._restore_raw(str(w / "eskd"), None)
   reg = raw["params"]["distill"]["fitnet"]["0"]
   assert jax.tree.leaves(reg) and all(np.asarray(a).shape[0] == 3 for a in jax.tree.leaves(reg))
   assert "distill" in raw["batch_stats"]
-  student = checkpoint.restore_run(str(w / "hint"), 0)
+  student = checkpoint.restore_run(str(w / "eskd"), 0)
   assert "distill" not in student["params"] and "distill" not in student["batch_stats"]
   scratch = checkpoint.restore_run(str(w / "student_scratch"), 0)
   assert set(student["params"]) == set(scratch["params"])

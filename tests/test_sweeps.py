@@ -26,21 +26,27 @@ def _engine(optim="sgd", schedule="lab", loss="ce"):
   return c
 
 
-def _step(c, hp, epoch):
+def _stepper(c):
+  """Two train steps of a tiny model as ONE compiled function of (hp, epoch): what a sweep point
+  changes is only the per-run values, so every key's check reuses the compile."""
+  from jkd import objective
   model = jkd.models.create("wrn10_1", num_classes=3, ndim=1)
   r = np.random.default_rng(0)
   x = jnp.asarray(r.normal(size=(8, 16, 3)), jnp.float32)
   y = jnp.asarray(r.integers(0, 3, 8), jnp.int32)
-  st = state_lib.from_variables(model.init(jax.random.PRNGKey(0), x[:2]), train_lib.make_tx(c, hp))
-  from jkd import objective
-  new, terms = train_lib.train_step(model, c, objective.make(c), st, x, y, jnp.arange(8), True,
-                                    jax.random.PRNGKey(1), hp, jnp.zeros(3), jnp.ones(3),
-                                    jnp.int32(epoch), 3)
-  # a second step, so momentum and Adam's moments enter the update
-  new, terms = train_lib.train_step(model, c, objective.make(c), new, x, y, jnp.arange(8), True,
-                                    jax.random.PRNGKey(2), hp, jnp.zeros(3), jnp.ones(3),
-                                    jnp.int32(epoch), 3)
-  return jax.tree.leaves(new.params) + [terms["loss"]]
+  variables = model.init(jax.random.PRNGKey(0), x[:2])
+  obj = objective.make(c)
+
+  @jax.jit
+  def run(hp, epoch):
+    st = state_lib.from_variables(variables, train_lib.make_tx(c, hp))
+    for k in (1, 2):   # a second step, so momentum and Adam's moments enter the update
+      st, terms = train_lib.train_step(model, c, obj, st, x, y, jnp.arange(8), True,
+                                       jax.random.PRNGKey(k), hp, jnp.zeros(3), jnp.ones(3),
+                                       epoch, 3)
+    return jax.tree.leaves(st.params) + [terms["loss"]]
+
+  return lambda hp, epoch: run(hp, jnp.int32(epoch))
 
 
 def _other(value):
@@ -58,11 +64,12 @@ def test_every_sweepable_engine_key_changes_the_step(optim, schedule, loss):
   keys = config_lib.per_run_keys(c)
   assert "optim.lr" in keys and ("optim.momentum" in keys) == (optim == "sgd")
   assert ("optim.gamma" in keys) == (schedule != "lab")
-  ref = {e: _step(c, base, e) for e in (0, 35)}
+  step = _stepper(c)
+  ref = {e: step(base, e) for e in (0, 35)}
   for key in keys:
     hp = dict(base, **{key: jnp.float32(_other(float(base[key])))})
     changed = any(not np.allclose(a, b, rtol=0, atol=0) for e in ref
-                  for a, b in zip(ref[e], _step(c, hp, e)))
+                  for a, b in zip(ref[e], step(hp, e)))
     assert changed, f"sweeping {key} would change nothing"
 
 

@@ -1,6 +1,6 @@
 """PAMAP2 source: the UCI Protocol `.dat` files or the lab's pickle, preprocessed as the lab does.
 
-REFERENCE.md §6 (the lab's pipeline, which follows the public PAMAP2 preprocessing of Hammerla et
+docs/protocol.md §6.1 (the lab's pipeline, which follows the public PAMAP2 preprocessing of Hammerla et
 al. 2016), per subject file, in this order; every step has a config key, defaults = the lab:
 
 1. drop rows whose activity is in `drop_activities` (0 = transient, 8, 9, 10, 11, 18, 19, 20);
@@ -62,7 +62,7 @@ IMU_FIELDS = ("temperature", "acc16_x", "acc16_y", "acc16_z", "acc6_x", "acc6_y"
 COLUMNS = 54
 HEART_RATE_COLUMN, ACTIVITY_COLUMN = 2, 1
 
-# The lab's min-max bounds (REFERENCE.md §6), in the 40-channel order of step 3.
+# The lab's min-max bounds (docs/protocol.md §6.1), in the 40-channel order of step 3.
 MAX_BOUNDS = (202.0, 35.5, 47.6314, 155.532, 157.76, 45.5484, 62.2598, 61.728, 21.8452, 13.1222,
               14.2184, 137.544, 109.181, 100.543, 38.5625, 26.386, 153.582, 37.2936, 23.9101,
               61.9328, 36.9676, 15.5171, 5.97964, 2.94183, 80.4739, 39.7391, 95.8415, 35.4375,

@@ -14,7 +14,7 @@ Terms that combine teachers use w (KD `weighting` may override it per sample: AV
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -114,19 +114,14 @@ def teacher_needs(loss: mc.ConfigDict) -> Needs:
   return out
 
 
-def _takes_info(term: Term) -> bool:
-  return "info" in inspect.signature(term.init).parameters
-
-
 def init(loss: mc.ConfigDict, key: jax.Array, student: Outputs, teachers: list[Outputs],
          info: Info | None = None) -> dict | None:
   """One run's trainable parts of every listed term, `{'params': {term: ...}, 'batch_stats':
-  {term: ...}}`, or None when no term has any. `info` goes to the terms whose `init` takes it."""
+  {term: ...}}`, or None when no term has any; `info`: what the terms may need beyond shapes."""
   params, stats = {}, {}
   for i, name in enumerate(loss.terms):
     term, k = TERMS[name], jax.random.fold_in(key, i)
-    v = (term.init(loss[name], k, student, teachers, info=info or Info()) if _takes_info(term)
-         else term.init(loss[name], k, student, teachers))
+    v = term.init(loss[name], k, student, teachers, info=info or Info())
     if v is not None:
       params[name], stats[name] = v.get("params", {}), v.get("batch_stats", {})
   return {"params": params, "batch_stats": stats} if params or stats else None
@@ -166,8 +161,8 @@ def make_objective(config: mc.ConfigDict) -> Callable:
     total, terms, stats = jnp.float32(0.0), {}, {}
     for name, term, cfg in listed:
       thp = {k: hp[f"loss.{name}.{k}"] for k in term.per_run}
-      b = Batch(**{**batch.__dict__, "params": own["params"].get(name),
-                   "batch_stats": own["batch_stats"].get(name)})
+      b = dataclasses.replace(batch, params=own["params"].get(name),
+                              batch_stats=own["batch_stats"].get(name))
       out = term.loss(cfg, thp, b)
       value, new = out if isinstance(out, tuple) else (out, None)
       if new is not None:

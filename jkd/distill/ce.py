@@ -1,6 +1,6 @@
 """Hard-label cross-entropy (optionally label-smoothed, or with the lab's logit standardisation).
 
-`standardize` applies TDA_KD's `z / std(z)` before the softmax (docs/protocol.md, losses).
+`standardize` applies TDA_KD's `z / std(z)` before the softmax (docs/protocol.md §4).
 """
 
 from jkd import losses

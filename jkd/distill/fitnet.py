@@ -37,7 +37,7 @@ class FitNet(Term):
   def needs(self, cfg):
     return Needs(stages=frozenset({cfg.hint_layer}))
 
-  def init(self, cfg, key, student, teachers):
+  def init(self, cfg, key, student, teachers, info=None):
     s = student.stages[cfg.hint_layer]
     out = {"params": {}, "batch_stats": {}}
     for k, t in enumerate(teachers):
