@@ -407,5 +407,16 @@ def load_file(path: str) -> mc.ConfigDict:
   return module.get_config(*arg)
 
 
+# Keys that change what is written around a run, never its results: a workdir trained without
+# them is the same experiment (switching TensorBoard on for a trained workdir retrains nothing).
+NOT_RESULTS = ("train.tensorboard",)
+
+
+def same_experiment(old: dict, new: dict) -> bool:
+  """Whether two resolved configs (JSON objects) train the same runs, `NOT_RESULTS` aside."""
+  strip = lambda c: {k: v for k, v in flat(c) if k not in NOT_RESULTS}
+  return strip(old) == strip(new)
+
+
 def to_json(config: mc.ConfigDict) -> str:
   return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True)

@@ -78,7 +78,7 @@ def check_workdir(config: mc.ConfigDict, workdir: str, overwrite: bool) -> None:
     except (OSError, ValueError) as e:
       raise WorkdirError(f"{path} is unreadable ({type(e).__name__}: {' '.join(str(e).split())}); "
                          "use another --workdir, or --overwrite to discard what it holds") from None
-    if old_text != text:
+    if old_text != text and not config_lib.same_experiment(old, json.loads(text)):
       diff = _diff(old, json.loads(text))
       raise WorkdirError(f"{workdir} holds a different config ({diff}); use another --workdir, or "
                          "--overwrite to discard its checkpoints and results")

@@ -259,7 +259,7 @@ def status(stage_dir: str, cfg: mc.ConfigDict) -> str:
   stored = _stored(stage_dir, "config.json")
   if stored is None:
     return "new"
-  if stored != json.loads(config_lib.to_json(cfg)):
+  if not config_lib.same_experiment(stored, json.loads(config_lib.to_json(cfg))):
     return "changed"
   res = _stored(stage_dir, "results.json")
   return "done" if res and res.get("epochs_done") == cfg.train.epochs else "partial"

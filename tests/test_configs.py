@@ -2,6 +2,7 @@
 before training (values, loss terms, sweeps) — without any data or training."""
 
 import glob
+import json
 import os
 
 import pytest
@@ -39,3 +40,14 @@ def test_the_table_configs_have_every_row():
   assert 50 in pipeline.stage_config(gene, "teacher_signal", "/w").train.keep_epochs
   three = pipeline.stage_config(gene, "three_ann", "/w")
   assert len(config_lib.sweep_points(three)) == 8
+
+
+def test_switching_tensorboard_on_is_the_same_experiment():
+  base = json.loads(config_lib.to_json(config_lib.load_file(os.path.join(REPO, "configs",
+                                                                          "watch.py"))))
+  on = json.loads(json.dumps(base))
+  on["train"]["tensorboard"] = True
+  assert config_lib.same_experiment(base, on)
+  other = json.loads(json.dumps(base))
+  other["train"]["epochs"] += 1
+  assert not config_lib.same_experiment(base, other)
