@@ -54,13 +54,6 @@ def spec(model: dict | None = None, **kw) -> mc.ConfigDict:
   return out
 
 
-def image_input(model_cfg: mc.ConfigDict, x: Array, raw: Array | None = None):
-  """What a model with section `model_cfg` consumes from normalised windows `x` (B, L, C): the
-  windows, or (2-D) their images as the first convolution takes them; `raw`: the same windows
-  before normalisation (persistence images are made from those)."""
-  return images.image_input(model_cfg, x, raw)
-
-
 @dataclasses.dataclass(frozen=True)
 class Teacher:
   name: str
@@ -70,7 +63,7 @@ class Teacher:
   def forward(self, variables: Any, x: Array, raw: Array | None, needs: Needs) -> Outputs:
     """Outputs (logits, the stages `needs` names, the embedding if needed), eval mode, no grad."""
     variables = jax.lax.stop_gradient(variables)
-    logits, features = self.model.apply(variables, image_input(self.spec.model, x, raw),
+    logits, features = self.model.apply(variables, images.image_input(self.spec.model, x, raw),
                                         train=False)
     out = Outputs.of(logits, features, tuple(sorted(needs.stages)), needs.embedding)
     return jax.lax.stop_gradient(out)
@@ -188,7 +181,7 @@ def output_bytes(teacher: Teacher, window: tuple[int, ...], num_classes: int, ne
   """Bytes of one window's cached outputs (logits, the needed maps and embedding)."""
   x = jnp.zeros((1, *window))
   variables = jax.eval_shape(lambda: teacher.model.init(
-      jax.random.PRNGKey(0), image_input(teacher.spec.model, x, x), train=False))
+      jax.random.PRNGKey(0), images.image_input(teacher.spec.model, x, x), train=False))
   out = jax.eval_shape(lambda v: teacher.forward(v, x, x, needs), variables)
   return 4 * sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(out))
 

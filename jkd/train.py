@@ -28,7 +28,7 @@ from jkd import state as state_lib
 from jkd.data import folds as folds_lib
 from jkd.data import normalize
 from jkd.objective import Objective
-from jkd.teachers import image_input
+from jkd.images import image_input
 
 Array = jax.Array
 
@@ -46,7 +46,7 @@ class Runs:
 
 def model_input(config: mc.ConfigDict, x: Array, mean: Array, std: Array) -> Any:
   """Normalised windows, or (2-D models) their images as the first convolution consumes them
-  (`jkd.teachers.image_input`: GAF factors or persistence images, from the raw windows `x`)."""
+  (`jkd.images.image_input`: GAF factors or persistence images, from the raw windows `x`)."""
   return image_input(config.model, normalize.apply(x, mean, std), x)
 
 

@@ -26,8 +26,9 @@ def test_config_and_its_stages_pass_the_checks(path, tmp_path):
 
 
 def test_the_table_configs_have_every_row():
-  rows = {"kd_signal", "kd_gaf", "kd_pi", "pi_signal", "pi_signal_ann", "gaf_signal",
-          "gaf_signal_ann", "three_ebkd", "three_camkd", "three", "three_ann"}
+  rows = {"kd_signal", "kd_gaf", "kd_pi", "pi_signal", "pi_signal_ann", "pi_signal_ann_sp",
+          "gaf_signal", "gaf_signal_ann", "gaf_signal_ann_sp", "three_ebkd", "three_camkd", "three",
+          "three_ann", "three_ann_sp"}
   for name in ("pamap_table.py", "geneactiv_table.py"):
     config = config_lib.load_file(os.path.join(REPO, "configs", name))
     assert rows <= set(pipeline.kd_stages(config))
@@ -38,8 +39,8 @@ def test_the_table_configs_have_every_row():
   assert eskd.teachers.signal_early.source == "/w/teacher_signal"
   assert eskd.teachers.signal_early.epoch == 50
   assert 50 in pipeline.stage_config(gene, "teacher_signal", "/w").train.keep_epochs
-  three = pipeline.stage_config(gene, "three_ann", "/w")
-  assert len(config_lib.sweep_points(three)) == 8
+  three = pipeline.stage_config(gene, "three_ann_sp", "/w")
+  assert len(config_lib.sweep_points(three)) == 4 and "sp" in three.loss.terms
 
 
 def test_switching_tensorboard_on_is_the_same_experiment():

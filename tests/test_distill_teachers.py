@@ -10,7 +10,7 @@ import ml_collections as mc
 import numpy as np
 import pytest
 
-from jkd import augment, convert, distill, teachers
+from jkd import augment, convert, distill, images, teachers
 from jkd.runs import Run
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -73,7 +73,7 @@ def world():
   variables = []
   for i, t in enumerate(ts):
     keys = jax.random.split(jax.random.PRNGKey(i), 2)
-    v = [t.model.init(k, teachers.image_input(t.spec.model, x[:2], x[:2]), train=False)
+    v = [t.model.init(k, images.image_input(t.spec.model, x[:2], x[:2]), train=False)
          for k in keys]
     v = jax.tree.map(lambda *a: jnp.stack(a), *v)
     # non-trivial running statistics so eval-mode BatchNorm matters

@@ -42,7 +42,7 @@ import ml_collections as mc
 import jkd.data
 import jkd.models
 from jkd.bench import Reference, _epoch
-from jkd import distill, parallel, pipeline
+from jkd import distill, images, parallel, pipeline
 from jkd import setup as setup_lib
 from jkd import teachers as teachers_lib
 from jkd import train as train_lib
@@ -108,7 +108,7 @@ def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
   keys = jax.random.split(jax.random.PRNGKey(7), a.runs)
   aux, cache_s, host_vars = [], 0.0, []
   for t in ts:                                 # random teacher variables, one set per run
-    tin = teachers_lib.image_input(t.spec.model, sample, sample)
+    tin = images.image_input(t.spec.model, sample, sample)
     variables = jax.device_get(jax.jit(jax.vmap(lambda k: t.model.init(k, tin, train=False)))(keys))
     host_vars.append(variables)
     variables = parallel.shard_runs(variables, m)
