@@ -209,7 +209,7 @@ CASES = [
                                                  "train.epochs: 3 -> 1", "--overwrite"]),
     ("workdir_config_unreadable", ["@garbage_config"], ["config.json is unreadable", "--overwrite"]),
     ("pipeline_stage_other_config", ["--config=configs/demo.py", "@stage_other_config"],
-     ["teacher_signal holds stage teacher_signal of a different config", "train.epochs: 3 -> 1",
+     ["teacher_signal holds stage teacher_signal of a different config", "train.epochs: 3 -> 15",
       "--overwrite"]),
     ("pipeline_stage_config_unreadable", ["--config=configs/demo.py", "@stage_garbage_config"],
      ["teacher_signal/config.json is unreadable", "--overwrite"]),
@@ -295,6 +295,7 @@ def _argv(case_argv: list[str], d: str, w: str) -> tuple[str, list[str]]:
     from jkd import config as config_lib, pipeline
     c = config_lib.load_file("configs/demo.py")
     c.model.name, c.train.epochs, c.train.batch_size, c.train.eval_batch_size = "wrn10_1", 3, 8, 64
+    c.stages.teacher_signal.train.epochs = 3     # the demo's teacher stage sets its own epochs
     os.makedirs(os.path.join(w, "teacher_signal"))
     with open(os.path.join(w, "teacher_signal", "config.json"), "w") as f:
       f.write("[1, 2" if "@stage_garbage_config" in marks
