@@ -40,7 +40,7 @@ from jkd import augment as augment_lib
 from jkd import checkpoint, convert, images, parallel
 from jkd import config as config_lib
 from jkd.data import normalize
-from jkd.distill import Needs, Outputs
+from jkd.distill import LAST, Needs, Outputs
 
 Array = jax.Array
 
@@ -197,7 +197,9 @@ def cache_plan(teachers: list[Teacher], config: mc.ConfigDict, windows: int, run
                                      for t in teachers]
   budget = d.cache_gb * 2 ** 30
   plan, lines = [False] * len(teachers), [""] * len(teachers)
-  what = "logits" + (f", stage {tuple(sorted(needs.stages))} outputs" if needs.stages else "") + (
+  stages = tuple(sorted(needs.stages))
+  shown = ", ".join("last" if i == LAST else str(i) for i in stages)
+  what = "logits" + (f", stage ({shown}) outputs" if stages else "") + (
       ", embedding" if needs.embedding else "")
   for i in sorted(range(len(teachers)), key=lambda i: -teachers[i].spec.model.ndim):
     t = teachers[i]
