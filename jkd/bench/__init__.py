@@ -6,9 +6,22 @@ Each benchmark lives in `jkd/bench/<name with - as _>.py` and exposes `main(argv
 from __future__ import annotations
 
 import multiprocessing
+import statistics
 import time
 import traceback
 from typing import Any, Callable
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+  """Median milliseconds of `repeats` calls of `fn` (its result waited for), after one warm-up."""
+  import jax
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times)
 
 
 class Reference:

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
-import time
 from typing import Callable
 
 import jax
@@ -38,17 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jkd.gaf import gaf_factors, gramian_angular_field, image_batches
+from jkd.bench import median_ms
 from jkd.models.layers import Conv
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
 
 
 def _faults_per_call(fn: Callable[[], object], repeats: int) -> float:
@@ -69,9 +58,9 @@ def _stem(impl: str, gaf: Callable, x: jax.Array, size: int, repeats: int) -> di
   entry = hlo[hlo.index("ENTRY"):]
   shape = f"f32[{','.join(map(str, field.shape))}]"
   return {
-      f"stem_{impl}_fused_ms": _median_ms(lambda: fused(params, x), repeats),
-      f"stem_{impl}_split_ms": _median_ms(lambda: apply(params, jax.jit(gaf)(x)), repeats),
-      f"stem_{impl}_conv_only_ms": _median_ms(lambda: apply(params, field), repeats),
+      f"stem_{impl}_fused_ms": median_ms(lambda: fused(params, x), repeats),
+      f"stem_{impl}_split_ms": median_ms(lambda: apply(params, jax.jit(gaf)(x)), repeats),
+      f"stem_{impl}_conv_only_ms": median_ms(lambda: apply(params, field), repeats),
       f"stem_{impl}_fused_materializes_field": shape in entry,
   }
 
@@ -80,7 +69,7 @@ def _stem_factors(x: jax.Array, size: int, method: str, repeats: int) -> dict:
   conv = Conv(16, 3, padding=1, impl="loop")
   params = conv.init(jax.random.key(0), jnp.zeros((1, size, size, x.shape[-1])))
   stem = jax.jit(lambda p, x: conv.apply(p, gaf_factors(x, size, method=method)))
-  return {"stem_factors_ms": _median_ms(lambda: stem(params, x), repeats)}
+  return {"stem_factors_ms": median_ms(lambda: stem(params, x), repeats)}
 
 
 def main(argv: list[str]) -> int:
@@ -102,26 +91,26 @@ def main(argv: list[str]) -> int:
   jitted = jax.jit(gaf)
   out = {"device": jax.devices()[0].device_kind, "batch": b, "length": l, "channels": c, "size": s,
          "method": args.method, "output_mb": b * s * s * c * 4 / 1e6}
-  out["jkd_ms"] = _median_ms(lambda: jitted(x), args.repeats)
+  out["jkd_ms"] = median_ms(lambda: jitted(x), args.repeats)
   out["jkd_page_faults"] = _faults_per_call(lambda: jitted(x), args.repeats)
   images, batch = image_batches(s, method=args.method), {"last": jitted(x)}
 
   def reuse():                       # each batch into the previous batch's memory (donated)
     batch["last"] = images(x, batch["last"])
     return batch["last"]
-  out["jkd_reuse_ms"] = _median_ms(reuse, args.repeats)
+  out["jkd_reuse_ms"] = median_ms(reuse, args.repeats)
   out["jkd_reuse_page_faults"] = _faults_per_call(reuse, args.repeats)
   src = np.ones((b, s, s, c), np.float32)
   dst = np.zeros_like(src)
-  out["copy_ms"] = _median_ms(lambda: np.copy(src), args.repeats)
-  out["copyto_ms"] = _median_ms(lambda: np.copyto(dst, src), args.repeats)
+  out["copy_ms"] = median_ms(lambda: np.copy(src), args.repeats)
+  out["copyto_ms"] = median_ms(lambda: np.copyto(dst, src), args.repeats)
   out["jkd_over_copy"] = out["jkd_ms"] / out["copy_ms"]
   out["jkd_reuse_over_copyto"] = out["jkd_reuse_ms"] / out["copyto_ms"]
   if args.pyts:
     from pyts.image import GramianAngularField
     rows = x_np.transpose(2, 0, 1).reshape(c * b, l).astype(np.float64)
     ref = GramianAngularField(image_size=s, method=args.method)
-    out["pyts_ms"] = _median_ms(lambda: ref.fit_transform(rows), max(1, args.repeats // 2))
+    out["pyts_ms"] = median_ms(lambda: ref.fit_transform(rows), max(1, args.repeats // 2))
     out["pyts_over_jkd"] = out["pyts_ms"] / out["jkd_ms"]
     out["pyts_over_jkd_reuse"] = out["pyts_ms"] / out["jkd_reuse_ms"]
   if args.stem:

@@ -36,29 +36,18 @@ import argparse
 import contextlib
 import io
 import json
-import statistics
 import time
 import warnings
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jkd import gaf, pi
+from jkd.bench import median_ms
 from jkd.models.layers import Conv
 
 LAB_ARGS = {"spread": 0.015, "birth_range": (-1.0, 1.0), "threshold": 0.01}
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
 
 
 def windows(batch: int, length: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -136,12 +125,12 @@ def _stem(x: jax.Array, size: int, repeats: int) -> dict:
   dense_step, conv_step = step(make), step(ident)
   apply = jax.jit(conv.apply)
   out = {
-      "dense_fwd_ms": _median_ms(lambda: dense_fwd(params, x), repeats),
-      "dense_step_ms": _median_ms(lambda: dense_step(params, x), repeats),
-      "factors_fwd_ms": _median_ms(lambda: apply(params, factors), repeats),
-      "factors_step_ms": _median_ms(lambda: conv_step(params, factors), repeats),
-      "conv_only_fwd_ms": _median_ms(lambda: apply(params, images), repeats),
-      "conv_only_step_ms": _median_ms(lambda: conv_step(params, images), repeats),
+      "dense_fwd_ms": median_ms(lambda: dense_fwd(params, x), repeats),
+      "dense_step_ms": median_ms(lambda: dense_step(params, x), repeats),
+      "factors_fwd_ms": median_ms(lambda: apply(params, factors), repeats),
+      "factors_step_ms": median_ms(lambda: conv_step(params, factors), repeats),
+      "conv_only_fwd_ms": median_ms(lambda: apply(params, images), repeats),
+      "conv_only_step_ms": median_ms(lambda: conv_step(params, images), repeats),
   }
   # The two routes compute the same convolution.
   out["factors_max_abs_diff"] = float(jnp.max(jnp.abs(apply(params, factors)
@@ -170,11 +159,11 @@ def main(argv: list[str]) -> int:
   out = {"device": jax.devices()[0].device_kind, "batch": b, "length": l, "channels": c,
          "size": s, "bar_slots": pi.num_slots(l), "bars_per_channel": round(bars, 1),
          "cpu_group": pi._CPU_GROUP}
-  out["jkd_ms"] = _median_ms(lambda: jitted(x), args.repeats)
+  out["jkd_ms"] = median_ms(lambda: jitted(x), args.repeats)
   group, pi._CPU_GROUP = pi._CPU_GROUP, b
   try:
     ungrouped = jax.jit(lambda x: pi.persistence_image(x, s))
-    out["jkd_ungrouped_ms"] = _median_ms(lambda: ungrouped(x), args.repeats)
+    out["jkd_ungrouped_ms"] = median_ms(lambda: ungrouped(x), args.repeats)
   finally:
     pi._CPU_GROUP = group
   out["jkd_images_per_s"] = b * c / (out["jkd_ms"] / 1e3)

@@ -15,7 +15,7 @@ Terms that combine teachers use w (KD `weighting` may override it per sample: AV
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
-from jkd.distill.term import LAST, Needs, Term, TermError, last_map
+from jkd.distill.term import (LAST, Needs, Term, TermError, last_map, require_teacher_variables,
+                              same_rank)
 from jkd.models import head as head_lib
 
 
@@ -45,11 +46,7 @@ class CAMKD(Term):
     if len(teachers) < 2:
       raise TermError(f"loss.camkd weighs teachers by (1 − softmax CE)/(K − 1) and needs at least "
                       f"two; the stage has {len(teachers)}; add a teacher or drop 'camkd'")
-    bad = [(n, m.ndim) for n, m in teachers if m.ndim != student.ndim]
-    if bad:
-      raise TermError(f"loss.camkd: teacher {bad[0][0]!r} is {bad[0][1]}-D but the student "
-                      f"{student.ndim}-D; CA-MKD aligns maps of one rank; drop 'camkd' or that "
-                      "teacher")
+    same_rank(self.name, teachers, student, "CA-MKD aligns maps of one rank")
 
   def uses_teacher_weights(self, cfg):
     return False
@@ -61,9 +58,7 @@ class CAMKD(Term):
     return heads.CAMKDEmbed(t_channels, convs=bool(cfg.convs))
 
   def init(self, cfg, key, student, teachers, info=None):
-    if info is None or info.teacher_variables is None or len(info.teacher_models) < len(teachers):
-      raise TermError("loss.camkd needs the teachers' model sections and variables at init "
-                      "(jkd.distill.Info) to copy their classifiers")
+    require_teacher_variables(self.name, info, len(teachers))
     s = jnp.zeros(last_map(student).shape, jnp.float32)
     params, stats = {}, {}
     for k, t in enumerate(teachers):

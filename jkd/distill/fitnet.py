@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
-from jkd.distill.term import Needs, Term, TermError
+from jkd.distill.term import Needs, Term, TermError, same_rank
 
 
 def _regressor(s, t) -> heads.ConvReg:
@@ -28,11 +28,7 @@ class FitNet(Term):
   def check(self, cfg, teachers, student, epochs):
     if cfg.hint_layer not in (1, 2, 3):
       raise TermError(f"loss.fitnet.hint_layer={cfg.hint_layer}: choose a stage, 1, 2 or 3")
-    bad = [(n, m.ndim) for n, m in teachers if m.ndim != student.ndim]
-    if bad:
-      raise TermError(f"loss.fitnet: teacher {bad[0][0]!r} is {bad[0][1]}-D but the student "
-                      f"{student.ndim}-D; a hint regressor maps maps of one rank; drop 'fitnet' "
-                      "or that teacher")
+    same_rank(self.name, teachers, student, "a hint regressor maps maps of one rank")
 
   def needs(self, cfg):
     return Needs(stages=frozenset({cfg.hint_layer}))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
-from jkd.distill.term import LAST, Needs, Term, TermError, last_map
+from jkd.distill.term import LAST, Needs, Term, TermError, last_map, require_teacher_variables
 from jkd.models import head as head_lib
 
 
@@ -68,9 +68,7 @@ class SimKD(Term):
 
   def init(self, cfg, key, student, teachers, info=None):
     i = int(cfg.teacher)
-    if info is None or info.teacher_variables is None or len(info.teacher_models) <= i:
-      raise TermError("loss.simkd needs the teacher's model section and variables at init "
-                      "(jkd.distill.Info) to copy its classifier")
+    require_teacher_variables(self.name, info, i + 1)
     t = last_map(teachers[i])
     src = _source(jnp.zeros(last_map(student).shape, jnp.float32), t.shape[1:-1])
     v = self._projector(cfg, t.shape[-1]).init(key, src, train=False)

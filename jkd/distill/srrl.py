@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
-from jkd.distill.term import LAST, Needs, Term, TermError, last_map
+from jkd.distill.term import LAST, Needs, Term, last_map, require_teacher_variables
 from jkd.models import head as head_lib
 
 
@@ -36,9 +36,7 @@ class SRRL(Term):
     return Needs(stages=frozenset({LAST}))
 
   def init(self, cfg, key, student, teachers, info=None):
-    if info is None or info.teacher_variables is None or len(info.teacher_models) < len(teachers):
-      raise TermError("loss.srrl needs the teachers' model sections and variables at init "
-                      "(jkd.distill.Info) to copy their classifiers")
+    require_teacher_variables(self.name, info, len(teachers))
     s = jnp.zeros(last_map(student).shape, jnp.float32)
     params, stats = {}, {}
     for k, t in enumerate(teachers):

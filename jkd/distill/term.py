@@ -167,3 +167,19 @@ def layers_key(cfg: mc.ConfigDict, key: str, name: str, allowed=(1, 2, 3)) -> tu
   if not value or bad:
     raise TermError(f"loss.{name}.{key}={value!r}: choose from {allowed}")
   return value
+
+
+def same_rank(name: str, teachers: list[tuple[str, mc.ConfigDict]], student: mc.ConfigDict,
+              why: str) -> None:
+  """Refuse teachers whose maps have another rank than the student's (`why`: what needs it)."""
+  bad = [(n, m.ndim) for n, m in teachers if m.ndim != student.ndim]
+  if bad:
+    raise TermError(f"loss.{name}: teacher {bad[0][0]!r} is {bad[0][1]}-D but the student "
+                    f"{student.ndim}-D; {why}; drop {name!r} or that teacher")
+
+
+def require_teacher_variables(name: str, info: Any, count: int) -> None:
+  """`init` of a term that copies teachers' classifiers needs their sections and variables."""
+  if info is None or info.teacher_variables is None or len(info.teacher_models) < count:
+    raise TermError(f"loss.{name} needs the teachers' model sections and variables at init "
+                    "(jkd.distill.Info) to copy their classifiers")
