@@ -862,6 +862,47 @@ def crd_memory_update(memory: Array, idx: Array, emb: Array, momentum: float | A
   idx = jnp.where(keep, idx, memory.shape[0])          # out of bounds: dropped
   return memory.at[idx].set(updated, mode="drop")
 
+
+# DCD (Giakoumoglou & Stathaki, arXiv 2407.11802), giakoumoglou/distillers distillers/DCD.py
+
+DCD_MAX_TAU = 10.0     # DCD: `DCDLoss(max_tau=10.0)`, the clamp of exp(tau)
+_DCD_MASKED = -1e9     # a masked-out column's logit: exp underflows to 0, finite in masked rows
+
+
+def dcd_loss(f_s: Array, f_t: Array, *, tau: Array, bias: Array, alpha: float | Array = 0.5,
+             max_tau: float | Array = DCD_MAX_TAU, mask: Array | None = None) -> Array:
+  """DCD's contrastive + consistency loss on the embedded student and teacher rows (B, D).
+
+  `DCDLoss.forward`: ``a = normalize(f_s)``, ``b = normalize(f_t)`` (F.normalize), ``s = min(e^tau,
+  max_tau)`` (``exp().clamp(0, max_tau)``: no gradient into tau above the bound),
+  ``L = s · a bᵀ + bias`` (B, B; in-batch negatives, the positive on the diagonal);
+  ``contrast = mean_i −log softmax_j(L)_ii`` (``cross_entropy(L, arange(B))``) and
+  ``consist = mean_i KL(q_i ‖ p_i)`` with ``p_i = softmax_j L_ij``, ``q_i = softmax_j L_ji``
+  (``kl_div(log_softmax(L, 1), softmax(L, 0).t(), 'batchmean')``, gradient through both);
+  returns ``contrast + alpha · consist``. `tau`, `bias`: the learnable scalars.
+
+  Both inputs are outputs of the trainable heads (``embed_s``, ``embed_t``), so neither is under
+  stop_gradient here: the caller stops the teacher's embedding before its head. `mask`: a
+  masked-out example is dropped from every row and column (its logits are excluded from each
+  softmax) and rows are averaged with weights w; for a 0/1 mask this is DCD on the real examples.
+  """
+  _check_same(f_s, f_t, "dcd_loss")
+  n = f_s.shape[0]
+  w = _weights(mask, n)
+  keep = w > 0
+  pair = keep[:, None] & keep[None, :]
+  a, b = _normalize_finite(f_s.reshape(n, -1)), _normalize_finite(f_t.reshape(n, -1))
+  scale = jnp.exp(tau)
+  scale = jnp.where(scale > max_tau, max_tau, scale)
+  logits = jnp.matmul(a, b.T, precision=_HIGHEST) * scale + bias
+  log_p = jax.nn.log_softmax(jnp.where(pair, logits, _DCD_MASKED), axis=1)
+  log_q = jax.nn.log_softmax(jnp.where(pair, logits, _DCD_MASKED).T, axis=1)
+  contrast = -jnp.diagonal(log_p)
+  consist = jnp.sum(jnp.where(pair, jnp.exp(log_q) * (log_q - log_p), 0.0), axis=1)
+  total = jnp.sum(w)
+  row = jnp.where(keep, w * (contrast + alpha * consist), 0.0)
+  return jnp.sum(row) / jnp.where(total > 0, total, 1.0)
+
 __all__ = [
     "masked_mean", "standardize_logits", "cross_entropy", "focal_loss", "kd_loss", "multi_teacher_kd",
     "distillation_loss", "dual_teacher_loss", "annealing_temperature", "annealing_phi",
@@ -869,5 +910,5 @@ __all__ = [
     "dkd_parts", "dkd_loss", "dist_loss", "rkd_loss", "pkt_loss", "fitnet_loss", "pefd_loss",
     "ebkd_weights", "camkd_weights", "weighted_kd", "camkd_feature_loss",
     "crd_nce_loss", "crd_scores", "crd_estimate_z", "crd_memory_update", "crd_memory_init_bound",
-    "crd_memory_init", "srrl_statm_loss",
+    "crd_memory_init", "srrl_statm_loss", "dcd_loss",
 ]

@@ -139,7 +139,8 @@ def build(config: mc.ConfigDict, runs_per_fold: int = 0,
     guide = prepared.guide
     extra, info = _term_init(config, model, prepared.teachers, tuple(x.shape[1:]),
                              num_windows=int(x.shape[0]),
-                             train_windows=int(np.min(folds.train_count)))
+                             train_windows=int(np.min(folds.train_count)),
+                             batch_size=batch, batches_per_epoch=num_batches)
     predict = distill.make_predict(config, info)
     objective = distill.make_objective(config)
   else:
@@ -158,8 +159,8 @@ def build(config: mc.ConfigDict, runs_per_fold: int = 0,
 
 
 def _term_init(config: mc.ConfigDict, model: nn.Module, teachers: list, window: tuple,
-               num_windows: int = 0, train_windows: int = 0
-               ) -> tuple[Callable | None, distill.Info]:
+               num_windows: int = 0, train_windows: int = 0, batch_size: int = 0,
+               batches_per_epoch: int = 0) -> tuple[Callable | None, distill.Info]:
   """(`extra(key, teacher_variables=None) -> variables` of the distillation terms' parts for one
   run (`teacher_variables`: the run's variables of each teacher), or None when no term has any;
   the `jkd.distill.Info` the terms' `init` and `predict` read)."""
@@ -175,7 +176,8 @@ def _term_init(config: mc.ConfigDict, model: nn.Module, teachers: list, window: 
     shapes.append(v)
     outs.append(jax.eval_shape(lambda v, t=t: t.forward(v, x, x, needs), v))
   info = distill.Info(num_windows=num_windows, train_windows=train_windows,
-                      teacher_models=tuple(t.spec.model for t in teachers), teachers=tuple(outs))
+                      teacher_models=tuple(t.spec.model for t in teachers), teachers=tuple(outs),
+                      batch_size=batch_size, batches_per_epoch=batches_per_epoch)
 
   def fn(key, teacher_variables=None):
     return distill.init(config.loss, key, student, outs,

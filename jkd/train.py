@@ -60,7 +60,7 @@ def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
                state: state_lib.TrainState, x: Array, y: Array, idx: Array, active: Array,
                key: Array, hp: dict, mean: Array, std: Array, epoch: Array, num_classes: int,
                guide: Callable | None = None, aux: Any = (), pool: Array | None = None,
-               pool_count: Array | None = None
+               pool_count: Array | None = None, step: Array | None = None
                ) -> tuple[state_lib.TrainState, dict[str, Array]]:
   """One SGD step of ONE run (vmap it over runs). Returns the new state and its loss terms.
 
@@ -72,7 +72,9 @@ def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
   also gets `context['index']` (= `idx`, the batch's dataset indices), `context['key']` (a key
   of this run and step, apart from augmentation's and dropout's), `context['all_labels']` (= `y`)
   and, when given, `context['pool']` / `context['pool_count']`: the run's training indices
-  (`Runs.train`, `Runs.train_count`; CRD draws its negatives from them).
+  (`Runs.train`, `Runs.train_count`; CRD draws its negatives from them) and `context['step']`
+  (= `step`, the step's index within the epoch, unbatched: the same in every run; MTKD-RL trains
+  its agent at fixed steps).
   """
   raw, labels = x[idx], y[idx]
   xb = normalize.apply(raw, mean, std)
@@ -83,6 +85,8 @@ def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
   context = {"epoch": epoch, "index": idx, "key": jax.random.fold_in(key, 3), "all_labels": y}
   if pool is not None:
     context["pool"], context["pool_count"] = pool, pool_count
+  if step is not None:
+    context["step"] = step
   if guide is not None:
     context["teachers"] = guide(aux, xb, raw, idx)
   xb = image_input(config.model, xb, raw)
@@ -224,9 +228,9 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
   train_step). `mesh`: each device runs its own runs (`jkd.parallel.per_device`).
   """
   batch = config.train.batch_size
-  step = jax.vmap(lambda s, x, y, i, a, k, hp, m, sd, e, ax, tr, tc: train_step(
-      model, config, objective, s, x, y, i, a, k, hp, m, sd, e, num_classes, guide, ax, tr, tc),
-      in_axes=(0, None, None, 0, 0, 0, 0, 0, 0, None, 0, 0, 0))
+  step = jax.vmap(lambda s, x, y, i, a, k, hp, m, sd, e, ax, tr, tc, n: train_step(
+      model, config, objective, s, x, y, i, a, k, hp, m, sd, e, num_classes, guide, ax, tr, tc,
+      n), in_axes=(0, None, None, 0, 0, 0, 0, 0, 0, None, 0, 0, 0, None))
 
   def epoch_keys(runs: Runs, epoch):
     return jax.vmap(lambda k: jax.random.fold_in(k, epoch))(runs.key)
@@ -241,7 +245,7 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
         perm_keys, runs.train, runs.train_count, batch, num_batches)
     _, terms = jax.eval_shape(step, state, x, y, idx[:, 0], mask[:, 0], step_keys(keys, 0),
                               runs.hp, runs.mean, runs.std, epoch, aux, runs.train,
-                              runs.train_count)
+                              runs.train_count, jnp.int32(0))
     return idx, mask, jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), terms)
 
   def steps_fn(state, sums, x, y, runs: Runs, idx, mask, epoch, lo, hi, aux=()):
@@ -252,7 +256,7 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
       state, terms = step(state, x, y, jax.lax.dynamic_index_in_dim(idx, s, 1, keepdims=False),
                           jax.lax.dynamic_index_in_dim(mask, s, 1, keepdims=False),
                           step_keys(keys, s), runs.hp, runs.mean, runs.std, epoch, aux,
-                          runs.train, runs.train_count)
+                          runs.train, runs.train_count, jnp.asarray(s, jnp.int32))
       return state, jax.tree.map(jnp.add, sums, terms)
 
     return jax.lax.fori_loop(lo, hi, body, (state, sums))

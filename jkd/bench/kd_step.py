@@ -61,7 +61,7 @@ def stage_config(a: argparse.Namespace, method: str = "lab", image: str = "gaf")
       kd.loss.annealing.tau_max = 1
     if method == "crd":
       kd.loss.crd.nce_k = min(kd.loss.crd.nce_k, a.batch * a.steps // 2)   # the data's size
-    if method == "camkd" and len(kd.distill.teachers) < 2:   # its feature term needs several
+    if method in ("camkd", "mtkd_rl") and len(kd.distill.teachers) < 2:   # they need several
       pipeline.add_teacher(c, "signal2", c.teachers.signal.model.to_dict())
       kd.distill.teachers = ("signal", "signal2")
   cfg = pipeline.stage_config(c, "student_kd", "/tmp/jkd-bench-kd-step")
@@ -119,7 +119,8 @@ def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
       cache_s += time.perf_counter() - t0
     aux.append(variables)
   n = a.batch * a.steps
-  extra, _ = setup_lib._term_init(cfg, model, ts, (a.length, a.channels), n, n)
+  extra, _ = setup_lib._term_init(cfg, model, ts, (a.length, a.channels), n, n,
+                                  batch_size=a.batch, batches_per_epoch=a.steps)
   state = parallel.shard_runs(train_lib.init_state(
       model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp, None, extra,
       host_vars if extra is not None else None), m)

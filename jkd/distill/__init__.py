@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mc
 
-from jkd.distill import (annealing, at, camkd, ce, crd, dist, dkd, fitnet, focal, kd, pkt, rkd,
-                         simkd, sp, srrl)
+from jkd.distill import (annealing, at, camkd, ce, crd, dcd, dist, dkd, fitnet, focal, kd,
+                         mtkd_rl, pefd, pkt, rkd, simkd, sp, srrl)
 from jkd.distill.term import LAST, Batch, Info, Needs, Outputs, Term, TermError
 
 TERMS: dict[str, Term] = {m.TERM.name: m.TERM for m in (
-    ce, focal, kd, dkd, dist, sp, at, fitnet, rkd, pkt, annealing, crd, simkd, srrl, camkd)}
+    ce, focal, kd, dkd, dist, sp, at, fitnet, rkd, pkt, annealing, crd, simkd, srrl, camkd, pefd,
+    mtkd_rl, dcd)}
 HARD = ("ce", "focal")
 __all__ = ["TERMS", "Batch", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
            "loss_defaults", "check", "per_run_keys", "ranges", "teacher_needs", "init",
@@ -144,7 +145,8 @@ def make_objective(config: mc.ConfigDict) -> Callable:
   `context['distill']`: this run's `{'params', 'batch_stats'}` of the terms' trainable parts;
   from the training step (`jkd.train.train_step`) also `index` (the batch's dataset indices),
   `key` (a PRNG key of the run and step), `pool` and `pool_count` (the run's training indices)
-  and `all_labels` (every window's label), which `Batch` carries to the terms."""
+  `all_labels` (every window's label) and `step` (the step's index within the epoch), which
+  `Batch` carries to the terms."""
   loss = config.loss
   names = tuple(config.distill.teachers)
   listed = [(n, TERMS[n], loss[n]) for n in loss.terms]
@@ -157,7 +159,8 @@ def make_objective(config: mc.ConfigDict) -> Callable:
     batch = Batch(student, list(context["teachers"]), teacher_weights(hp, names), labels,
                   context["epoch"], epochs, index=context.get("index"), key=context.get("key"),
                   pool=context.get("pool"), pool_count=context.get("pool_count"),
-                  all_labels=context.get("all_labels"), teacher_models=models)
+                  all_labels=context.get("all_labels"), teacher_models=models,
+                  step=context.get("step"))
     total, terms, stats = jnp.float32(0.0), {}, {}
     for name, term, cfg in listed:
       thp = {k: hp[f"loss.{name}.{k}"] for k in term.per_run}

@@ -93,6 +93,8 @@ class Info:
   teacher_models: tuple = ()    # each teacher's model section (name, ndim, kwargs), stage order
   teachers: tuple = ()          # each teacher's Outputs as shapes (ShapeDtypeStruct leaves)
   teacher_variables: Any = None  # init only: this run's variables of each teacher (a list)
+  batch_size: int = 0           # train.batch_size (init sees shape-only outputs of 2 windows)
+  batches_per_epoch: int = 0    # training steps of an epoch (the largest fold's)
 
 
 @dataclasses.dataclass
@@ -113,6 +115,7 @@ class Batch:
   pool_count: Array | None = None  # () how many of `pool` are real
   all_labels: Array | None = None  # (N,) the labels of every window of x
   teacher_models: tuple = ()       # each teacher's model section, as Info.teacher_models
+  step: Array | None = None        # () the step's index within its epoch, the same in every run
 
   def hard_labels(self) -> Array:
     return self.labels if self.labels.ndim == 1 else jnp.argmax(self.labels, -1)

@@ -1,0 +1,80 @@
+"""DCD, discriminative and consistent representation distillation (Giakoumoglou & Stathaki, arXiv
+2407.11802, 2024), on pooled embeddings; the lab's "DCD" row.
+
+Source: giakoumoglou/distillers `distillers/DCD.py` (`DCDLoss`, `LearnableParams`; the same in
+`cifar/distillers/DCD.py`) and `train_student.py` ('dcd': reads `feat[-1]`, the pooled embedding;
+the heads and the scalars in the optimizer's list; run as `-a 0 -b 1`, CE + 1 · DCD, or `-a 1 -b 1`
+for DCD + KD: list 'kd' too). Per teacher k: `embed_s` Linear(d_s → feat_dim) and `embed_t`
+Linear(d_t,k → feat_dim), PyTorch's default init (kernel and bias U(±1/sqrt(in))), and two scalars,
+`tau` (init 1) and `b` (init 0): L = min(e^tau, max_tau) · cos(f_s, f_t) + b over the batch,
+contrast (in-batch cross-entropy) + α · consistency (row/column softmax KL), `losses.dcd_loss`.
+Heads and scalars are TRAINABLE (with the student, by its optimizer, weight-decayed as the
+authors' SGD does) and dropped at inference. Several teachers: Σ_k w_k L_k.
+"""
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jkd import losses
+from jkd.distill.term import Needs, Term, TermError
+from jkd.models import layers
+
+
+def _linear(d_in: int, d_out: int) -> layers.Linear:
+  return layers.Linear(d_out, bias_init=layers.torch_default_bias(d_in))
+
+
+def _real(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+class DCD(Term):
+  name = "dcd"
+  source = ("Giakoumoglou & Stathaki, arXiv 2407.11802; giakoumoglou/distillers distillers/DCD.py "
+            "(DCDLoss), train_student.py ('dcd')")
+  defaults = {"weight": 1.0, "alpha": 0.5, "max_tau": losses.DCD_MAX_TAU, "feat_dim": 128,
+              "init_tau": 1.0, "init_bias": 0.0}
+  per_run = ("weight", "alpha", "max_tau")
+  ranges = {"alpha": ">= 0", "max_tau": "> 0", "feat_dim": ">= 1"}
+
+  def check(self, cfg, teachers, student, epochs):
+    d = cfg.feat_dim
+    if not _real(d) or not float(d).is_integer() or d < 1:
+      raise TermError(f"loss.dcd.feat_dim={d!r} must be a positive integer (the authors use 128); "
+                      "set --config.loss.dcd.feat_dim=128")
+    for key in ("init_tau", "init_bias"):
+      if not _real(cfg[key]) or not math.isfinite(cfg[key]):
+        raise TermError(f"loss.dcd.{key}={cfg[key]!r} must be a finite number (the authors use "
+                        f"{self.defaults[key]})")
+
+  def needs(self, cfg):
+    return Needs(embedding=True)
+
+  def init(self, cfg, key, student, teachers, info=None):
+    d_s, dim = student.embedding.shape[-1], int(cfg.feat_dim)
+    params = {}
+    for i, t in enumerate(teachers):
+      ks, kt = jax.random.split(jax.random.fold_in(key, i))
+      d_t = t.embedding.shape[-1]
+      params[str(i)] = {
+          "embed_s": _linear(d_s, dim).init(ks, jnp.zeros((1, d_s), jnp.float32))["params"],
+          "embed_t": _linear(d_t, dim).init(kt, jnp.zeros((1, d_t), jnp.float32))["params"],
+          "tau": jnp.float32(cfg.init_tau), "b": jnp.float32(cfg.init_bias)}
+    return {"params": params, "batch_stats": {}}
+
+  def loss(self, cfg, hp, batch):
+    e_s, dim = batch.student.embedding, int(cfg.feat_dim)
+    per = []
+    for i, t in enumerate(batch.teachers):
+      p, e_t = batch.params[str(i)], jax.lax.stop_gradient(t.embedding)
+      f_s = _linear(e_s.shape[-1], dim).apply({"params": p["embed_s"]}, e_s)
+      f_t = _linear(e_t.shape[-1], dim).apply({"params": p["embed_t"]}, e_t)
+      per.append(losses.dcd_loss(f_s, f_t, tau=p["tau"], bias=p["b"], alpha=hp["alpha"],
+                                 max_tau=hp["max_tau"]))
+    return jnp.sum(batch.teacher_weights * jnp.stack(per))
+
+
+TERM = DCD()

@@ -1,0 +1,278 @@
+"""DCD (`jkd.distill.dcd`, giakoumoglou/distillers distillers/DCD.py): the loss against numpy
+(with and without a mask), the term through the engine with two teachers of different widths
+against numpy from the params `distill.init` made (PyTorch's default Linear init, tau 1, b 0), the
+gradient into the heads and into tau, the clamp of exp(tau), the scalar bias being inert (a
+shift of every logit), every per-run key changing the objective, the refused bad static keys,
+and one engine epoch training the heads and tau in the state."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+import pytest
+
+from jkd import config as config_lib
+from jkd import distill, losses
+from jkd import runs as runs_lib
+from jkd import setup as setup_lib
+from jkd import state as state_lib
+from jkd import teachers as teachers_lib
+from jkd import train as train_lib
+from jkd.distill import Outputs, TermError
+from jkd.models import layers
+
+B, K, D_S, D_T = 6, 3, 8, (12, 5)
+
+
+def _log_softmax(z, axis):
+  z = z - z.max(axis, keepdims=True)
+  return z - np.log(np.exp(z).sum(axis, keepdims=True))
+
+
+def _dcd_np(f_s, f_t, tau, b, alpha, max_tau=10.0):
+  """DCDLoss.forward, literally: normalise, logits, CE on arange, kl_div(batchmean)."""
+  a = f_s / np.maximum(np.linalg.norm(f_s, axis=1, keepdims=True), 1e-12)
+  t = f_t / np.maximum(np.linalg.norm(f_t, axis=1, keepdims=True), 1e-12)
+  n = a.shape[0]
+  logits = a @ t.T * np.clip(np.exp(tau), 0.0, max_tau) + b
+  p1 = _log_softmax(logits, 1)
+  contrast = -np.mean(p1[np.arange(n), np.arange(n)])
+  p2 = np.exp(_log_softmax(logits, 0)).T                  # softmax(logits, dim=0).t()
+  invariance = np.sum(p2 * (np.log(p2) - p1)) / n          # kl_div(p1, p2, 'batchmean')
+  return contrast + alpha * invariance
+
+
+def _config(**dcd):
+  loss = distill.loss_defaults(("ce", "dcd"))
+  loss.dcd.update(dcd)
+  return mc.ConfigDict({
+      "train": {"epochs": 3}, "distill": {"teachers": ("a", "b")},
+      "teachers": {"a": {"weight": 1.0, "model": {"name": "wrn10_1", "ndim": 1}},
+                   "b": {"weight": 2.0, "model": {"name": "resnet18", "ndim": 1}}},
+      "loss": loss})
+
+
+def _hp(c, **over):
+  return {k: jnp.float32(over.get(k, config_lib.get(c, k)))
+          for k in distill.per_run_keys(c.loss, tuple(c.distill.teachers))}
+
+
+@pytest.fixture(scope="module")
+def world():
+  r = np.random.default_rng(0)
+  n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
+  c = _config()
+  student = (n(B, K), (n(B, 8, 4), n(B, 4, 8), n(B, D_S)))
+  teach = [Outputs(n(B, K), {}, n(B, d)) for d in D_T]
+  labels = jnp.asarray(r.integers(0, K, B), jnp.int32)
+  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach)
+  obj = jax.jit(distill.make_objective(c))
+
+  def run(own, hp=None):
+    ctx = {"epoch": jnp.int32(0), "teachers": teach, "distill": own}
+    return obj(*student, labels, _hp(c) if hp is None else hp, ctx)
+
+  return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run)
+
+
+def _with(own, k, **scalars):
+  p = jax.tree.map(lambda x: x, own["params"])
+  p["dcd"][str(k)] = {**p["dcd"][str(k)], **{n: jnp.float32(v) for n, v in scalars.items()}}
+  return {"params": p, "batch_stats": own["batch_stats"]}
+
+
+def test_dcd_loss_matches_numpy_with_and_without_mask():
+  r = np.random.default_rng(1)
+  f_s, f_t = r.normal(size=(5, 7)), r.normal(size=(5, 7))
+  for tau, b, alpha in ((1.0, 0.0, 0.5), (0.3, 0.7, 2.0), (3.0, -1.0, 0.5)):   # 3: e^3 > 10
+    got = losses.dcd_loss(jnp.float32(f_s), jnp.float32(f_t), tau=jnp.float32(tau),
+                          bias=jnp.float32(b), alpha=alpha)
+    np.testing.assert_allclose(float(got), _dcd_np(f_s, f_t, tau, b, alpha), rtol=1e-5)
+  mask = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
+  junk_s, junk_t = f_s.copy(), f_t.copy()
+  junk_s[1], junk_t[4] = 1e6, -1e6                         # masked-out rows have no influence
+  got = losses.dcd_loss(jnp.float32(junk_s), jnp.float32(junk_t), tau=jnp.float32(0.3),
+                        bias=jnp.float32(0.0), alpha=0.5, mask=jnp.float32(mask))
+  keep = mask > 0
+  np.testing.assert_allclose(float(got), _dcd_np(f_s[keep], f_t[keep], 0.3, 0.0, 0.5), rtol=1e-5)
+  g = jax.grad(lambda x: losses.dcd_loss(x, jnp.float32(f_t), tau=jnp.float32(0.3),
+                                         bias=jnp.float32(0.0), mask=jnp.float32(mask)))(
+      jnp.float32(junk_s))
+  assert np.all(np.isfinite(g)) and not np.any(np.asarray(g)[~keep])
+
+
+def test_tau_gets_gradient_below_the_clamp_none_above_and_the_bias_is_inert():
+  r = np.random.default_rng(2)
+  f_s, f_t = jnp.float32(r.normal(size=(6, 4))), jnp.float32(r.normal(size=(6, 4)))
+  f = lambda tau, b: losses.dcd_loss(f_s, f_t, tau=tau, bias=b, alpha=0.5)
+  g_tau, g_b = jax.grad(f, argnums=(0, 1))(jnp.float32(1.0), jnp.float32(0.0))
+  assert abs(float(g_tau)) > 1e-3 and abs(float(g_b)) < 1e-6
+  # above log(max_tau) the scale is max_tau and tau gets no gradient (torch clamp)
+  g_tau, _ = jax.grad(f, argnums=(0, 1))(jnp.float32(3.0), jnp.float32(0.0))
+  assert float(g_tau) == 0.0
+  at_bound = float(f(jnp.float32(np.log(10.0)), 0.0))
+  np.testing.assert_allclose(float(f(jnp.float32(3.0), 0.0)), at_bound, rtol=1e-6)
+  # a scalar bias shifts every logit of a row alike: neither softmax sees it
+  np.testing.assert_allclose(float(f(jnp.float32(1.0), 5.0)), float(f(jnp.float32(1.0), 0.0)),
+                             rtol=1e-5)
+
+
+def test_heads_and_scalars_at_init():
+  c = _config()
+  d_s, d_t = 64, 40
+  s = Outputs(jnp.zeros((2, K)), {}, jnp.zeros((2, d_s)))
+  own = distill.init(c.loss, jax.random.PRNGKey(3), s, [Outputs(jnp.zeros((2, K)), {},
+                                                                 jnp.zeros((2, d_t)))])
+  p = own["params"]["dcd"]["0"]
+  assert sorted(p) == ["b", "embed_s", "embed_t", "tau"]
+  assert float(p["tau"]) == 1.0 and float(p["b"]) == 0.0
+  for name, d in (("embed_s", d_s), ("embed_t", d_t)):
+    kern, bias = np.asarray(p[name]["kernel"]), np.asarray(p[name]["bias"])
+    assert kern.shape == (d, 128) and bias.shape == (128,)
+    bound = 1.0 / np.sqrt(d)
+    for a in (kern, bias):
+      assert np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
+  assert own["batch_stats"]["dcd"] == {}
+
+
+def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
+  w = world
+  total, terms, stats = w["run"](w["own"])
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), w["own"]["params"]["dcd"])
+  emb = np.asarray(w["student"][1][-1], np.float64)
+  want = 0.0
+  for k, (wt, t) in enumerate(zip((1.0, 2.0), w["teach"])):
+    q = p[str(k)]
+    assert q["embed_t"]["kernel"].shape == (D_T[k], 128)
+    f_s = emb @ q["embed_s"]["kernel"] + q["embed_s"]["bias"]
+    f_t = np.asarray(t.embedding, np.float64) @ q["embed_t"]["kernel"] + q["embed_t"]["bias"]
+    want += wt * _dcd_np(f_s, f_t, q["tau"], q["b"], 0.5)
+  np.testing.assert_allclose(float(terms["dcd"]), want, rtol=1e-5)
+  np.testing.assert_allclose(float(total), float(terms["ce"]) + 1.0 * want, rtol=1e-5)
+  assert "dcd" not in stats
+  # the clamp holds through the term: tau above log(10) gives the value at log(10)
+  hi, lo = _with(w["own"], 1, tau=4.0), _with(w["own"], 1, tau=np.log(10.0))
+  np.testing.assert_allclose(float(w["run"](hi)[1]["dcd"]), float(w["run"](lo)[1]["dcd"]),
+                             rtol=1e-5)
+
+
+def test_gradients_reach_the_heads_and_tau_but_not_above_the_clamp(world):
+  w = world
+
+  def total(params, own):
+    own = {"params": {**own["params"], "dcd": params}, "batch_stats": own["batch_stats"]}
+    return w["run"](own)[0]
+
+  grads = jax.grad(total)(w["own"]["params"]["dcd"], w["own"])
+  for k in ("0", "1"):
+    for head in ("embed_s", "embed_t"):
+      assert np.any(np.asarray(grads[k][head]["kernel"])), (k, head)
+    assert abs(float(grads[k]["tau"])) > 1e-4, k
+    assert abs(float(grads[k]["b"])) < 1e-5, k              # inert, as in the authors' code
+  clamped = _with(w["own"], 0, tau=3.0)
+  grads = jax.grad(total)(clamped["params"]["dcd"], clamped)
+  assert float(grads["0"]["tau"]) == 0.0 and abs(float(grads["1"]["tau"])) > 1e-4
+
+
+def test_every_per_run_key_changes_the_objective(world):
+  w = world
+  c = w["c"]
+  keys = distill.per_run_keys(c.loss, ("a", "b"))
+  assert {"loss.dcd.weight", "loss.dcd.alpha", "loss.dcd.max_tau", "teachers.a.weight",
+          "teachers.b.weight"} <= set(keys)
+  assert distill.TERMS["dcd"].per_run == ("weight", "alpha", "max_tau")
+  base, terms, _ = w["run"](w["own"])
+  other = {"loss.dcd.weight": 3.0, "loss.dcd.alpha": 1.5, "loss.dcd.max_tau": 2.0,  # < e^1
+           "teachers.a.weight": 0.5, "teachers.b.weight": 0.5}
+  for key in (k for k in keys if k.startswith(("loss.dcd.", "teachers."))):
+    moved, _, _ = w["run"](w["own"], _hp(c, **{key: other[key]}))
+    assert float(moved) != float(base), key
+  moved, _, _ = w["run"](w["own"], _hp(c, **{"loss.dcd.weight": 3.0}))
+  np.testing.assert_allclose(float(moved - base), 2.0 * float(terms["dcd"]), rtol=1e-4)
+
+
+def _check(c):
+  pairs = [(n, c.teachers[n].model) for n in c.distill.teachers]
+  distill.check(c.loss, pairs, mc.ConfigDict({"name": "wrn10_1", "ndim": 1}), 3)
+
+
+@pytest.mark.parametrize("key,bad,match", [
+    ("feat_dim", 0, r"loss\.dcd\.feat_dim=0 must be a positive integer"),
+    ("feat_dim", -2, r"loss\.dcd\.feat_dim=-2 must be a positive integer"),
+    ("feat_dim", True, r"loss\.dcd\.feat_dim=True must be a positive integer"),
+    ("init_tau", float("nan"), r"loss\.dcd\.init_tau=nan must be a finite number"),
+    ("init_bias", float("inf"), r"loss\.dcd\.init_bias=inf must be a finite number"),
+])
+def test_bad_static_values_are_refused_in_one_line(key, bad, match):
+  c = _config()
+  c.loss.dcd[key] = bad
+  with pytest.raises(TermError, match=match) as e:
+    _check(c)
+  assert "\n" not in str(e.value)
+  _check(_config())                                          # the defaults pass
+
+
+def test_static_keys_are_not_per_run():
+  keys = distill.per_run_keys(_config().loss, ("a", "b"))
+  assert not {"loss.dcd.feat_dim", "loss.dcd.init_tau", "loss.dcd.init_bias"} & set(keys)
+  assert distill.ranges(_config().loss, ("a", "b"))["loss.dcd.max_tau"] == "> 0"
+
+
+class _Tiny(nn.Module):
+  """A student with one stage map and its pooled embedding (width 6)."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.relu(layers.BatchNorm()(layers.Conv(6, 3, padding=1)(x), train))
+    emb = layers.global_avg_pool(h)
+    return layers.Linear(K, name="fc")(emb), (h, emb)
+
+
+class _TinyTeacher(nn.Module):
+  """A WRN-shaped teacher (head `batch_norm` → ReLU → pool → `fc`), embedding width 5."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = layers.Conv(5, 4, strides=4)(x)
+    emb = layers.global_avg_pool(nn.relu(layers.BatchNorm(name="batch_norm")(h, train)))
+    return layers.Linear(K, name="fc")(emb), (h, emb)
+
+
+def test_engine_trains_the_heads_and_tau_and_restore_leaves_them_out():
+  L, C, NW = 8, 3, 40
+  c = config_lib.base()
+  c.train.update(batch_size=8, epochs=2)
+  c.optim.update(schedule="constant", lr=0.05)
+  c.loss = distill.loss_defaults(("ce", "kd", "dcd"))
+  c.loss.dcd.feat_dim = 16
+  c.distill = mc.ConfigDict({"teachers": ("a",)})
+  c.teachers = mc.ConfigDict({"a": teachers_lib.spec({"name": "wrn10_1", "ndim": 1})})
+  r = np.random.default_rng(1)
+  x = jnp.asarray(r.normal(size=(NW, L, C)), jnp.float32)
+  y = jnp.asarray(r.integers(0, K, NW), jnp.int32)
+  ts = [teachers_lib.Teacher("a", _TinyTeacher(), c.teachers.a)]
+  v = ts[0].model.init(jax.random.PRNGKey(10), x[:2], train=False)
+  tvars = [jax.tree.map(lambda a: np.asarray(a)[None], v)]             # one run
+  train_idx = np.r_[np.arange(24), np.zeros(4, int)].astype(np.int32)
+  run = runs_lib.Run(0, 0, 1, {})
+  hp = jax.tree.map(jnp.asarray, runs_lib.hparams(c, [run]))
+  inputs = train_lib.Runs(key=state_lib.init_keys(np.array([1])),
+                          train=jnp.asarray(train_idx)[None],
+                          train_count=jnp.asarray([24], jnp.int32), mean=jnp.zeros((1, C)),
+                          std=jnp.ones((1, C)), hp=hp)
+  model = _Tiny()
+  extra, _ = setup_lib._term_init(c, model, ts, (L, C), num_windows=NW, train_windows=24)
+  state = train_lib.init_state(model, c, inputs.key, jnp.zeros((1, L, C)), inputs.hp, None, extra,
+                               tvars)
+  init = jax.tree.map(np.asarray, state.params["distill"]["dcd"]["0"])
+  assert init["embed_s"]["kernel"].shape == (1, 6, 16)             # (runs, d_s, feat_dim)
+  assert init["embed_t"]["kernel"].shape == (1, 5, 16)
+  guide = teachers_lib.make_guide(ts, [False], distill.teacher_needs(c.loss))
+  epoch = train_lib.make_train_epoch(model, c, distill.make_objective(c), 3, K, guide)
+  state, terms = epoch(jax.tree.map(jnp.asarray, state), x, y, inputs, jnp.int32(1), tvars)
+  assert np.all(np.isfinite(np.asarray(terms["loss"]))) and not np.asarray(state.failed)[0]
+  after = jax.tree.map(np.asarray, state.params["distill"]["dcd"]["0"])
+  for part in ("embed_s", "embed_t"):
+    assert not np.array_equal(after[part]["kernel"], init[part]["kernel"]), part
+  assert after["tau"][0] != init["tau"][0] and abs(float(after["b"][0])) < 1e-6   # b: inert

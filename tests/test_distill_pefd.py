@@ -1,0 +1,134 @@
+"""PEFD (`jkd.distill.pefd`, chenyd7/PEFD): the loss and the term through the engine against numpy
+(ReLU, mean of the projectors, cosine without eps, teacher weights), PyTorch's default Linear
+init of the projectors, the refused bad `projectors`, the gradient into the projectors, the
+per-run weight."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+import pytest
+
+from jkd import config as config_lib
+from jkd import distill, losses
+from jkd.distill import Outputs, TermError
+
+B, K, D_S, D_T = 6, 3, 8, (12, 5)
+
+
+def _cos_np(a, b):
+  return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _config(**pefd):
+  loss = distill.loss_defaults(("ce", "pefd"))
+  loss.pefd.update(pefd)
+  return mc.ConfigDict({
+      "train": {"epochs": 3}, "distill": {"teachers": ("a", "b")},
+      "teachers": {"a": {"weight": 1.0, "model": {"name": "wrn10_1", "ndim": 1}},
+                   "b": {"weight": 2.0, "model": {"name": "resnet18", "ndim": 1}}},
+      "loss": loss})
+
+
+def _hp(c, **over):
+  return {k: jnp.float32(over.get(k, config_lib.get(c, k)))
+          for k in distill.per_run_keys(c.loss, tuple(c.distill.teachers))}
+
+
+@pytest.fixture(scope="module")
+def world():
+  r = np.random.default_rng(0)
+  n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
+  c = _config()
+  student = (n(B, K), (n(B, 8, 4), n(B, 4, 8), n(B, D_S)))
+  teach = [Outputs(n(B, K), {}, n(B, d)) for d in D_T]
+  labels = jnp.asarray(r.integers(0, K, B), jnp.int32)
+  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach)
+  obj = jax.jit(distill.make_objective(c))
+
+  def run(own, hp=None):
+    ctx = {"epoch": jnp.int32(0), "teachers": teach, "distill": own}
+    return obj(*student, labels, _hp(c) if hp is None else hp, ctx)
+
+  return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run)
+
+
+def test_pefd_loss_matches_numpy_with_and_without_mask():
+  r = np.random.default_rng(1)
+  a, b = r.normal(size=(5, 7)), r.normal(size=(5, 7))
+  want = np.mean(1.0 - _cos_np(a, b))
+  np.testing.assert_allclose(float(losses.pefd_loss(jnp.float32(a), jnp.float32(b))), want,
+                             rtol=1e-5)
+  mask = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
+  want = np.sum(mask * (1.0 - _cos_np(a, b))) / mask.sum()
+  got = losses.pefd_loss(jnp.float32(a), jnp.float32(b), mask=jnp.float32(mask))
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  # the teacher is a target: no gradient flows into it
+  g = jax.grad(lambda t: losses.pefd_loss(jnp.float32(a), t))(jnp.float32(b))
+  assert not np.any(np.asarray(g))
+
+
+def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
+  w = world
+  total, terms, stats = w["run"](w["own"])
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), w["own"]["params"]["pefd"])
+  emb = np.asarray(w["student"][1][-1], np.float64)
+  want = 0.0
+  for k, (wt, t) in enumerate(zip((1.0, 2.0), w["teach"])):
+    assert sorted(p[str(k)]) == ["0", "1", "2"]                  # three projectors, no fourth
+    proj = np.mean([np.maximum(emb @ q["kernel"] + q["bias"], 0.0) for q in p[str(k)].values()], 0)
+    assert proj.shape == (B, D_T[k])
+    want += wt * np.mean(1.0 - _cos_np(np.asarray(t.embedding, np.float64), proj))
+  np.testing.assert_allclose(float(terms["pefd"]), want, rtol=1e-5)
+  np.testing.assert_allclose(float(total), float(terms["ce"]) + 25.0 * want, rtol=1e-5)
+  assert "pefd" not in stats
+
+
+def test_projectors_have_pytorch_default_linear_init():
+  d_s, d_t = 64, 40
+  c = _config()
+  s = Outputs(jnp.zeros((2, K)), {}, jnp.zeros((2, d_s)))
+  own = distill.init(c.loss, jax.random.PRNGKey(3), s, [Outputs(jnp.zeros((2, K)), {},
+                                                                 jnp.zeros((2, d_t)))])
+  bound = 1.0 / np.sqrt(d_s)
+  ps = own["params"]["pefd"]["0"]
+  assert len(ps) == 3
+  for q in ps.values():
+    kern, bias = np.asarray(q["kernel"]), np.asarray(q["bias"])
+    assert kern.shape == (d_s, d_t) and bias.shape == (d_t,)
+    for a in (kern, bias):
+      assert np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
+    np.testing.assert_allclose(kern.std(), bound / np.sqrt(3.0), rtol=0.1)   # uniform
+  assert not np.array_equal(ps["0"]["kernel"], ps["1"]["kernel"])            # independent
+
+
+@pytest.mark.parametrize("bad", [0, -2, True])   # a type-safe int key: no floats get in
+def test_bad_projectors_is_refused_in_one_line(bad):
+  c = _config()
+  c.loss.pefd.projectors = bad
+  pairs = [(n, c.teachers[n].model) for n in c.distill.teachers]
+  with pytest.raises(TermError, match=r"loss\.pefd\.projectors=.*positive integer") as e:
+    distill.check(c.loss, pairs, mc.ConfigDict({"name": "wrn10_1", "ndim": 1}), 3)
+  assert "\n" not in str(e.value) and "--config.loss.pefd.projectors" in str(e.value)
+
+
+def test_gradients_reach_the_projectors_and_the_weight_is_per_run(world):
+  w = world
+  c = w["c"]
+  assert {"loss.pefd.weight", "teachers.a.weight", "teachers.b.weight"} <= set(
+      distill.per_run_keys(c.loss, ("a", "b")))
+  assert distill.TERMS["pefd"].per_run == ("weight",)            # projectors: static
+
+  def total(params):
+    own = {"params": {**w["own"]["params"], "pefd": params}, "batch_stats": w["own"]["batch_stats"]}
+    return w["run"](own)[0]
+
+  grads = jax.grad(total)(w["own"]["params"]["pefd"])
+  for k in ("0", "1"):
+    for j in ("0", "1", "2"):
+      assert np.any(np.asarray(grads[k][j]["kernel"])), (k, j)
+  base, terms, _ = w["run"](w["own"])
+  other, _, _ = w["run"](w["own"], _hp(c, **{"loss.pefd.weight": 10.0}))
+  np.testing.assert_allclose(float(base - other), 15.0 * float(terms["pefd"]), rtol=1e-4)
+  moved, _, _ = w["run"](w["own"], _hp(c, **{"teachers.b.weight": 0.5}))
+  assert float(moved) != float(base)
