@@ -4,8 +4,9 @@
 
 The rows of configs/pamap_table.py plus the single-teacher baselines of the GENEActiv tables,
 each from the signal teacher with its authors' weights (`jkd.tables`: AT, SP, DKD, DIST, RKD,
-PKT, FitNet, ESKD from the signal teacher's checkpoint after epoch 50, and AVER from GAF +
-signal). β = 700 (the lab's GENEActiv SP weight); 5 subject-grouped folds x 3 trials, 200 epochs.
+PKT, FitNet, CRD, SimKD, SRRL, PEFD), ESKD and full KD (the lab's KD from a WRN16-3 signal
+teacher at its best-accuracy and at its last checkpoint; `eskd_epoch=N` below takes the
+checkpoint after epoch N instead, Cho & Hariharan's early stop), and AVER from GAF + signal. β = 700 (the lab's GENEActiv SP weight); 5 subject-grouped folds x 3 trials, 200 epochs.
 """
 
 import jkd.data
@@ -23,7 +24,7 @@ def get_config(arg: str = "7,1000"):
   config.train.epochs = 200
   config.train.seeds = 3
   tables.table(config, lam=0.99, alpha=0.5, beta=700.0, image_size=64, baselines=True,
-               eskd_epoch=50)
+               eskd_teacher={"name": "wrn16_3"})
   for t in ("gaf", "pi"):
     config.stages[f"teacher_{t}"].train.eval_batch_size = 128
   return config

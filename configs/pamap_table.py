@@ -4,9 +4,9 @@
 
 Teachers WRN16-1 on the signal, on GASF images and on persistence images (S = 64, one image per
 channel); the WRN16-1 student from scratch; then one stage per row (`jkd.tables`): single-teacher
-KD from each teacher, PI + signal and GAF + signal (base, annealing, annealing + SP), three
-teachers with EBKD and CA-MKD weights, and three teachers base / annealing / annealing + SP over
-the lab's four weight triples. The lab's PAMAP2 protocol otherwise (configs/pamap_spkd.py): 9
+KD from each teacher, DCD and "projection" (RP) from the signal teacher, PI + signal and GAF +
+signal (base, annealing, annealing + SP), three teachers with EBKD, CA-MKD and MTKD-RL weights,
+and three teachers base / annealing / annealing + SP over the lab's four weight triples. The lab's PAMAP2 protocol otherwise (configs/pamap_spkd.py): 9
 LOSO folds x 3 trials, 200 epochs, λ = 0.99, T = 4, α = 0.5, β = 200. The report (W/report.md)
 has one row per stage and sweep point, the gain over the scratch student with its paired test,
 and the lab's "±". `--config.teachers.signal.model.name=wrn28_3` etc. gives the other columns

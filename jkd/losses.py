@@ -903,6 +903,37 @@ def dcd_loss(f_s: Array, f_t: Array, *, tau: Array, bias: Array, alpha: float | 
   row = jnp.where(keep, w * (contrast + alpha * consist), 0.0)
   return jnp.sum(row) / jnp.where(total > 0, total, 1.0)
 
+
+# The role of the projector (Miles & Mikolajczyk, AAAI 2024), roymiles/Simple-Recipe-Distillation
+# imagenet/torchdistill/losses/single.py: OurDistillationLoss
+
+
+def projector_loss(f_s_projected: Array, f_t: Array, *, power: float | Array = 4.0,
+                   eps: float = 1e-4, mask: Array | None = None) -> Array:
+  """``log Σ_{b,d} |BN(f̂_s) − BN(f_t)|^p`` on the projected student and the teacher rows (B, D).
+
+  `OurDistillationLoss.forward_loss`: both sides go through their own ``BatchNorm1d(D, eps,
+  affine=False)`` in training mode (each column standardised with the batch's mean and biased
+  variance), the element-wise ``|difference|^p`` (p = 4) is summed over the batch and the
+  features, and the log is taken (no eps; 2 × this outside). A sum, not a mean: it depends on the
+  batch size and width. `mask`: the statistics and the sum over the real rows only.
+  """
+  _check_same(f_s_projected, f_t, "projector_loss")
+  f_t = jax.lax.stop_gradient(f_t)
+  n = f_t.shape[0]
+  w = _weights(mask, n)[:, None]
+  total = jnp.sum(w)
+
+  def bn(x):
+    x = x.reshape(n, -1)
+    mean = jnp.sum(w * x, 0) / total
+    var = jnp.sum(w * (x - mean) ** 2, 0) / total
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+  diff = jnp.abs(bn(f_s_projected) - bn(f_t))
+  return jnp.log(jnp.sum(w * diff ** power))
+
+
 __all__ = [
     "masked_mean", "standardize_logits", "cross_entropy", "focal_loss", "kd_loss", "multi_teacher_kd",
     "distillation_loss", "dual_teacher_loss", "annealing_temperature", "annealing_phi",
@@ -910,5 +941,5 @@ __all__ = [
     "dkd_parts", "dkd_loss", "dist_loss", "rkd_loss", "pkt_loss", "fitnet_loss", "pefd_loss",
     "ebkd_weights", "camkd_weights", "weighted_kd", "camkd_feature_loss",
     "crd_nce_loss", "crd_scores", "crd_estimate_z", "crd_memory_update", "crd_memory_init_bound",
-    "crd_memory_init", "srrl_statm_loss", "dcd_loss",
+    "crd_memory_init", "srrl_statm_loss", "dcd_loss", "projector_loss",
 ]

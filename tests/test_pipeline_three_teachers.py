@@ -1,7 +1,8 @@
 """Three teachers end to end (`python -m jkd.main`): signal, GAF and persistence-image teachers
 trained once, a three-teacher KD stage over weight triples (zipped) in one program, and an ESKD
 stage (the signal teacher's early checkpoint) with FitNet hints, whose trainable regressor lives
-in the train state and checkpoint but not in the student that `restore_run` returns."""
+in the train state and checkpoint but not in the student that `restore_run` returns, and an
+MTKD-RL stage whose agent (its own optimiser, in the run state) trains from the three teachers."""
 
 import json
 import os
@@ -41,6 +42,8 @@ def get_config():
   pipeline.add_early_teacher(c, "signal_early", "signal", 1)
   eskd = pipeline.add_kd_stage(c, "eskd", ("signal_early",), ("ce", "kd", "fitnet"))
   eskd.distill.init_from_scratch = False
+  rl = pipeline.add_kd_stage(c, "three_rl", ("gaf", "pi", "signal"), ("ce", "mtkd_rl"))
+  rl.loss.mtkd_rl.agent_step = 1
   return c
 '''
 
@@ -61,7 +64,7 @@ def test_three_teachers_trained_once_and_distilled_in_one_program(trained):
   w, out = trained
   full = json.loads((w / "results.json").read_text())
   assert {"teacher_signal", "teacher_gaf", "teacher_pi", "student_scratch", "three",
-          "eskd"} == set(full["stages"])
+          "eskd", "three_rl"} == set(full["stages"])
   assert full["stages"]["teacher_pi"]["experiment"]["ndim"] == 2
   three = full["stages"]["three"]
   assert len(three["runs"]) == 6 and all(r["status"] == "ok" for r in three["runs"])
@@ -74,7 +77,7 @@ def test_three_teachers_trained_once_and_distilled_in_one_program(trained):
   for t in ("gaf", "pi", "signal"):
     assert f"teacher {t}: logits, stage (1, 2, 3) outputs cached" in out
   gains = {(g["stage"], g["sweep"]) for g in full["kd_gain"]}
-  assert {g[0] for g in gains} == {"three", "eskd"}
+  assert {g[0] for g in gains} == {"three", "eskd", "three_rl"}
 
 
 def test_eskd_teacher_is_the_early_checkpoint(trained):
@@ -107,3 +110,23 @@ def test_trainable_parts_are_checkpointed_but_not_part_of_the_student(trained):
   assert "distill" not in student["params"] and "distill" not in student["batch_stats"]
   scratch = checkpoint.restore_run(str(w / "student_scratch"), 0)
   assert set(student["params"]) == set(scratch["params"])
+
+
+def test_the_mtkd_rl_agent_trains_in_the_run_state(trained):
+  w, _ = trained
+  from jkd import checkpoint
+  full = json.loads((w / "results.json").read_text())
+  assert all(r["status"] == "ok" for r in full["stages"]["three_rl"]["runs"])
+  raw = checkpoint._restore_raw(str(w / "three_rl"), None)
+  own = raw["batch_stats"]["distill"]["mtkd_rl"]
+  # three teachers: state sizes embedding + classes + 3 each; one stored batch or none per run
+  assert np.asarray(own["states"]).shape[-1] == sum(
+      np.asarray(raw["params"]["distill"]["mtkd_rl"][k]["conv1"]["kernel"]).shape[-1] + 3 + 3
+      for k in ("0", "1", "2"))
+  stem = np.asarray(own["agent"]["stem"])
+  assert stem.shape[0] == 3 and np.all(np.isfinite(stem))
+  states, rewards = np.asarray(own["states"]), np.asarray(own["rewards"])
+  assert np.any(states != 0)                                  # batches were stored
+  assert np.all((rewards >= 0) & (rewards <= 1))
+  student = checkpoint.restore_run(str(w / "three_rl"), 0)
+  assert "distill" not in student["params"] and "distill" not in student["batch_stats"]

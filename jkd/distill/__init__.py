@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import ml_collections as mc
 
 from jkd.distill import (annealing, at, camkd, ce, crd, dcd, dist, dkd, fitnet, focal, kd,
-                         mtkd_rl, pefd, pkt, rkd, simkd, sp, srrl)
+                         mtkd_rl, pefd, pkt, projector, rkd, simkd, sp, srrl)
 from jkd.distill.term import LAST, Batch, Info, Needs, Outputs, Term, TermError
 
 TERMS: dict[str, Term] = {m.TERM.name: m.TERM for m in (
     ce, focal, kd, dkd, dist, sp, at, fitnet, rkd, pkt, annealing, crd, simkd, srrl, camkd, pefd,
-    mtkd_rl, dcd)}
+    dcd, projector, mtkd_rl)}
 HARD = ("ce", "focal")
 __all__ = ["TERMS", "Batch", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
            "loss_defaults", "check", "per_run_keys", "ranges", "teacher_needs", "init",

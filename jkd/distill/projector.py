@@ -1,0 +1,70 @@
+"""The role of the projector (Miles & Mikolajczyk, AAAI 2024): a linear projector, batch
+normalisation and a log-sum distance on pooled embeddings, plus KD at T = 1; the lab's
+"projection" ("RP") row.
+
+Source: roymiles/Simple-Recipe-Distillation `imagenet/torchdistill/losses/single.py`
+(`OurDistillationLoss`), which the lab ran as is (its `PRLoss`, with CE weight 1). Per teacher k:
+a Linear(d_s → d_k) projector P_k (PyTorch's default init, kernel and bias U(±1/sqrt(d_s))) on the
+student's pooled embedding; both P_k(e_s) and the teacher's e_k go through BatchNorm1d(eps 1e-4,
+affine=False) in training mode (batch statistics); the term is
+
+    rep_weight · log Σ_{b,d} |BN(P_k e_s) − BN(e_k)|^power + kd_weight · KD_T(z_s, z_k)
+
+(`jkd.losses.projector_loss`; KD 'batchmean', T = 1), with the authors' rep_weight 2, power 4 and
+kd_weight 1. The projectors are TRAINABLE (with the student, by its optimizer) and dropped at
+inference. Several teachers: Σ_k w_k L_k.
+"""
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jkd import losses
+from jkd.distill.term import Needs, Term, TermError
+from jkd.models import layers
+
+
+def _linear(d_s: int, d_t: int) -> layers.Linear:
+  return layers.Linear(d_t, bias_init=layers.torch_default_bias(d_s))
+
+
+class Projector(Term):
+  name = "projector"
+  source = ("Miles & Mikolajczyk, AAAI 2024; roymiles/Simple-Recipe-Distillation "
+            "imagenet/torchdistill/losses/single.py (OurDistillationLoss)")
+  defaults = {"weight": 1.0, "rep_weight": 2.0, "power": 4.0, "kd_weight": 1.0,
+              "temperature": 1.0, "bn_eps": 1e-4}
+  per_run = ("weight", "rep_weight", "power", "kd_weight", "temperature")
+  ranges = {"rep_weight": ">= 0", "power": "> 0", "kd_weight": ">= 0", "temperature": "> 0",
+            "bn_eps": "> 0"}
+
+  def check(self, cfg, teachers, student, epochs):
+    e = cfg.bn_eps
+    if isinstance(e, bool) or not isinstance(e, numbers.Real) or not e > 0:
+      raise TermError(f"loss.projector.bn_eps={e!r} must be a positive number (the authors use "
+                      "1e-4)")
+
+  def needs(self, cfg):
+    return Needs(embedding=True)
+
+  def init(self, cfg, key, student, teachers, info=None):
+    d_s = student.embedding.shape[-1]
+    x = jnp.zeros(student.embedding.shape, jnp.float32)
+    params = {str(k): _linear(d_s, t.embedding.shape[-1]).init(
+        jax.random.fold_in(key, k), x)["params"] for k, t in enumerate(teachers)}
+    return {"params": params, "batch_stats": {}}
+
+  def loss(self, cfg, hp, batch):
+    e_s, z_s = batch.student.embedding, batch.student.logits
+    per = []
+    for k, t in enumerate(batch.teachers):
+      f_s = _linear(e_s.shape[-1], t.embedding.shape[-1]).apply({"params": batch.params[str(k)]},
+                                                                 e_s)
+      rep = losses.projector_loss(f_s, t.embedding, power=hp["power"], eps=float(cfg.bn_eps))
+      kd = losses.kd_loss(z_s, t.logits, temperature=hp["temperature"])
+      per.append(hp["rep_weight"] * rep + hp["kd_weight"] * kd)
+    return jnp.sum(batch.teacher_weights * jnp.stack(per))
+
+
+TERM = Projector()

@@ -1,0 +1,131 @@
+"""The role of the projector (`jkd.distill.projector`, Miles & Mikolajczyk): the log-sum distance
+after batch normalisation against numpy (with a mask), the term with two teachers of different
+widths against numpy (projector, BN of both sides, |·|⁴, log of the sum, KD at T = 1), the
+gradient into the projectors, every per-run key, a bad `bn_eps`."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+import pytest
+
+from jkd import config as config_lib
+from jkd import distill, losses
+from jkd.distill import Outputs, TermError
+
+B, C, D_S, D_T = 6, 3, 8, (12, 5)
+
+
+def _bn(x, eps=1e-4):                    # BatchNorm1d(affine=False), training mode
+  return (x - x.mean(0)) / np.sqrt(x.var(0) + eps)
+
+
+def _log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _config(**over):
+  loss = distill.loss_defaults(("ce", "projector"))
+  loss.projector.update(over)
+  return mc.ConfigDict({
+      "train": {"epochs": 3}, "distill": {"teachers": ("a", "b")},
+      "teachers": {"a": {"weight": 1.0, "model": {"name": "wrn10_1", "ndim": 1}},
+                   "b": {"weight": 2.0, "model": {"name": "resnet18", "ndim": 1}}},
+      "loss": loss})
+
+
+def _hp(c, **over):
+  return {k: jnp.float32(over.get(k, config_lib.get(c, k)))
+          for k in distill.per_run_keys(c.loss, tuple(c.distill.teachers))}
+
+
+@pytest.fixture(scope="module")
+def world():
+  r = np.random.default_rng(0)
+  n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
+  c = _config()
+  student = (n(B, C), (n(B, 8, 4), n(B, 4, 8), n(B, D_S)))
+  teach = [Outputs(n(B, C) * 2, {}, n(B, d)) for d in D_T]
+  labels = jnp.asarray(r.integers(0, C, B), jnp.int32)
+  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach)
+  obj = jax.jit(distill.make_objective(c))
+
+  def run(own, hp=None):
+    ctx = {"epoch": jnp.int32(0), "teachers": teach, "distill": own}
+    return obj(*student, labels, _hp(c) if hp is None else hp, ctx)
+
+  return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run)
+
+
+def test_projector_loss_matches_numpy_with_and_without_mask():
+  r = np.random.default_rng(1)
+  a, b = r.normal(size=(7, 5)), r.normal(size=(7, 5)) * 3 + 1
+  want = np.log(np.sum(np.abs(_bn(a) - _bn(b)) ** 4))
+  np.testing.assert_allclose(float(losses.projector_loss(jnp.float32(a), jnp.float32(b))), want,
+                             rtol=1e-5)
+  mask = np.array([1, 0, 1, 1, 0, 1, 1.0])
+  keep = mask > 0
+  want = np.log(np.sum(np.abs(_bn(a[keep]) - _bn(b[keep])) ** 4))
+  got = losses.projector_loss(jnp.float32(a), jnp.float32(b), mask=jnp.float32(mask))
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  got = losses.projector_loss(jnp.float32(a), jnp.float32(b), power=2.0)
+  np.testing.assert_allclose(float(got), np.log(np.sum((_bn(a) - _bn(b)) ** 2)), rtol=1e-5)
+  g = jax.grad(lambda t: losses.projector_loss(jnp.float32(a), t))(jnp.float32(b))
+  assert not np.any(np.asarray(g))                      # the teacher is a target
+
+
+def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
+  w = world
+  _, terms, _ = w["run"](w["own"])
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), w["own"]["params"]["projector"])
+  emb = np.asarray(w["student"][1][-1], np.float64)
+  z_s = np.asarray(w["student"][0], np.float64)
+  want = 0.0
+  for k, (wt, t) in enumerate(zip((1.0, 2.0), w["teach"])):
+    proj = emb @ p[str(k)]["kernel"] + p[str(k)]["bias"]
+    assert proj.shape == (B, D_T[k])
+    e_t, z_t = np.asarray(t.embedding, np.float64), np.asarray(t.logits, np.float64)
+    rep = np.log(np.sum(np.abs(_bn(proj) - _bn(e_t)) ** 4))
+    lt = _log_softmax(z_t)
+    kd = np.mean(np.sum(np.exp(lt) * (lt - _log_softmax(z_s)), 1))      # T = 1, batchmean
+    want += wt * (2.0 * rep + kd)
+  np.testing.assert_allclose(float(terms["projector"]), want, rtol=1e-4)
+  bound = 1 / np.sqrt(D_S)                               # PyTorch's default Linear init
+  for k in ("0", "1"):
+    assert np.abs(p[k]["kernel"]).max() <= bound and np.abs(p[k]["bias"]).max() <= bound
+    assert np.abs(p[k]["kernel"]).max() > 0.5 * bound
+
+
+def test_gradients_reach_the_projectors(world):
+  w = world
+  c = w["c"]
+  obj = distill.make_objective(c)
+
+  def f(params):
+    own = {"params": params, "batch_stats": w["own"]["batch_stats"]}
+    ctx = {"epoch": jnp.int32(0), "teachers": w["teach"], "distill": own}
+    return obj(*w["student"], w["labels"], _hp(c), ctx)[0]
+
+  g = jax.grad(f)(w["own"]["params"])["projector"]
+  for k in ("0", "1"):
+    assert float(jnp.abs(g[k]["kernel"]).sum()) > 0
+
+
+def test_every_per_run_key_changes_the_value(world):
+  w = world
+  c = w["c"]
+  ref = float(w["run"](w["own"])[0])
+  keys = distill.per_run_keys(c.loss, ("a", "b"))
+  assert {"loss.projector.power", "loss.projector.temperature", "teachers.b.weight"} <= set(keys)
+  for key in keys:
+    hp = _hp(c, **{key: 1.7 * float(config_lib.get(c, key)) + 0.1})
+    assert float(w["run"](w["own"], hp)[0]) != ref, key
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-3])
+def test_bad_bn_eps_is_refused(eps):
+  c = _config(bn_eps=eps)
+  with pytest.raises(TermError, match=r"loss.projector.bn_eps=.* must be a positive number"):
+    distill.check(c.loss, [("a", mc.ConfigDict({"name": "wrn10_1", "ndim": 1}))],
+                  mc.ConfigDict({"name": "wrn10_1", "ndim": 1}), 3)
