@@ -4,9 +4,10 @@
   python -m jkd.main --config=configs/demo_table.py --workdir=W
 
 The rows of configs/pamap_table.py (`jkd.tables`): signal, GAF and persistence-image teachers
-trained once; the student from scratch; single-teacher KD from each; PI + signal and GAF + signal
-(base, annealing, annealing + SP); three teachers with EBKD and CA-MKD weights and with the lab's
-weight triples (base, annealing, annealing + SP). Small models and images (WRN10-1 students,
+trained once; the student from scratch; single-teacher KD from each; DCD and "projection" from
+the signal teacher; PI + signal and GAF + signal (base, annealing, annealing + SP); three teachers
+with EBKD, CA-MKD and MTKD-RL weights and with the lab's weight triples (base, annealing,
+annealing + SP). Small models and images (WRN10-1 students,
 16 x 16 images), 5 folds of 2 subjects, one trial, non-overlapping windows, a few epochs: numbers
 to see every row work, not to cite.
 """

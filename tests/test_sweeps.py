@@ -50,7 +50,7 @@ def _stepper(c):
 
 
 def _other(value):
-  return value * 0.5 + 0.25 if value else 0.3
+  return value * 0.5 + 0.37 if value else 0.3        # no default is its fixed point 0.74
 
 
 @pytest.mark.parametrize("optim,schedule,loss", [("sgd", "lab", "ce"), ("adam", "step", "focal"),
@@ -90,13 +90,14 @@ def _kd_hp(c):
 
 @pytest.mark.parametrize("terms,alpha", [
     (("ce", "kd", "dkd", "dist", "sp", "at", "rkd", "pkt", "fitnet"), 0.3),
-    (("focal", "kd", "sp"), -1.0),
+    (("focal", "kd", "sp", "pefd", "dcd", "projector"), -1.0),
     (("annealing",), 0.3),
 ])
 def test_every_sweepable_distillation_key_changes_the_objective(terms, alpha):
   c = _kd_config(terms, alpha=alpha)
   c.loss.ce.label_smoothing = 0.1
   c.loss.annealing.tau_max = 4
+  c.loss.dcd.init_tau = 2.0          # e² between max_tau and its other value: the clamp matters
   r = np.random.default_rng(0)
   B, K = 6, 4
   n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
