@@ -19,12 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from jkd import losses
+from jkd.distill import heads
 from jkd.distill.term import Needs, Term, TermError
-from jkd.models import layers
-
-
-def _linear(d_in: int, d_out: int) -> layers.Linear:
-  return layers.Linear(d_out, bias_init=layers.torch_default_bias(d_in))
 
 
 def _real(v) -> bool:
@@ -60,8 +56,8 @@ class DCD(Term):
       ks, kt = jax.random.split(jax.random.fold_in(key, i))
       d_t = t.embedding.shape[-1]
       params[str(i)] = {
-          "embed_s": _linear(d_s, dim).init(ks, jnp.zeros((1, d_s), jnp.float32))["params"],
-          "embed_t": _linear(d_t, dim).init(kt, jnp.zeros((1, d_t), jnp.float32))["params"],
+          "embed_s": heads.torch_linear(d_s, dim).init(ks, jnp.zeros((1, d_s), jnp.float32))["params"],
+          "embed_t": heads.torch_linear(d_t, dim).init(kt, jnp.zeros((1, d_t), jnp.float32))["params"],
           "tau": jnp.float32(cfg.init_tau), "b": jnp.float32(cfg.init_bias)}
     return {"params": params, "batch_stats": {}}
 
@@ -70,8 +66,8 @@ class DCD(Term):
     per = []
     for i, t in enumerate(batch.teachers):
       p, e_t = batch.params[str(i)], jax.lax.stop_gradient(t.embedding)
-      f_s = _linear(e_s.shape[-1], dim).apply({"params": p["embed_s"]}, e_s)
-      f_t = _linear(e_t.shape[-1], dim).apply({"params": p["embed_t"]}, e_t)
+      f_s = heads.torch_linear(e_s.shape[-1], dim).apply({"params": p["embed_s"]}, e_s)
+      f_t = heads.torch_linear(e_t.shape[-1], dim).apply({"params": p["embed_t"]}, e_t)
       per.append(losses.dcd_loss(f_s, f_t, tau=p["tau"], bias=p["b"], alpha=hp["alpha"],
                                  max_tau=hp["max_tau"]))
     return jnp.sum(batch.teacher_weights * jnp.stack(per))

@@ -245,6 +245,12 @@ class SRRLConnector(nn.Module):
 # CRD and CA-MKD embeddings
 
 
+def torch_linear(d_in: int, d_out: int) -> layers.Linear:
+  """PyTorch's `nn.Linear(d_in, d_out)` as it initialises it: kernel and bias U(±1/sqrt(d_in))
+  (the projectors and heads of PEFD, DCD and the role-of-the-projector loss)."""
+  return layers.Linear(d_out, bias_init=layers.torch_default_bias(d_in))
+
+
 class Embed(nn.Module):
   """CRD's embedding head, RepDistiller `crd/criterion.py: Embed`: flatten, Linear(→dim) with
   PyTorch's default init (kernel and bias ``U(±1/sqrt(in))``), then ``x / ‖x‖₂`` (no eps; a zero
@@ -289,5 +295,5 @@ class CAMKDEmbed(nn.Module):
     return block(x, self.t_channels, 1, 0, 3)
 
 
-__all__ = ["adaptive_avg_pool", "simkd_align", "camkd_align", "ConvRegSpec", "conv_reg_spec",
+__all__ = ["torch_linear", "adaptive_avg_pool", "simkd_align", "camkd_align", "ConvRegSpec", "conv_reg_spec",
            "ConvTranspose", "ConvReg", "SimKDProjector", "SRRLConnector", "Embed", "CAMKDEmbed"]

@@ -16,17 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from jkd import losses
+from jkd.distill import heads
 from jkd.distill.term import Needs, Term, TermError
-from jkd.models import layers
-
-
-def _linear(d_s: int, d_t: int) -> layers.Linear:
-  return layers.Linear(d_t, bias_init=layers.torch_default_bias(d_s))
 
 
 def project(params: dict, f_s: jax.Array, d_t: int) -> jax.Array:
   """The ensemble's output mean_k ReLU(Linear_k(f_s)), (B, d_t), from one teacher's params."""
-  lin = _linear(f_s.shape[-1], d_t)
+  lin = heads.torch_linear(f_s.shape[-1], d_t)
   outs = [jax.nn.relu(lin.apply({"params": params[str(j)]}, f_s)) for j in range(len(params))]
   return sum(outs) / len(outs)
 
@@ -51,7 +47,7 @@ class PEFD(Term):
     x = jnp.zeros(student.embedding.shape, jnp.float32)
     params = {}
     for i, t in enumerate(teachers):
-      lin, ki = _linear(d_s, t.embedding.shape[-1]), jax.random.fold_in(key, i)
+      lin, ki = heads.torch_linear(d_s, t.embedding.shape[-1]), jax.random.fold_in(key, i)
       params[str(i)] = {str(j): lin.init(jax.random.fold_in(ki, j), x)["params"] for j in range(q)}
     return {"params": params, "batch_stats": {}}
 

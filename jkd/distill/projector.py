@@ -21,12 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from jkd import losses
+from jkd.distill import heads
 from jkd.distill.term import Needs, Term, TermError
-from jkd.models import layers
-
-
-def _linear(d_s: int, d_t: int) -> layers.Linear:
-  return layers.Linear(d_t, bias_init=layers.torch_default_bias(d_s))
 
 
 class Projector(Term):
@@ -51,7 +47,7 @@ class Projector(Term):
   def init(self, cfg, key, student, teachers, info=None):
     d_s = student.embedding.shape[-1]
     x = jnp.zeros(student.embedding.shape, jnp.float32)
-    params = {str(k): _linear(d_s, t.embedding.shape[-1]).init(
+    params = {str(k): heads.torch_linear(d_s, t.embedding.shape[-1]).init(
         jax.random.fold_in(key, k), x)["params"] for k, t in enumerate(teachers)}
     return {"params": params, "batch_stats": {}}
 
@@ -59,7 +55,7 @@ class Projector(Term):
     e_s, z_s = batch.student.embedding, batch.student.logits
     per = []
     for k, t in enumerate(batch.teachers):
-      f_s = _linear(e_s.shape[-1], t.embedding.shape[-1]).apply({"params": batch.params[str(k)]},
+      f_s = heads.torch_linear(e_s.shape[-1], t.embedding.shape[-1]).apply({"params": batch.params[str(k)]},
                                                                  e_s)
       rep = losses.projector_loss(f_s, t.embedding, power=hp["power"], eps=float(cfg.bn_eps))
       kd = losses.kd_loss(z_s, t.logits, temperature=hp["temperature"])
