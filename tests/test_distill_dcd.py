@@ -22,6 +22,8 @@ from jkd import train as train_lib
 from jkd.distill import Outputs, TermError
 from jkd.models import layers
 
+from distill_setup import TinyWRN, kd_config, per_run_hp
+
 B, K, D_S, D_T = 6, 3, 8, (12, 5)
 
 
@@ -44,18 +46,7 @@ def _dcd_np(f_s, f_t, tau, b, alpha, max_tau=10.0):
 
 
 def _config(**dcd):
-  loss = distill.loss_defaults(("ce", "dcd"))
-  loss.dcd.update(dcd)
-  return mc.ConfigDict({
-      "train": {"epochs": 3}, "distill": {"teachers": ("a", "b")},
-      "teachers": {"a": {"weight": 1.0, "model": {"name": "wrn10_1", "ndim": 1}},
-                   "b": {"weight": 2.0, "model": {"name": "resnet18", "ndim": 1}}},
-      "loss": loss})
-
-
-def _hp(c, **over):
-  return {k: jnp.float32(over.get(k, config_lib.get(c, k)))
-          for k in distill.per_run_keys(c.loss, tuple(c.distill.teachers))}
+  return kd_config(("ce", "dcd"), dcd=dcd)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +62,7 @@ def world():
 
   def run(own, hp=None):
     ctx = {"epoch": jnp.int32(0), "teachers": teach, "distill": own}
-    return obj(*student, labels, _hp(c) if hp is None else hp, ctx)
+    return obj(*student, labels, per_run_hp(c) if hp is None else hp, ctx)
 
   return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run)
 
@@ -186,9 +177,9 @@ def test_every_per_run_key_changes_the_objective(world):
   other = {"loss.dcd.weight": 3.0, "loss.dcd.alpha": 1.5, "loss.dcd.max_tau": 2.0,  # < e^1
            "teachers.a.weight": 0.5, "teachers.b.weight": 0.5}
   for key in (k for k in keys if k.startswith(("loss.dcd.", "teachers."))):
-    moved, _, _ = w["run"](w["own"], _hp(c, **{key: other[key]}))
+    moved, _, _ = w["run"](w["own"], per_run_hp(c, **{key: other[key]}))
     assert float(moved) != float(base), key
-  moved, _, _ = w["run"](w["own"], _hp(c, **{"loss.dcd.weight": 3.0}))
+  moved, _, _ = w["run"](w["own"], per_run_hp(c, **{"loss.dcd.weight": 3.0}))
   np.testing.assert_allclose(float(moved - base), 2.0 * float(terms["dcd"]), rtol=1e-4)
 
 
@@ -229,16 +220,6 @@ class _Tiny(nn.Module):
     return layers.Linear(K, name="fc")(emb), (h, emb)
 
 
-class _TinyTeacher(nn.Module):
-  """A WRN-shaped teacher (head `batch_norm` → ReLU → pool → `fc`), embedding width 5."""
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    h = layers.Conv(5, 4, strides=4)(x)
-    emb = layers.global_avg_pool(nn.relu(layers.BatchNorm(name="batch_norm")(h, train)))
-    return layers.Linear(K, name="fc")(emb), (h, emb)
-
-
 def test_engine_trains_the_heads_and_tau_and_restore_leaves_them_out():
   L, C, NW = 8, 3, 40
   c = config_lib.base()
@@ -251,7 +232,7 @@ def test_engine_trains_the_heads_and_tau_and_restore_leaves_them_out():
   r = np.random.default_rng(1)
   x = jnp.asarray(r.normal(size=(NW, L, C)), jnp.float32)
   y = jnp.asarray(r.integers(0, K, NW), jnp.int32)
-  ts = [teachers_lib.Teacher("a", _TinyTeacher(), c.teachers.a)]
+  ts = [teachers_lib.Teacher("a", TinyWRN(K), c.teachers.a)]
   v = ts[0].model.init(jax.random.PRNGKey(10), x[:2], train=False)
   tvars = [jax.tree.map(lambda a: np.asarray(a)[None], v)]             # one run
   train_idx = np.r_[np.arange(24), np.zeros(4, int)].astype(np.int32)

@@ -24,6 +24,8 @@ from jkd import train as train_lib
 from jkd.distill import Info, Outputs, crd
 from jkd.models import layers
 
+from distill_setup import TinyWRN, kd_config, per_run_hp
+
 B, K, N = 6, 3, 30
 TERMS = ("crd", "simkd", "srrl", "camkd")
 EPS = 1e-5
@@ -115,18 +117,7 @@ def _crd(p, s, e_s_in, e_t_in, contrast, n, temp, z=None):
 # ----------------------------------------------------------------------------- the objective
 
 def _loss_config(terms=TERMS, teachers=("a", "b")):
-  loss = distill.loss_defaults(terms)
-  loss.crd.update(nce_k=5, feat_dim=4)
-  models = {"a": {"name": "wrn10_1", "ndim": 1}, "b": {"name": "resnet18", "ndim": 1}}
-  return mc.ConfigDict({
-      "train": {"epochs": 3}, "distill": {"teachers": tuple(teachers)},
-      "teachers": {t: {"weight": 1.0 + i, "model": models[t]} for i, t in enumerate(teachers)},
-      "loss": loss})
-
-
-def _hp(c, **over):
-  return {k: jnp.float32(over.get(k, config_lib.get(c, k)))
-          for k in distill.per_run_keys(c.loss, tuple(c.distill.teachers))}
+  return kd_config(terms, teachers, crd={"nce_k": 5, "feat_dim": 4})
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +147,7 @@ def world():
     ctx = {"epoch": jnp.int32(epoch), "teachers": teach, "distill": own, "index": index,
            "key": jax.random.PRNGKey(key), "pool": pool, "pool_count": jnp.int32(20),
            "all_labels": labels}
-    return obj(*student, labels[index], _hp(c) if hp is None else hp, ctx)
+    return obj(*student, labels[index], per_run_hp(c) if hp is None else hp, ctx)
 
   return dict(c=c, student=student, teach=teach, tv=tv, labels=labels, pool=pool, info=info,
               own=own, run=run)
@@ -269,7 +260,7 @@ def test_crd_negatives_are_other_class_training_windows():
 def test_every_per_run_key_changes_the_value(world):
   w = world
   index = w["pool"][:B]
-  base = _hp(w["c"])
+  base = per_run_hp(w["c"])
   ref = float(w["run"](w["own"], index, hp=base)[0])
   keys = distill.per_run_keys(w["c"].loss, ("a", "b"))
   assert {"loss.crd.weight", "loss.crd.temperature", "loss.simkd.weight", "loss.srrl.weight",
@@ -339,17 +330,6 @@ class Tiny(nn.Module):
     return layers.Linear(K, name="fc")(emb), (h1, h2, emb)
 
 
-class TinyWRN(nn.Module):
-  """A teacher shaped like a WRN: its stage map is taken before its head `batch_norm` → ReLU →
-  pool → `fc` (what `jkd.models.head` reuses for a 'wrn' model section), at a quarter length."""
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    h = layers.Conv(5, 4, strides=4)(x)
-    emb = layers.global_avg_pool(nn.relu(layers.BatchNorm(name="batch_norm")(h, train)))
-    return layers.Linear(K, name="fc")(emb), (h, emb)
-
-
 def test_engine_trains_the_parts_and_simkd_predicts_through_them(tmp_path):
   c = config_lib.base()
   c.train.update(batch_size=BS, epochs=2)
@@ -361,7 +341,7 @@ def test_engine_trains_the_parts_and_simkd_predicts_through_them(tmp_path):
   r = np.random.default_rng(1)
   x = jnp.asarray(r.normal(size=(NW, L, C)), jnp.float32)
   y = jnp.asarray(r.integers(0, K, NW), jnp.int32)
-  ts = [teachers_lib.Teacher("a", TinyWRN(), c.teachers.a)]
+  ts = [teachers_lib.Teacher("a", TinyWRN(K), c.teachers.a)]
   tvars = []
   for i, t in enumerate(ts):
     v = t.model.init(jax.random.PRNGKey(10 + i), x[:2], train=False)

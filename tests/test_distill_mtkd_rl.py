@@ -3,6 +3,7 @@ epochs, the stored rewards and the agent's SGD schedule, each against numpy (the
 by central differences in float64); teachers of another rank; the named bad settings; and one
 engine epoch that trains the embeds and the agent."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections as mc
@@ -17,8 +18,9 @@ from jkd import state as state_lib
 from jkd import teachers as teachers_lib
 from jkd import train as train_lib
 from jkd.distill import Info, Outputs, mtkd_rl
-import flax.linen as nn
 from jkd.models import layers
+
+from distill_setup import TinyWRN, per_run_hp
 
 B, C, HIDDEN, EPS = 6, 3, 4, 1e-5
 # teachers: a (1-D WRN, last map half the student's length), b (1-D ResNet, same length),
@@ -132,11 +134,6 @@ def _config(teachers=("a", "b", "c"), **over):
       "teachers": {t: {"weight": 1.0, "model": MODELS[t]} for t in teachers}, "loss": loss})
 
 
-def _hp(c, **over):
-  return {k: jnp.float32(over.get(k, config_lib.get(c, k)))
-          for k in distill.per_run_keys(c.loss, tuple(c.distill.teachers))}
-
-
 def _world(steps_per_epoch=5, **over):
   r = np.random.default_rng(0)
   n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
@@ -158,7 +155,7 @@ def _world(steps_per_epoch=5, **over):
 
   def run(own, z_s, step, epoch=1):
     ctx = {"epoch": jnp.int32(epoch), "teachers": teach, "distill": own, "step": jnp.int32(step)}
-    return obj(z_s, student[1], labels, _hp(c), ctx)
+    return obj(z_s, student[1], labels, per_run_hp(c), ctx)
 
   return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run, r=r,
               sizes=(12 + C + 3, 6 + C + 3, 5 + C + 3))
@@ -259,7 +256,7 @@ def test_the_student_objective_trains_the_embeds_of_teachers_with_a_feature_term
   def f(params):
     own = {"params": params, "batch_stats": w["own"]["batch_stats"]}
     ctx = {"epoch": jnp.int32(1), "teachers": w["teach"], "distill": own, "step": jnp.int32(1)}
-    return obj(*w["student"], w["labels"], _hp(c), ctx)[0]
+    return obj(*w["student"], w["labels"], per_run_hp(c), ctx)[0]
 
   g = jax.grad(f)(w["own"]["params"])["mtkd_rl"]
   for k in ("0", "1"):
@@ -275,8 +272,8 @@ def test_per_run_keys_change_the_value(key):
   c = w["c"]
   ctx = {"epoch": jnp.int32(1), "teachers": w["teach"], "distill": w["own"], "step": jnp.int32(1)}
   obj = jax.jit(distill.make_objective(c))
-  ref = float(obj(*w["student"], w["labels"], _hp(c), ctx)[0])
-  hp = _hp(c, **{f"loss.mtkd_rl.{key}": 2.5 * float(config_lib.get(c, f"loss.mtkd_rl.{key}"))})
+  ref = float(obj(*w["student"], w["labels"], per_run_hp(c), ctx)[0])
+  hp = per_run_hp(c, **{f"loss.mtkd_rl.{key}": 2.5 * float(config_lib.get(c, f"loss.mtkd_rl.{key}"))})
   assert float(obj(*w["student"], w["labels"], hp, ctx)[0]) != ref
 
 
@@ -285,8 +282,8 @@ def test_agent_lr_changes_the_agents_step():
   c = w["c"]
   ctx = {"epoch": jnp.int32(1), "teachers": w["teach"], "distill": w["own"], "step": jnp.int32(1)}
   obj = jax.jit(distill.make_objective(c))
-  a1 = obj(*w["student"], w["labels"], _hp(c), ctx)[2]["mtkd_rl"]["agent"]["stem"]
-  a2 = obj(*w["student"], w["labels"], _hp(c, **{"loss.mtkd_rl.agent_lr": 0.3}), ctx)[2]
+  a1 = obj(*w["student"], w["labels"], per_run_hp(c), ctx)[2]["mtkd_rl"]["agent"]["stem"]
+  a2 = obj(*w["student"], w["labels"], per_run_hp(c, **{"loss.mtkd_rl.agent_lr": 0.3}), ctx)[2]
   assert not np.allclose(a1, a2["mtkd_rl"]["agent"]["stem"])
   assert "loss.mtkd_rl.agent_lr" in distill.per_run_keys(c.loss, ("a", "b", "c"))
   assert "teachers.a.weight" not in distill.per_run_keys(c.loss, ("a", "b", "c"))
@@ -308,7 +305,7 @@ def test_without_the_step_index_the_term_says_so():
   w = _world()
   ctx = {"epoch": jnp.int32(1), "teachers": w["teach"], "distill": w["own"]}
   with pytest.raises(distill.TermError, match="step's index"):
-    distill.make_objective(w["c"])(*w["student"], w["labels"], _hp(w["c"]), ctx)
+    distill.make_objective(w["c"])(*w["student"], w["labels"], per_run_hp(w["c"]), ctx)
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -320,14 +317,6 @@ class Tiny(nn.Module):
     h2 = nn.relu(layers.Conv(8, 3, strides=2)(h))
     emb = layers.global_avg_pool(h2)
     return layers.Linear(C)(emb), (h, h2, emb)
-
-
-class TinyWRN(nn.Module):
-  @nn.compact
-  def __call__(self, x, train=False):
-    h = layers.Conv(5, 4, strides=4)(x)
-    emb = layers.global_avg_pool(nn.relu(layers.BatchNorm(name="batch_norm")(h, train)))
-    return layers.Linear(C, name="fc")(emb), (h, emb)
 
 
 def test_engine_epoch_trains_the_embeds_and_the_agent():
@@ -343,7 +332,7 @@ def test_engine_epoch_trains_the_embeds_and_the_agent():
   r = np.random.default_rng(1)
   x = jnp.asarray(r.normal(size=(NW, L, CH)), jnp.float32)
   y = jnp.asarray(r.integers(0, C, NW), jnp.int32)
-  ts = [teachers_lib.Teacher(t, TinyWRN(), c.teachers[t]) for t in ("a", "b")]
+  ts = [teachers_lib.Teacher(t, TinyWRN(C), c.teachers[t]) for t in ("a", "b")]
   tvars = [jax.tree.map(lambda a: np.asarray(a)[None],
                         t.model.init(jax.random.PRNGKey(10 + i), x[:2], train=False))
            for i, t in enumerate(ts)]

@@ -9,9 +9,10 @@ import ml_collections as mc
 import numpy as np
 import pytest
 
-from jkd import config as config_lib
 from jkd import distill, losses
 from jkd.distill import Outputs, TermError
+
+from distill_setup import kd_config, per_run_hp
 
 B, K, D_S, D_T = 6, 3, 8, (12, 5)
 
@@ -21,18 +22,7 @@ def _cos_np(a, b):
 
 
 def _config(**pefd):
-  loss = distill.loss_defaults(("ce", "pefd"))
-  loss.pefd.update(pefd)
-  return mc.ConfigDict({
-      "train": {"epochs": 3}, "distill": {"teachers": ("a", "b")},
-      "teachers": {"a": {"weight": 1.0, "model": {"name": "wrn10_1", "ndim": 1}},
-                   "b": {"weight": 2.0, "model": {"name": "resnet18", "ndim": 1}}},
-      "loss": loss})
-
-
-def _hp(c, **over):
-  return {k: jnp.float32(over.get(k, config_lib.get(c, k)))
-          for k in distill.per_run_keys(c.loss, tuple(c.distill.teachers))}
+  return kd_config(("ce", "pefd"), pefd=pefd)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +38,7 @@ def world():
 
   def run(own, hp=None):
     ctx = {"epoch": jnp.int32(0), "teachers": teach, "distill": own}
-    return obj(*student, labels, _hp(c) if hp is None else hp, ctx)
+    return obj(*student, labels, per_run_hp(c) if hp is None else hp, ctx)
 
   return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run)
 
@@ -128,7 +118,7 @@ def test_gradients_reach_the_projectors_and_the_weight_is_per_run(world):
     for j in ("0", "1", "2"):
       assert np.any(np.asarray(grads[k][j]["kernel"])), (k, j)
   base, terms, _ = w["run"](w["own"])
-  other, _, _ = w["run"](w["own"], _hp(c, **{"loss.pefd.weight": 10.0}))
+  other, _, _ = w["run"](w["own"], per_run_hp(c, **{"loss.pefd.weight": 10.0}))
   np.testing.assert_allclose(float(base - other), 15.0 * float(terms["pefd"]), rtol=1e-4)
-  moved, _, _ = w["run"](w["own"], _hp(c, **{"teachers.b.weight": 0.5}))
+  moved, _, _ = w["run"](w["own"], per_run_hp(c, **{"teachers.b.weight": 0.5}))
   assert float(moved) != float(base)

@@ -13,6 +13,8 @@ from jkd import config as config_lib
 from jkd import distill, losses
 from jkd.distill import Outputs, TermError
 
+from distill_setup import kd_config, per_run_hp
+
 B, C, D_S, D_T = 6, 3, 8, (12, 5)
 
 
@@ -26,18 +28,7 @@ def _log_softmax(z):
 
 
 def _config(**over):
-  loss = distill.loss_defaults(("ce", "projector"))
-  loss.projector.update(over)
-  return mc.ConfigDict({
-      "train": {"epochs": 3}, "distill": {"teachers": ("a", "b")},
-      "teachers": {"a": {"weight": 1.0, "model": {"name": "wrn10_1", "ndim": 1}},
-                   "b": {"weight": 2.0, "model": {"name": "resnet18", "ndim": 1}}},
-      "loss": loss})
-
-
-def _hp(c, **over):
-  return {k: jnp.float32(over.get(k, config_lib.get(c, k)))
-          for k in distill.per_run_keys(c.loss, tuple(c.distill.teachers))}
+  return kd_config(("ce", "projector"), projector=over)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def world():
 
   def run(own, hp=None):
     ctx = {"epoch": jnp.int32(0), "teachers": teach, "distill": own}
-    return obj(*student, labels, _hp(c) if hp is None else hp, ctx)
+    return obj(*student, labels, per_run_hp(c) if hp is None else hp, ctx)
 
   return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run)
 
@@ -105,7 +96,7 @@ def test_gradients_reach_the_projectors(world):
   def f(params):
     own = {"params": params, "batch_stats": w["own"]["batch_stats"]}
     ctx = {"epoch": jnp.int32(0), "teachers": w["teach"], "distill": own}
-    return obj(*w["student"], w["labels"], _hp(c), ctx)[0]
+    return obj(*w["student"], w["labels"], per_run_hp(c), ctx)[0]
 
   g = jax.grad(f)(w["own"]["params"])["projector"]
   for k in ("0", "1"):
@@ -119,7 +110,7 @@ def test_every_per_run_key_changes_the_value(world):
   keys = distill.per_run_keys(c.loss, ("a", "b"))
   assert {"loss.projector.power", "loss.projector.temperature", "teachers.b.weight"} <= set(keys)
   for key in keys:
-    hp = _hp(c, **{key: 1.7 * float(config_lib.get(c, key)) + 0.1})
+    hp = per_run_hp(c, **{key: 1.7 * float(config_lib.get(c, key)) + 0.1})
     assert float(w["run"](w["own"], hp)[0]) != ref, key
 
 
