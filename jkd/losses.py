@@ -733,6 +733,15 @@ def camkd_weights(teacher_logits: Array, labels: Array) -> Array:
   return _camkd_weights(jax.lax.stop_gradient(_check_teacher_logits(teacher_logits)), labels)
 
 
+def kl_per_example(z_s: Array, z_t: Array, *, temperature: float | Array = 4.0) -> Array:
+  """``KL_T = T² Σ_c p_t (log p_t − log p_s)`` per example, ``p = softmax(z / T)`` (the
+  authors' ``DistillKL`` unreduced; `z_t` (..., B, C) broadcasts against `z_s` (B, C)). The
+  teacher logits are taken as given: callers stop their gradient."""
+  log_ps = jax.nn.log_softmax(z_s / temperature, axis=-1)
+  log_pt = jax.nn.log_softmax(z_t / temperature, axis=-1)
+  return temperature ** 2 * jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
+
+
 def weighted_kd(z_s: Array, teacher_logits: Array, weights: Array, *,
                 temperature: float | Array = 4.0, reduction: str = "batchmean",
                 mask: Array | None = None) -> Array:
@@ -755,9 +764,7 @@ def weighted_kd(z_s: Array, teacher_logits: Array, weights: Array, *,
   if weights.shape != (k, batch):
     raise ValueError(f"weighted_kd weights must have shape (teachers, batch) = ({k}, {batch}), got "
                      f"{weights.shape}.")
-  log_ps = jax.nn.log_softmax(z_s / temperature, axis=-1)
-  log_pt = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-  kl = temperature ** 2 * jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps[None]), axis=-1)   # (K, B)
+  kl = kl_per_example(z_s, teacher_logits, temperature=temperature)                     # (K, B)
   if reduction == "mean":
     kl = kl / classes
   return masked_mean(jnp.sum(weights * kl, axis=0), mask) / k
@@ -939,7 +946,7 @@ __all__ = [
     "distillation_loss", "dual_teacher_loss", "annealing_temperature", "annealing_phi",
     "annealing_kd_loss", "gram", "sp_loss", "at_map", "at_loss",
     "dkd_parts", "dkd_loss", "dist_loss", "rkd_loss", "pkt_loss", "fitnet_loss", "pefd_loss",
-    "ebkd_weights", "camkd_weights", "weighted_kd", "camkd_feature_loss",
+    "ebkd_weights", "camkd_weights", "kl_per_example", "weighted_kd", "camkd_feature_loss",
     "crd_nce_loss", "crd_scores", "crd_estimate_z", "crd_memory_update", "crd_memory_init_bound",
     "crd_memory_init", "srrl_statm_loss", "dcd_loss", "projector_loss",
 ]

@@ -42,6 +42,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jkd import losses
 from jkd.distill import heads
 from jkd.distill.term import (LAST, Needs, Term, TermError, last_map, require_teacher_variables)
 from jkd.models import head as head_lib
@@ -115,14 +116,6 @@ def normalized_reward(reward: jax.Array) -> jax.Array:
   """(r − mean r) / std r (unbiased, as torch's `std`), clamped to [0, 1]."""
   z = (reward - jnp.mean(reward)) / jnp.std(reward, ddof=1)
   return jnp.clip(z, 0.0, 1.0)
-
-
-def per_sample_kl(z_s: jax.Array, z_t: jax.Array, temperature) -> jax.Array:
-  """`DistillKL(T)(z_s, z_t, unreduce=True)`: T² Σ_c p_t (log p_t − log p_s), p = softmax(z/T)."""
-  log_s = jax.nn.log_softmax(z_s / temperature, axis=-1)
-  log_t = jax.nn.log_softmax(z_t / temperature, axis=-1)
-  p_t = jnp.exp(log_t)
-  return temperature ** 2 * jnp.sum(jnp.where(p_t > 0, p_t * (log_t - log_s), 0.0), axis=-1)
 
 
 def cosine(x: jax.Array, y: jax.Array, eps: float = 1e-8) -> jax.Array:
@@ -209,11 +202,17 @@ class MTKDRL(Term):
     st = batch.batch_stats
     sizes = self._sizes(batch.teachers)
     lr, temp, fw = hp["agent_lr"], hp["temperature"], hp["feat_weight"]
-    train = lambda agent, count: agent_train(agent, st["states"], st["rewards"], count, lr, sizes)
+
+    def train_if(due, agent, states, rewards, count):
+      """The agent after its SGD steps on the stored batches when `due` (the same in every
+      run, so a real branch under vmap), else as it is; and the count of batches left."""
+      agent = jax.lax.cond(due, lambda a: agent_train(a, states, rewards, count, lr, sizes),
+                           lambda a: a, agent)
+      return agent, jnp.where(due, 0, count)
+
     # What is left of the previous epoch trains the agent before this epoch's first batch.
-    flush = batch.step == 0
-    agent = jax.lax.cond(flush, train, lambda a, c: a, st["agent"], st["count"])
-    count = jnp.where(flush, 0, st["count"])
+    agent, count = train_if(batch.step == 0, st["agent"], st["states"], st["rewards"],
+                            st["count"])
 
     s_map, labels = last_map(batch.student), batch.hard_labels()
     z_s = batch.student.logits
@@ -226,7 +225,7 @@ class MTKDRL(Term):
           mutable=["batch_stats"])
       embed_stats[str(k)] = new["batch_stats"]
       e_t, z_t = jax.lax.stop_gradient(t.embedding), jax.lax.stop_gradient(t.logits)
-      kl = per_sample_kl(z_s, z_t, temp)
+      kl = losses.kl_per_example(z_s, z_t, temperature=temp)
       if matched:
         hv = st["head"][str(k)]
         f_t = jax.lax.stop_gradient(head_lib.of(batch.teacher_models[k]).features(hv, last_map(t)))
@@ -250,13 +249,10 @@ class MTKDRL(Term):
     reward = jax.lax.stop_gradient(normalized_reward(reward))
     states = jax.lax.dynamic_update_index_in_dim(st["states"], state, count, 0)
     rewards = jax.lax.dynamic_update_index_in_dim(st["rewards"], reward, count, 0)
-    count = count + 1
     # The authors train the agent after the batch with index agent_step, 2·agent_step, ...
-    step = int(cfg.agent_step)
-    due = (batch.step % step == 0) & (batch.step != 0)
-    agent = jax.lax.cond(due, lambda a, c: agent_train(a, states, rewards, c, lr, sizes),
-                         lambda a, c: a, agent, count)
-    count = jnp.where(due, 0, count)
+    every = int(cfg.agent_step)
+    agent, count = train_if((batch.step % every == 0) & (batch.step != 0), agent, states,
+                            rewards, count + 1)
     return value, {"embed": embed_stats, "head": st["head"], "agent": agent, "states": states,
                    "rewards": rewards, "count": count.astype(jnp.int32)}
 
