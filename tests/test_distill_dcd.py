@@ -22,7 +22,7 @@ from jkd import train as train_lib
 from jkd.distill import Outputs, TermError
 from jkd.models import layers
 
-from distill_setup import TinyWRN, kd_config, per_run_hp
+from distill_setup import embedding_world, TinyWRN, kd_config, per_run_hp
 
 B, K, D_S, D_T = 6, 3, 8, (12, 5)
 
@@ -51,20 +51,7 @@ def _config(**dcd):
 
 @pytest.fixture(scope="module")
 def world():
-  r = np.random.default_rng(0)
-  n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
-  c = _config()
-  student = (n(B, K), (n(B, 8, 4), n(B, 4, 8), n(B, D_S)))
-  teach = [Outputs(n(B, K), {}, n(B, d)) for d in D_T]
-  labels = jnp.asarray(r.integers(0, K, B), jnp.int32)
-  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach)
-  obj = jax.jit(distill.make_objective(c))
-
-  def run(own, hp=None):
-    ctx = {"epoch": jnp.int32(0), "teachers": teach, "distill": own}
-    return obj(*student, labels, per_run_hp(c) if hp is None else hp, ctx)
-
-  return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run)
+  return embedding_world(_config(), batch=B, classes=K, d_s=D_S, d_t=D_T)
 
 
 def _with(own, k, **scalars):

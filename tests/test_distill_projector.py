@@ -11,9 +11,9 @@ import pytest
 
 from jkd import config as config_lib
 from jkd import distill, losses
-from jkd.distill import Outputs, TermError
+from jkd.distill import TermError
 
-from distill_setup import kd_config, per_run_hp
+from distill_setup import embedding_world, kd_config, per_run_hp
 
 B, C, D_S, D_T = 6, 3, 8, (12, 5)
 
@@ -33,20 +33,7 @@ def _config(**over):
 
 @pytest.fixture(scope="module")
 def world():
-  r = np.random.default_rng(0)
-  n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
-  c = _config()
-  student = (n(B, C), (n(B, 8, 4), n(B, 4, 8), n(B, D_S)))
-  teach = [Outputs(n(B, C) * 2, {}, n(B, d)) for d in D_T]
-  labels = jnp.asarray(r.integers(0, C, B), jnp.int32)
-  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach)
-  obj = jax.jit(distill.make_objective(c))
-
-  def run(own, hp=None):
-    ctx = {"epoch": jnp.int32(0), "teachers": teach, "distill": own}
-    return obj(*student, labels, per_run_hp(c) if hp is None else hp, ctx)
-
-  return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run)
+  return embedding_world(_config(), teacher_scale=2.0, batch=B, classes=C, d_s=D_S, d_t=D_T)
 
 
 def test_projector_loss_matches_numpy_with_and_without_mask():
