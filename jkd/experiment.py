@@ -179,10 +179,10 @@ def _score(conf: jax.Array) -> jax.Array:
 
 def evaluate(s: setup_lib.Setup, variables: Any) -> tuple[Any, Any, Any, Any]:
   """(test confusion, test loss, val confusion | None, val loss | None), on device."""
-  conf, loss = s.evaluate(variables, s.x, s.y, *s.test, s.inputs.mean, s.inputs.std)
+  conf, loss = s.evaluate(variables, s.data, s.inputs, s.test)
   if s.val is None:
     return conf, loss, None, None
-  vconf, vloss = s.evaluate(variables, s.x, s.y, *s.val, s.inputs.mean, s.inputs.std)
+  vconf, vloss = s.evaluate(variables, s.data, s.inputs, s.val)
   return conf, loss, vconf, vloss
 
 
@@ -309,7 +309,7 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   check_init_from(config)
   t_setup = time.time()
   s = setup_lib.build(config, runs_per_fold, _log)
-  config_lib.check_fit(config, s.x.shape[-1], s.x.shape[1], s.folds.train_count)
+  config_lib.check_fit(config, s.data.x.shape[-1], s.data.x.shape[1], s.folds.train_count)
   prepare_workdir(config, workdir, overwrite)
   if parallel.is_writer():
     metrics_lib.write_atomic(os.path.join(workdir, "runs.json"),
@@ -318,7 +318,7 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   _log(f"{s.real} runs ({len(s.folds.train)} folds x {len(config_lib.seeds(config))} seeds x "
        f"{s.real // (len(s.folds.train) * len(config_lib.seeds(config)))} sweep points) on "
        f"{s.mesh.size} device(s) in {jax.process_count()} process(es); {s.num_batches} steps of "
-       f"{B} per epoch; data {tuple(s.x.shape)} ({time.time() - t_setup:.1f}s to load)")
+       f"{B} per epoch; data {tuple(s.data.x.shape)} ({time.time() - t_setup:.1f}s to load)")
   tracker = Tracker(s.num_runs, s.num_classes, s.val is not None)
   log = metrics_lib.JsonLines(os.path.join(workdir, "metrics.jsonl"), parallel.is_writer())
   keep = tuple(config.train.keep_epochs)
@@ -340,8 +340,8 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   for e in range(start, E):
     t_epoch = time.time()
     progress.start(e)
-    state, terms = s.train_epoch.run(state, s.x, s.y, s.inputs, jnp.int32(e), s.aux,
-                                     pacer=progress.pacer, report=progress)
+    state, terms = s.train_epoch.run(state, s.data, s.inputs, e, pacer=progress.pacer,
+                                     report=progress)
     t_eval = time.time()
     test, tloss, val, vloss = evaluate(s, state.variables)
     state, improved = train_lib.update_best(state, _score(val if val is not None else test))

@@ -24,6 +24,17 @@ Array = jax.Array
 LAB_FACTORS = (1.0, 0.2, 0.02, 0.002)
 
 
+def per_run_keys(cfg: mc.ConfigDict) -> list[str]:
+  """The optim.* keys this module reads per run (traced, sweepable), given the static choices that
+  decide whether a key is read at all: SGD reads momentum, Adam b1/b2/eps, the step schedules
+  gamma. Every other optim key decides the program's structure (the optimiser, the schedule,
+  milestones, the fine-tuning split) and cannot be swept."""
+  keys = ["lr", "weight_decay", "warmup_epochs"]
+  keys += ["momentum"] if cfg.name == "sgd" else ["b1", "b2", "eps"]
+  keys += ["gamma"] if cfg.schedule in ("step", "multistep") else []
+  return [f"optim.{k}" for k in keys]
+
+
 def lab_boundaries(epochs: int) -> tuple[int, int, int]:
   """Epochs where the lab's schedule steps down: int(E/18), int(E/3), int(2E/3)."""
   return int(epochs / 18), int(epochs / 3), int(2 * epochs / 3)

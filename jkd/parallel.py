@@ -28,15 +28,22 @@ from jkd.data.base import ALIGNMENT, aligned_empty
 AXIS = "runs"
 
 
+# (this process's index, the number of processes), set by `initialize`; known without starting
+# the backend, which a single process must not start before `use_cpu_devices` splits the CPU.
+_process = (0, 1)
+
+
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> None:
   """Join a multi-process job when asked, or when run as one of several SLURM tasks (jax reads
   the coordinator, process count and index from the SLURM environment then)."""
+  global _process
   slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ
   if coordinator_address or num_processes > 1 or slurm:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU processes only
     jax.distributed.initialize(coordinator_address=coordinator_address or None,
                                num_processes=num_processes or None,
                                process_id=process_id if process_id >= 0 else None)
+    _process = (jax.process_index(), jax.process_count())
 
 
 MAX_CPU_DEVICES = 32
@@ -53,13 +60,15 @@ def use_cpu_devices(num_runs: int) -> int | None:
   """Split this process's CPU into `cpu_devices_for(num_runs)` devices, unless the backend is
   already running, the count was set explicitly (`jax_num_cpu_devices`, XLA_FLAGS), or this is one
   process of several. Returns the count set, or None."""
-  from jax._src import distributed, xla_bridge
   explicit = (jax.config.jax_num_cpu_devices > 0
               or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
-  if explicit or xla_bridge.backends_are_initialized() or distributed.global_state.client:
+  if explicit or jax.distributed.is_initialized():
     return None
   n = cpu_devices_for(num_runs)
-  jax.config.update("jax_num_cpu_devices", n)
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:   # the backend is running already: its devices stay as they are
+    return None
   return n
 
 
@@ -73,25 +82,31 @@ def mesh(num_runs: int = 0) -> Mesh:
   return Mesh(np.array(devices), (AXIS,))
 
 
-def per_device(fn: Callable, m: Mesh, args: str, outs: str) -> Callable:
-  """`fn` run by every device on its own runs (`jax.shard_map`). `args`/`outs` spell each
-  argument/output: 'R' = leading runs axis, split over devices; '-' = replicated."""
-  spec = lambda c: P(AXIS) if c == "R" else P()
-  out_specs = tuple(spec(c) for c in outs)
-  return jax.shard_map(fn, mesh=m, in_specs=tuple(spec(c) for c in args),
-                       out_specs=out_specs if len(outs) > 1 else out_specs[0], check_vma=False)
+def has_runs_axis(arg: Any) -> bool:
+  """Whether a program argument carries the leading runs axis: everything but the types that
+  declare themselves replicated (`replicated = True`: the dataset, the clock) and bare scalars."""
+  if getattr(type(arg), "replicated", False):
+    return False
+  return not (hasattr(arg, "shape") and arg.shape == ())
+
+
+def per_device(fn: Callable, m: Mesh) -> Callable:
+  """`fn` run by every device on its own runs (`jax.shard_map`): each argument with a runs axis
+  (`has_runs_axis`) is split over the devices, the others replicated; every output has one."""
+  def call(*args):
+    specs = tuple(P(AXIS) if has_runs_axis(a) else P() for a in args)
+    return jax.shard_map(fn, mesh=m, in_specs=specs, out_specs=P(AXIS), check_vma=False)(*args)
+  return call
 
 
 def is_writer() -> bool:
-  """Process 0 writes results (asked without starting the backend: see use_cpu_devices)."""
-  from jax._src import distributed
-  return distributed.global_state.process_id == 0
+  """Process 0 writes results (known without starting the backend: see `initialize`)."""
+  return _process[0] == 0
 
 
 def process_count() -> int:
   """`jax.process_count()` without starting the backend."""
-  from jax._src import distributed
-  return distributed.global_state.num_processes
+  return _process[1]
 
 
 def shard_runs(tree: Any, m: Mesh) -> Any:

@@ -229,12 +229,6 @@ def stage_config(config: mc.ConfigDict, name: str, workdir: str) -> mc.ConfigDic
 def check_stage(cfg: mc.ConfigDict) -> None:
   """Everything a stage config can get wrong, as one-line ConfigErrors (before training)."""
   config_lib.validate(cfg)
-  if "distill" in cfg:
-    pairs = [(t, cfg.teachers[t].model) for t in cfg.distill.teachers]
-    try:
-      distill.check(cfg.loss, pairs, cfg.model, cfg.train.epochs)
-    except distill.TermError as e:
-      raise config_lib.ConfigError(str(e)) from None
 
 
 def dependencies(config: mc.ConfigDict, name: str) -> set[str]:

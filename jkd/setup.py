@@ -1,10 +1,10 @@
 """Everything an experiment puts on device before the first step: data, runs, model, programs.
 
 `build(config)` loads the windows once, makes the folds, expands the runs (padded to the device
-count), replicates `x`/`y` over the mesh and shards the per-run inputs along it. A config with a
-`distill` section is a distillation stage: its teachers are loaded (and their outputs cached)
-by `jkd.teachers.prepare` before the training program is built, and its objective is
-`jkd.distill.make_objective`.
+count), replicates the dataset (`Data`) over the mesh and shards the per-run inputs (`Runs`)
+along it. Every objective is `jkd.distill.make_objective` (the listed terms). A config with a
+`distill` section is a distillation stage: its teachers are loaded (and their outputs cached) by
+`jkd.teachers.prepare` before the training program is built, and travel in `Runs.teachers`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import jkd.data
 import jkd.models
 from jkd import config as config_lib
 from jkd import distill
-from jkd import objective as objective_lib
 from jkd import parallel
 from jkd import runs as runs_lib
 from jkd import state as state_lib
@@ -40,34 +39,29 @@ class Setup:
   runs: list[runs_lib.Run]          # padded; `real` of them are reported
   real: int
   model: nn.Module
-  x: jax.Array                      # replicated
-  y: jax.Array
-  inputs: train_lib.Runs            # sharded along runs
+  data: train_lib.Data              # replicated
+  inputs: train_lib.Runs            # sharded along runs (with the teachers' per-run inputs)
   host_keys: np.ndarray             # (R, 2) the same keys and hyper-parameters on the host
   host_hp: dict
-  test: tuple[jax.Array, jax.Array]  # (R, nb, Be) indices and mask, sharded
-  val: tuple[jax.Array, jax.Array] | None
+  test: train_lib.Plan              # (R, nb, Be) evaluation batches, sharded
+  val: train_lib.Plan | None
   num_batches: int
   num_classes: int
-  train_epoch: Callable
+  train_epoch: train_lib.EpochProgram
   evaluate: Callable
   teachers: Any = None              # jkd.teachers.Prepared of a distillation stage
   extra: Callable | None = None     # (key, the run's teacher variables) -> its distillation-term
                                     # variables (jkd.distill.init)
 
   @property
-  def aux(self) -> Any:
-    """The teachers' per-run inputs to the step's guide (sharded), or ()."""
-    return self.teachers.aux if self.teachers is not None else ()
-
-  @property
   def num_runs(self) -> int:
     return len(self.runs)
 
   def _sample(self) -> jax.Array:
-    c = self.x.shape[-1]
+    x = self.data.x
+    c = x.shape[-1]
     fn = lambda a: train_lib.model_input(self.config, a, jnp.zeros(c), jnp.ones(c))
-    shape = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *self.x.shape[1:]), jnp.float32))
+    shape = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32))
     return jnp.zeros(shape.shape, shape.dtype)
 
   def _teacher_variables(self) -> Any:
@@ -92,12 +86,13 @@ class Setup:
                               self._teacher_variables())
 
 
-def _eval_rows(idx: np.ndarray, count: np.ndarray, fold_of_run: np.ndarray, batch: int):
+def _eval_plan(idx: np.ndarray, count: np.ndarray, fold_of_run: np.ndarray,
+               batch: int) -> train_lib.Plan:
   per_fold = [folds_lib.eval_batches(jnp.asarray(idx[f]), int(count[f]), batch)
               for f in range(len(idx))]
   indices = np.stack([np.asarray(per_fold[f][0]) for f in fold_of_run])
   mask = np.stack([np.asarray(per_fold[f][1]) for f in fold_of_run]).astype(np.float32)
-  return indices, mask
+  return train_lib.Plan(indices, mask)
 
 
 def build(config: mc.ConfigDict, runs_per_fold: int = 0,
@@ -125,36 +120,34 @@ def build(config: mc.ConfigDict, runs_per_fold: int = 0,
       train=folds.train[fold_of], train_count=folds.train_count[fold_of],
       mean=folds.mean[fold_of], std=folds.std[fold_of], hp=runs_lib.hparams(config, runs))
   eb = config.train.eval_batch_size
-  test = _eval_rows(folds.test, folds.test_count, fold_of, eb)
-  val = _eval_rows(folds.val, folds.val_count, fold_of, eb) if folds.val.shape[1] else None
+  test = _eval_plan(folds.test, folds.test_count, fold_of, eb)
+  val = _eval_plan(folds.val, folds.val_count, fold_of, eb) if folds.val.shape[1] else None
   num_classes = int(folds.num_classes)
   model = jkd.models.create(config.model.name, num_classes=num_classes, ndim=config.model.ndim,
                             **config.model.kwargs.to_dict())
-  x_dev = parallel.replicate(np.asarray(x, np.float32), mesh)
+  data = parallel.replicate(train_lib.Data(np.asarray(x, np.float32), np.asarray(y, np.int32)),
+                            mesh)
   sharded = parallel.shard_runs(inputs, mesh)
-  prepared, extra, guide, predict = None, None, None, None
+  prepared, extra, guide, info = None, None, None, distill.Info()
   if "distill" in config:
-    prepared = teachers_lib.prepare(config, runs, folds.test_subjects, num_classes, x_dev,
+    prepared = teachers_lib.prepare(config, runs, folds.test_subjects, num_classes, data.x,
                                     sharded.mean, sharded.std, mesh, log)
     guide = prepared.guide
+    sharded = sharded.replace(teachers=prepared.aux)
     extra, info = _term_init(config, model, prepared.teachers, tuple(x.shape[1:]),
                              num_windows=int(x.shape[0]),
                              train_windows=int(np.min(folds.train_count)),
                              batch_size=batch, batches_per_epoch=num_batches)
-    predict = distill.make_predict(config, info)
-    objective = distill.make_objective(config)
-  else:
-    objective = objective_lib.make(config)
+  step = train_lib.Step(model, config, distill.make_objective(config), num_classes, guide)
   return Setup(
       config=config, mesh=mesh, folds=folds, runs=runs, real=len(real_runs), model=model,
-      x=x_dev, y=parallel.replicate(np.asarray(y, np.int32), mesh),
-      inputs=sharded, host_keys=inputs.key, host_hp=inputs.hp,
+      data=data, inputs=sharded, host_keys=inputs.key, host_hp=inputs.hp,
       test=parallel.shard_runs(test, mesh),
       val=parallel.shard_runs(val, mesh) if val is not None else None,
       num_batches=num_batches, num_classes=num_classes,
-      train_epoch=train_lib.make_train_epoch(model, config, objective, num_batches, num_classes,
-                                             guide, mesh),
-      evaluate=train_lib.make_evaluate(model, config, num_classes, mesh, predict),
+      train_epoch=train_lib.make_train_epoch(step, num_batches, mesh),
+      evaluate=train_lib.make_evaluate(model, config, num_classes, mesh,
+                                       distill.make_predict(config, info)),
       teachers=prepared, extra=extra)
 
 

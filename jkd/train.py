@@ -11,8 +11,9 @@ checkpoint, or its epoch cut into other chunks, sees the same batches and dropou
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax
 import flax.linen as nn
@@ -27,21 +28,53 @@ from jkd import checkpoint, optim, parallel
 from jkd import state as state_lib
 from jkd.data import folds as folds_lib
 from jkd.data import normalize
-from jkd.objective import Objective
+from jkd.distill import Context
 from jkd.images import image_input
 
 Array = jax.Array
 
 
 @flax.struct.dataclass
+class Data:
+  """The dataset, once on device and replicated: every run indexes into it."""
+  x: Array              # (N, L, C) raw windows, float32
+  y: Array              # (N,) int32 labels
+  replicated: ClassVar[bool] = True
+
+
+@flax.struct.dataclass
 class Runs:
   """Per-run inputs, each with a leading runs axis."""
-  key: Array          # (R, 2) root key from the run's seed
-  train: Array        # (R, n_max) int32 training indices into x, padded
-  train_count: Array  # (R,)
-  mean: Array         # (R, C) fold normalisation
-  std: Array          # (R, C)
-  hp: dict            # name -> (R,) float32: every numeric optim.*/loss.* value
+  key: Array            # (R, 2) root key from the run's seed
+  train: Array          # (R, n_max) int32 training indices into x, padded
+  train_count: Array    # (R,)
+  mean: Array           # (R, C) fold normalisation
+  std: Array            # (R, C)
+  hp: dict              # dotted key -> (R,) float32: every numeric optim.* key and the per-run keys
+  teachers: Any = ()    # per teacher: its variables or its cached outputs (`jkd.teachers.Prepared`)
+
+
+@flax.struct.dataclass
+class Plan:
+  """Per-run batches of an epoch or of an evaluation: dataset indices and which are real."""
+  index: Array          # (R, nb, B) int32
+  mask: Array           # (R, nb) (training: the run takes the step) or (R, nb, B) (evaluation)
+
+
+@flax.struct.dataclass
+class Clock:
+  """Where the program is, the same in every run (replicated scalars)."""
+  epoch: Array          # () int32, 0-based
+  step: Array           # () int32, the step's index within its epoch
+  replicated: ClassVar[bool] = True
+
+
+@flax.struct.dataclass
+class StepBatch:
+  """One run's batch of one step."""
+  index: Array          # (B,) dataset indices
+  active: Array         # () bool: the run takes this step (a run with fewer batches idles)
+  key: Array            # (2,) the run's key of this step (augmentation, dropout, terms)
 
 
 def model_input(config: mc.ConfigDict, x: Array, mean: Array, std: Array) -> Any:
@@ -56,66 +89,66 @@ def make_tx(config: mc.ConfigDict, hp: dict, epoch: Array | int = 0
   return optim.make(config.optim, hp, lr)
 
 
-def train_step(model: nn.Module, config: mc.ConfigDict, objective: Objective,
-               state: state_lib.TrainState, x: Array, y: Array, idx: Array, active: Array,
-               key: Array, hp: dict, mean: Array, std: Array, epoch: Array, num_classes: int,
-               guide: Callable | None = None, aux: Any = (), pool: Array | None = None,
-               pool_count: Array | None = None, step: Array | None = None
-               ) -> tuple[state_lib.TrainState, dict[str, Array]]:
-  """One SGD step of ONE run (vmap it over runs). Returns the new state and its loss terms.
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """The training step's static parts (what decides the program); calling it takes one SGD step of
+  ONE run (vmap it over runs): `step(state, data, run, batch, clock) -> (state, loss terms)`.
 
-  `guide(aux, xb, raw, idx)`, when given (a distillation stage's frozen teachers,
-  `jkd.teachers.Prepared`), computes `context['teachers']` for the objective from the run's `aux`
-  and the normalised (augmented) windows `xb` of batch `idx` (`raw`: before normalisation).
-  The trainable parts of distillation terms (`params['distill']`, `batch_stats['distill']`) are
-  trained with the student and handed to the objective as `context['distill']`. The objective
-  also gets `context['index']` (= `idx`, the batch's dataset indices), `context['key']` (a key
-  of this run and step, apart from augmentation's and dropout's), `context['all_labels']` (= `y`)
-  and, when given, `context['pool']` / `context['pool_count']`: the run's training indices
-  (`Runs.train`, `Runs.train_count`; CRD draws its negatives from them) and `context['step']`
-  (= `step`, the step's index within the epoch, unbatched: the same in every run; MTKD-RL trains
-  its agent at fixed steps).
+  `objective(logits, features, labels, hp, context) -> (total, terms, term batch_stats)` is the
+  run's loss (`jkd.distill.make_objective`). `guide(teachers, xb, raw, index)`, when given (a
+  distillation stage's frozen teachers, `jkd.teachers.Prepared`), computes the teachers' outputs
+  from the run's `Runs.teachers` and the normalised (augmented) windows `xb` (`raw`: before
+  normalisation). The trainable parts of distillation terms (`params['distill']`,
+  `batch_stats['distill']`) are trained with the student and reach the objective as
+  `Context.distill`.
   """
-  raw, labels = x[idx], y[idx]
-  xb = normalize.apply(raw, mean, std)
-  if augment_lib.is_active(config.augment):
-    xb, labels = augment_lib.augment(jax.random.fold_in(key, 1), xb,
-                                     jax.nn.one_hot(labels, num_classes), config.augment)
-    raw = xb * std + mean
-  context = {"epoch": epoch, "index": idx, "key": jax.random.fold_in(key, 3), "all_labels": y}
-  if pool is not None:
-    context["pool"], context["pool_count"] = pool, pool_count
-  if step is not None:
-    context["step"] = step
-  if guide is not None:
-    context["teachers"] = guide(aux, xb, raw, idx)
-  xb = image_input(config.model, xb, raw)
-  student_stats, own_stats = _split(state.batch_stats)
+  model: nn.Module
+  config: mc.ConfigDict
+  objective: Callable
+  num_classes: int
+  guide: Callable | None = None
 
-  def loss_fn(params):
-    student_params, own_params = _split(params)
-    (logits, features), mutated = model.apply(
-        {"params": student_params, "batch_stats": student_stats}, xb, train=True,
-        mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(key, 2)})
-    if own_params is not None or own_stats is not None:
-      context["distill"] = {"params": own_params or {}, "batch_stats": own_stats or {}}
-    total, terms, own_new = objective(logits, features, labels, hp, context)
-    return total, (terms, _join(mutated["batch_stats"], own_new or own_stats))
+  def __call__(self, state: state_lib.TrainState, data: Data, run: Runs, batch: StepBatch,
+               clock: Clock) -> tuple[state_lib.TrainState, dict[str, Array]]:
+    config, key, hp = self.config, batch.key, run.hp
+    raw, labels = data.x[batch.index], data.y[batch.index]
+    xb = normalize.apply(raw, run.mean, run.std)
+    if augment_lib.is_active(config.augment):
+      xb, labels = augment_lib.augment(jax.random.fold_in(key, 1), xb,
+                                       jax.nn.one_hot(labels, self.num_classes), config.augment)
+      raw = xb * run.std + run.mean
+    teachers = self.guide(run.teachers, xb, raw, batch.index) if self.guide is not None else ()
+    context = Context(epoch=clock.epoch, step=clock.step, index=batch.index,
+                      key=jax.random.fold_in(key, 3), pool=run.train, pool_count=run.train_count,
+                      all_labels=data.y, teachers=teachers)
+    xb = image_input(config.model, xb, raw)
+    student_stats, own_stats = _split(state.batch_stats)
 
-  (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  tx = make_tx(config, hp, epoch)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                      batch_stats=batch_stats, opt_state=opt_state)
-  live = active & ~state.failed
-  finite = (jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
-            & jnp.isfinite(optax.tree.norm(updates)))
-  ok = live & finite
-  kept = state_lib.select(ok, new, state)
-  kept = kept.replace(failed=state.failed | (live & ~finite))
-  terms = {"loss": total, **terms}
-  terms = {k: jnp.where(ok, v, 0.0) for k, v in terms.items()}
-  return kept, terms | {"count": ok.astype(jnp.float32)}
+    def loss_fn(params):
+      student_params, own_params = _split(params)
+      (logits, features), mutated = self.model.apply(
+          {"params": student_params, "batch_stats": student_stats}, xb, train=True,
+          mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(key, 2)})
+      ctx = context
+      if own_params is not None or own_stats is not None:
+        ctx = context.replace(distill={"params": own_params or {}, "batch_stats": own_stats or {}})
+      total, terms, own_new = self.objective(logits, features, labels, hp, ctx)
+      return total, (terms, _join(mutated["batch_stats"], own_new or own_stats))
+
+    (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    tx = make_tx(config, hp, clock.epoch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+    live = batch.active & ~state.failed
+    finite = (jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
+              & jnp.isfinite(optax.tree.norm(updates)))
+    ok = live & finite
+    kept = state_lib.select(ok, new, state)
+    kept = kept.replace(failed=state.failed | (live & ~finite))
+    terms = {"loss": total, **terms}
+    terms = {k: jnp.where(ok, v, 0.0) for k, v in terms.items()}
+    return kept, terms | {"count": ok.astype(jnp.float32)}
 
 
 def _split(tree: dict) -> tuple[dict, Any]:
@@ -152,34 +185,36 @@ class Pacer:
 class EpochProgram:
   """One epoch of every run as three jitted programs, so that it can run in chunks of steps:
 
-    plan(state, x, y, runs, epoch, aux) -> (idx (R, nb, B), mask (R, nb), zero term sums)
-    steps(state, sums, x, y, runs, idx, mask, epoch, lo, hi, aux) -> (state, sums)  steps lo..hi-1
+    plan(state, data, runs, clock) -> (Plan of the epoch's batches, zero term sums)
+    steps(state, sums, data, runs, plan, span) -> (state, sums)   steps span.lo .. span.hi - 1
     finish(sums) -> {term: (R,) mean over the run's steps, 'steps': (R,)}
 
-  `lo` and `hi` are traced: ONE compiled program runs any chunk. A step computes the same thing in
-  whichever chunk it falls (a run's random stream depends on (seed, epoch, step) only, and the terms
-  are summed step after step in the carry), so an epoch in N chunks is bit-identical to one call.
-  Calling the object runs a whole epoch in one chunk; `run(..., pacer=Pacer())` sizes the chunks
-  and calls `report(steps_done, sums)` after each. `lower(...).compile()` compiles all three
-  ahead of time (the benchmarks time that).
+  `span` (`Span`: the epoch and the chunk's first and last step) is traced: ONE compiled program
+  runs any chunk. A step computes the same thing in whichever chunk it falls (a run's random
+  stream depends on (seed, epoch, step) only, and the terms are summed step after step in the
+  carry), so an epoch in N chunks is bit-identical to one call. Calling the object runs a whole
+  epoch in one chunk; `run(..., pacer=Pacer())` sizes the chunks and calls `report(steps_done,
+  sums)` after each. `lower(...).compile()` compiles all three ahead of time (the benchmarks time
+  that).
   """
 
   def __init__(self, plan: Callable, steps: Callable, finish: Callable, num_batches: int):
     self.plan, self.steps, self.finish, self.num_batches = plan, steps, finish, num_batches
 
-  def __call__(self, state, x, y, runs: Runs, epoch, aux=()):
-    return self.run(state, x, y, runs, epoch, aux)
+  def __call__(self, state, data: Data, runs: Runs, epoch):
+    return self.run(state, data, runs, epoch)
 
-  def run(self, state, x, y, runs: Runs, epoch, aux=(), pacer: Pacer | None = None,
+  def run(self, state, data: Data, runs: Runs, epoch, pacer: Pacer | None = None,
           report: Callable | None = None, _programs=None):
-    plan, steps, finish = _programs or (self.plan, self.steps, self.finish)
-    idx, mask, sums = plan(state, x, y, runs, epoch, aux)
+    plan_fn, steps, finish = _programs or (self.plan, self.steps, self.finish)
+    epoch = jnp.int32(epoch)
+    plan, sums = plan_fn(state, data, runs, Clock(epoch, jnp.int32(0)))
     done, total = 0, self.num_batches
     while done < total:
       n = total - done if pacer is None else _agree(pacer.size(total - done))
       t0 = time.perf_counter()
-      state, sums = steps(state, sums, x, y, runs, idx, mask, epoch, jnp.int32(done),
-                          jnp.int32(done + n), aux)
+      state, sums = steps(state, sums, data, runs, plan,
+                          Span(epoch, jnp.int32(done), jnp.int32(done + n)))
       done += n
       if pacer is not None:
         jax.block_until_ready(sums)
@@ -188,8 +223,17 @@ class EpochProgram:
         report(done, sums)
     return state, finish(sums)
 
-  def lower(self, state, x, y, runs: Runs, epoch, aux=()) -> "_Lowered":
-    return _Lowered(self, (state, x, y, runs, epoch, aux))
+  def lower(self, state, data: Data, runs: Runs, epoch) -> "_Lowered":
+    return _Lowered(self, (state, data, runs, jnp.int32(epoch)))
+
+
+@flax.struct.dataclass
+class Span:
+  """The steps a chunk of an epoch runs, the same in every run (replicated scalars)."""
+  epoch: Array          # () int32
+  lo: Array             # () first step
+  hi: Array             # () one past the last step
+  replicated: ClassVar[bool] = True
 
 
 class _Lowered:
@@ -199,14 +243,15 @@ class _Lowered:
     self.program, self.args = program, args
 
   def compile(self) -> Callable:
-    p, (state, x, y, runs, epoch, aux) = self.program, self.args
-    plan = p.plan.lower(state, x, y, runs, epoch, aux).compile()
-    idx, mask, sums = jax.eval_shape(p.plan, state, x, y, runs, epoch, aux)
-    lo = jax.ShapeDtypeStruct((), jnp.int32)
-    steps = p.steps.lower(state, sums, x, y, runs, idx, mask, epoch, lo, lo, aux).compile()
+    p, (state, data, runs, epoch) = self.program, self.args
+    clock = Clock(epoch, jnp.int32(0))
+    plan_fn = p.plan.lower(state, data, runs, clock).compile()
+    plan, sums = jax.eval_shape(p.plan, state, data, runs, clock)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    steps = p.steps.lower(state, sums, data, runs, plan, Span(scalar, scalar, scalar)).compile()
     finish = p.finish   # tiny; compiled at its first call, for the shardings it is given
-    return lambda state, x, y, runs, epoch, aux=(): p.run(state, x, y, runs, epoch, aux,
-                                                          _programs=(plan, steps, finish))
+    return lambda state, data, runs, epoch: p.run(state, data, runs, epoch,
+                                                  _programs=(plan_fn, steps, finish))
 
 
 def _agree(n: int) -> int:
@@ -217,49 +262,55 @@ def _agree(n: int) -> int:
   return n
 
 
-def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objective,
-                     num_batches: int, num_classes: int, guide: Callable | None = None,
-                     mesh: Any = None) -> EpochProgram:
-  """The epoch program (`EpochProgram`): `program(state, x, y, runs, epoch, aux=()) -> (state,
-  {term: (R,) mean over its steps, 'steps': (R,)})`, or in chunks with `program.run`.
+def vmap_runs(fn: Callable) -> Callable:
+  """`fn` of one run, mapped over the runs axis of every argument that has one (its axes derive
+  from the arguments' types: `jkd.parallel.has_runs_axis`)."""
+  def mapped(*args):
+    axes = tuple(0 if parallel.has_runs_axis(a) else None for a in args)
+    return jax.vmap(fn, in_axes=axes)(*args)
+  return mapped
+
+
+def make_train_epoch(step: Step, num_batches: int, mesh: Any = None) -> EpochProgram:
+  """The epoch program (`EpochProgram`) of the training step `step`: `program(state, data, runs,
+  epoch) -> (state, {term: (R,) mean over its steps, 'steps': (R,)})`, or in chunks with
+  `program.run`.
 
   The state is donated. Every run takes `num_batches` steps; a run with fewer full batches
-  (`train_count // batch_size`) idles on the rest. `aux` (leading runs axis) goes to `guide` (see
-  train_step). `mesh`: each device runs its own runs (`jkd.parallel.per_device`).
+  (`train_count // batch_size`) idles on the rest. `mesh`: each device runs its own runs
+  (`jkd.parallel.per_device`).
   """
-  batch = config.train.batch_size
-  step = jax.vmap(lambda s, x, y, i, a, k, hp, m, sd, e, ax, tr, tc, n: train_step(
-      model, config, objective, s, x, y, i, a, k, hp, m, sd, e, num_classes, guide, ax, tr, tc,
-      n), in_axes=(0, None, None, 0, 0, 0, 0, 0, 0, None, 0, 0, 0, None))
+  batch = step.config.train.batch_size
+  vstep = vmap_runs(step)
 
   def epoch_keys(runs: Runs, epoch):
     return jax.vmap(lambda k: jax.random.fold_in(k, epoch))(runs.key)
 
-  def step_keys(keys, s):
-    return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), s))(keys)
+  def step_batch(plan: Plan, keys, s):
+    """Every run's batch of step `s` (its key: the epoch key's stream 1 at `s`)."""
+    return StepBatch(index=jax.lax.dynamic_index_in_dim(plan.index, s, 1, keepdims=False),
+                     active=jax.lax.dynamic_index_in_dim(plan.mask, s, 1, keepdims=False),
+                     key=jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), s))(keys))
 
-  def plan_fn(state, x, y, runs: Runs, epoch, aux=()):
-    keys = epoch_keys(runs, epoch)
+  def plan_fn(state, data: Data, runs: Runs, clock: Clock):
+    keys = epoch_keys(runs, clock.epoch)
     perm_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-    idx, mask = jax.vmap(folds_lib.batch_indices, in_axes=(0, 0, 0, None, None))(
+    index, mask = jax.vmap(folds_lib.batch_indices, in_axes=(0, 0, 0, None, None))(
         perm_keys, runs.train, runs.train_count, batch, num_batches)
-    _, terms = jax.eval_shape(step, state, x, y, idx[:, 0], mask[:, 0], step_keys(keys, 0),
-                              runs.hp, runs.mean, runs.std, epoch, aux, runs.train,
-                              runs.train_count, jnp.int32(0))
-    return idx, mask, jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), terms)
+    plan = Plan(index, mask)
+    _, terms = jax.eval_shape(vstep, state, data, runs, step_batch(plan, keys, 0), clock)
+    return plan, jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), terms)
 
-  def steps_fn(state, sums, x, y, runs: Runs, idx, mask, epoch, lo, hi, aux=()):
-    keys = epoch_keys(runs, epoch)
+  def steps_fn(state, sums, data: Data, runs: Runs, plan: Plan, span: Span):
+    keys = epoch_keys(runs, span.epoch)
 
     def body(s, carry):
       state, sums = carry
-      state, terms = step(state, x, y, jax.lax.dynamic_index_in_dim(idx, s, 1, keepdims=False),
-                          jax.lax.dynamic_index_in_dim(mask, s, 1, keepdims=False),
-                          step_keys(keys, s), runs.hp, runs.mean, runs.std, epoch, aux,
-                          runs.train, runs.train_count, jnp.asarray(s, jnp.int32))
+      state, terms = vstep(state, data, runs, step_batch(plan, keys, s),
+                           Clock(span.epoch, jnp.asarray(s, jnp.int32)))
       return state, jax.tree.map(jnp.add, sums, terms)
 
-    return jax.lax.fori_loop(lo, hi, body, (state, sums))
+    return jax.lax.fori_loop(span.lo, span.hi, body, (state, sums))
 
   def finish_fn(sums):
     sums = dict(sums)
@@ -267,42 +318,46 @@ def make_train_epoch(model: nn.Module, config: mc.ConfigDict, objective: Objecti
     return {k: v / jnp.maximum(count, 1.0) for k, v in sums.items()} | {"steps": count}
 
   if mesh is not None:
-    plan_fn = parallel.per_device(plan_fn, mesh, "R--R-R", "RRR")
-    steps_fn = parallel.per_device(steps_fn, mesh, "RR--RRR---R", "RR")
+    plan_fn = parallel.per_device(plan_fn, mesh)
+    steps_fn = parallel.per_device(steps_fn, mesh)
   return EpochProgram(jax.jit(plan_fn), jax.jit(steps_fn, donate_argnums=(0, 1)),
                       jax.jit(finish_fn), num_batches)
 
 
 def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int, mesh: Any = None,
                   predict: Callable | None = None) -> Callable:
-  """`evaluate(variables, x, y, idx, mask, mean, std) -> (confusion (R, K, K), loss (R,))`.
+  """`evaluate(variables, data, runs, plan) -> (confusion (R, K, K), loss (R,))`.
 
-  `idx`, `mask` (R, nb, Be): every run's evaluation batches; confusion[r, true, predicted] counts.
-  `mesh`: as in make_train_epoch. `predict(own, logits, features) -> logits`, when given
-  (`jkd.distill.make_predict`: a term such as SimKD that predicts through its own parts), turns
-  the student's outputs into its predictions with the run's distillation-term variables `own`
-  (`params['distill']`, `batch_stats['distill']` of `variables`); else the student's logits.
+  `plan` (`Plan`, index and mask (R, nb, Be)): every run's evaluation batches; `runs`: their
+  normalisation; confusion[r, true, predicted] counts. `mesh`: as in make_train_epoch.
+  `predict(own, logits, features) -> logits`, when given (`jkd.distill.make_predict`: a term such
+  as SimKD that predicts through its own parts), turns the student's outputs into its predictions
+  with the run's distillation-term variables `own` (`params['distill']`, `batch_stats['distill']`
+  of `variables`); else the student's logits.
   """
-  def one(variables, x, y, idx, mask, mean, std):
+  def one(variables, data: Data, run: Runs, plan: Plan):
     student = checkpoint.student_variables(variables)
     own = {k: tree.get(checkpoint.DISTILL, {}) for k, tree in variables.items()}
+    x, y = data.x, data.y
 
     def body(carry, inputs):
       conf, loss = carry
       i, m = inputs
-      logits, features = model.apply(student, model_input(config, x[i], mean, std), train=False)
+      logits, features = model.apply(student, model_input(config, x[i], run.mean, run.std),
+                                     train=False)
       if predict is not None:
         logits = predict(own, logits, features)
       onehot = jax.nn.one_hot(y[i], num_classes) * m[:, None]
       pred = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
       nll = -jnp.sum(onehot * jax.nn.log_softmax(logits), -1)
       return (conf + onehot.T @ pred, loss + nll.sum()), None
-    (conf, loss), _ = jax.lax.scan(body, (jnp.zeros((num_classes, num_classes)), 0.0), (idx, mask))
-    return conf, loss / jnp.maximum(mask.sum(), 1.0)
+    (conf, loss), _ = jax.lax.scan(body, (jnp.zeros((num_classes, num_classes)), 0.0),
+                                   (plan.index, plan.mask))
+    return conf, loss / jnp.maximum(plan.mask.sum(), 1.0)
 
-  evaluate = jax.vmap(one, in_axes=(0, None, None, 0, 0, 0, 0))
+  evaluate = vmap_runs(one)
   if mesh is not None:
-    evaluate = parallel.per_device(evaluate, mesh, "R--RRRR", "RR")
+    evaluate = parallel.per_device(evaluate, mesh)
   return jax.jit(evaluate)
 
 

@@ -237,8 +237,10 @@ def test_engine_trains_the_heads_and_tau_and_restore_leaves_them_out():
   assert init["embed_s"]["kernel"].shape == (1, 6, 16)             # (runs, d_s, feat_dim)
   assert init["embed_t"]["kernel"].shape == (1, 5, 16)
   guide = teachers_lib.make_guide(ts, [False], distill.teacher_needs(c.loss))
-  epoch = train_lib.make_train_epoch(model, c, distill.make_objective(c), 3, K, guide)
-  state, terms = epoch(jax.tree.map(jnp.asarray, state), x, y, inputs, jnp.int32(1), tvars)
+  step = train_lib.Step(model, c, distill.make_objective(c), K, guide)
+  epoch = train_lib.make_train_epoch(step, 3)
+  state, terms = epoch(jax.tree.map(jnp.asarray, state), train_lib.Data(x, y),
+                       inputs.replace(teachers=tvars), 1)
   assert np.all(np.isfinite(np.asarray(terms["loss"]))) and not np.asarray(state.failed)[0]
   after = jax.tree.map(np.asarray, state.params["distill"]["dcd"]["0"])
   for part in ("embed_s", "embed_t"):

@@ -362,8 +362,10 @@ def test_engine_trains_the_parts_and_simkd_predicts_through_them(tmp_path):
   np.testing.assert_array_equal(init.batch_stats["distill"]["simkd"]["head"]["params"]["fc"]["kernel"],
                                 tvars[0]["params"]["fc"]["kernel"])
   guide = teachers_lib.make_guide(ts, [False], distill.teacher_needs(c.loss))
-  epoch = train_lib.make_train_epoch(model, c, distill.make_objective(c), 3, K, guide)
-  state, terms = epoch(jax.tree.map(jnp.asarray, state), x, y, inputs, jnp.int32(1), tvars)
+  step = train_lib.Step(model, c, distill.make_objective(c), K, guide)
+  epoch = train_lib.make_train_epoch(step, 3)
+  state, terms = epoch(jax.tree.map(jnp.asarray, state), train_lib.Data(x, y),
+                       inputs.replace(teachers=tvars), 1)
   state = jax.tree.map(np.asarray, state)
   assert np.all(np.isfinite(terms["loss"])) and float(terms["steps"][0]) == 3
   assert not state.failed[0]
@@ -380,7 +382,7 @@ def test_engine_trains_the_parts_and_simkd_predicts_through_them(tmp_path):
   evaluate = train_lib.make_evaluate(model, c, K, predict=distill.make_predict(c, info))
   idx = jnp.asarray(np.arange(24, 40).reshape(1, 2, 8))
   mask = jnp.ones((1, 2, 8))
-  conf, loss = evaluate(state.variables, x, y, idx, mask, inputs.mean, inputs.std)
+  conf, loss = evaluate(state.variables, train_lib.Data(x, y), inputs, train_lib.Plan(idx, mask))
   one = jax.tree.map(lambda a: a[0], state.variables)
   _, (_, h2, _) = model.apply(checkpoint.student_variables(one), x[24:], train=False)
   own = _np({k: v["distill"]["simkd"] for k, v in one.items()})
@@ -393,8 +395,8 @@ def test_engine_trains_the_parts_and_simkd_predicts_through_them(tmp_path):
   np.testing.assert_array_equal(np.asarray(conf)[0], want)
   np.testing.assert_allclose(float(loss[0]), -_log_softmax(logits)[np.arange(16), yy].mean(),
                              rtol=1e-4)
-  _, plain = train_lib.make_evaluate(model, c, K)(state.variables, x, y, idx, mask, inputs.mean,
-                                                  inputs.std)
+  _, plain = train_lib.make_evaluate(model, c, K)(state.variables, train_lib.Data(x, y), inputs,
+                                                  train_lib.Plan(idx, mask))
   assert float(plain[0]) != float(loss[0])                # not the student's own fc
   # the checkpoint holds the parts; restore_run leaves them out unless asked
   mngr = checkpoint.manager(str(tmp_path), async_writes=False)

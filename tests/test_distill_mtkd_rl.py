@@ -350,8 +350,10 @@ def test_engine_epoch_trains_the_embeds_and_the_agent():
   init = jax.tree.map(np.asarray, state)
   assert init.batch_stats["distill"]["mtkd_rl"]["states"].shape == (1, 2, BS, 2 * (5 + C + 3))
   guide = teachers_lib.make_guide(ts, [False, False], distill.teacher_needs(c.loss))
-  epoch = train_lib.make_train_epoch(model, c, distill.make_objective(c), 3, C, guide)
-  state, terms = epoch(jax.tree.map(jnp.asarray, state), x, y, inputs, jnp.int32(1), tvars)
+  step = train_lib.Step(model, c, distill.make_objective(c), C, guide)
+  epoch = train_lib.make_train_epoch(step, 3)
+  state, terms = epoch(jax.tree.map(jnp.asarray, state), train_lib.Data(x, y),
+                       inputs.replace(teachers=tvars), 1)
   state = jax.tree.map(np.asarray, state)
   assert np.all(np.isfinite(terms["loss"])) and float(terms["steps"][0]) == 3
   own, own0 = state.batch_stats["distill"]["mtkd_rl"], init.batch_stats["distill"]["mtkd_rl"]

@@ -33,7 +33,7 @@ def test_seeds_number_of_trials_or_list():
 
 def test_sweep_expansion_order_and_hparams():
   c = _config(seeds=2)
-  c.sweep = {"optim": {"lr": (0.1, 0.01)}, "loss": {"label_smoothing": (0.0, 0.1, 0.2)}}
+  c.sweep = {"optim": {"lr": (0.1, 0.01)}, "loss": {"ce": {"label_smoothing": (0.0, 0.1, 0.2)}}}
   c.lock()
   runs = runs_lib.expand(c, num_folds=3)
   assert len(runs) == 2 * 3 * 2 * 3

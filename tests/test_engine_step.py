@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jkd import config as config_lib
-from jkd import objective as objective_lib
+from jkd import distill
 from jkd import runs as runs_lib
 from jkd import state as state_lib
 from jkd import train as train_lib
@@ -49,10 +49,11 @@ def world():
   # runs: (fold 0, seed 1), (fold 1, seed 2, lr 0.05), (fold 0, seed 3)
   runs = [runs_lib.Run(0, 0, 1, {}), runs_lib.Run(1, 1, 2, {"optim.lr": 0.05}),
           runs_lib.Run(2, 0, 3, {})]
-  model, objective = Tiny(), objective_lib.make(config)
-  epoch3 = train_lib.make_train_epoch(model, config, objective, 5, K)
-  epoch1 = train_lib.make_train_epoch(model, config, objective, 3, K)
-  return dict(x=jnp.asarray(x), y=jnp.asarray(y), train=train, counts=counts, mean=mean, std=std,
+  model = Tiny()
+  step = train_lib.Step(model, config, distill.make_objective(config), K)
+  epoch3 = train_lib.make_train_epoch(step, 5)
+  epoch1 = train_lib.make_train_epoch(step, 3)
+  return dict(data=train_lib.Data(jnp.asarray(x), jnp.asarray(y)), x=jnp.asarray(x), y=jnp.asarray(y), train=train, counts=counts, mean=mean, std=std,
               config=config, runs=runs, model=model, epoch3=epoch3, epoch1=epoch1)
 
 
@@ -74,7 +75,7 @@ def _train(w, fn, runs, epochs=2, **hp_override):
   state = jax.tree.map(jnp.asarray, init)
   steps = []
   for e in range(epochs):
-    state, terms = fn(state, w["x"], w["y"], inputs, jnp.int32(e))
+    state, terms = fn(state, w["data"], inputs, e)
     steps.append(np.asarray(terms["steps"]))
   return init, jax.tree.map(np.asarray, state), steps, terms
 
@@ -109,12 +110,13 @@ def test_idle_step_leaves_state_unchanged(world):
   st = train_lib.init_state(world["model"], world["config"], inputs.key, jnp.zeros((1, L, C)),
                             inputs.hp)
   one = jax.tree.map(lambda a: jnp.asarray(a[0]), st)
-  hp = jax.tree.map(lambda a: a[0], inputs.hp)
-  args = (world["x"], world["y"], jnp.arange(B), None, jax.random.PRNGKey(0), hp,
-          inputs.mean[0], inputs.std[0], jnp.int32(0), K)
-  step = jax.jit(lambda active: train_lib.train_step(world["model"], world["config"],
-                                                     objective_lib.make(world["config"]), one,
-                                                     *args[:3], active, *args[4:]))
+  run = jax.tree.map(lambda a: a[0], inputs)
+  train_step = train_lib.Step(world["model"], world["config"],
+                              distill.make_objective(world["config"]), K)
+  clock = train_lib.Clock(jnp.int32(0), jnp.int32(0))
+  step = jax.jit(lambda active: train_step(
+      one, world["data"], run, train_lib.StepBatch(jnp.arange(B), active, jax.random.PRNGKey(0)),
+      clock))
   idle, terms = step(jnp.bool_(False))
   for u, v in zip(jax.tree.leaves(idle), jax.tree.leaves(one)):
     np.testing.assert_array_equal(u, v)
@@ -143,8 +145,11 @@ def test_evaluate_and_best(world, together):
   mask = np.ones((3, 2, 8), np.float32)
   mask[:, 1, 5:] = 0                                   # 13 real examples
   fold = np.array([r.fold for r in w["runs"]])
-  conf, loss = evaluate(state.variables, w["x"], w["y"], jnp.asarray(idx), jnp.asarray(mask),
-                        jnp.asarray(w["mean"][fold]), jnp.asarray(w["std"][fold]))
+  runs = train_lib.Runs(key=jnp.zeros((3, 2), jnp.uint32), train=jnp.zeros((3, 1), jnp.int32),
+                        train_count=jnp.zeros(3, jnp.int32), mean=jnp.asarray(w["mean"][fold]),
+                        std=jnp.asarray(w["std"][fold]), hp={})
+  conf, loss = evaluate(state.variables, w["data"], runs,
+                        train_lib.Plan(jnp.asarray(idx), jnp.asarray(mask)))
   conf = np.asarray(conf)
   for r in range(3):
     v = jax.tree.map(lambda a: a[r], state.variables)

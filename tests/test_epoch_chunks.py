@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jkd import config as config_lib
-from jkd import objective as objective_lib
+from jkd import distill
 from jkd import runs as runs_lib
 from jkd import state as state_lib
 from jkd import train as train_lib
@@ -55,9 +55,9 @@ def world():
                           mean=jnp.zeros((2, C)), std=jnp.ones((2, C)),
                           hp=jax.tree.map(jnp.asarray, runs_lib.hparams(c, runs)))
   model = Tiny()
-  program = train_lib.make_train_epoch(model, c, objective_lib.make(c), STEPS, K)
+  program = train_lib.make_train_epoch(train_lib.Step(model, c, distill.make_objective(c), K), STEPS)
   init = train_lib.init_state(model, c, inputs.key, jnp.zeros((1, L, C)), inputs.hp)
-  return dict(x=x, y=y, inputs=inputs, program=program, init=init)
+  return dict(data=train_lib.Data(x, y), inputs=inputs, program=program, init=init)
 
 
 def _two_epochs(w, chunks=None):
@@ -65,8 +65,7 @@ def _two_epochs(w, chunks=None):
   reported = []
   for e in range(2):
     pacer = None if chunks is None else Fixed(chunks)
-    state, terms = w["program"].run(state, w["x"], w["y"], w["inputs"], jnp.int32(e),
-                                    pacer=pacer, report=lambda done, sums: reported.append(done))
+    state, terms = w["program"].run(state, w["data"], w["inputs"], e, pacer=pacer, report=lambda done, sums: reported.append(done))
   return jax.tree.map(np.asarray, state), jax.tree.map(np.asarray, terms), reported
 
 
@@ -86,16 +85,16 @@ def test_any_chunking_is_bit_identical_to_one_call(world):
     _same(one, state)
     _same(terms, t)
     assert reported[-1] == STEPS and len(reported) == 2 * len(chunks)
-  called, _ = world["program"](jax.tree.map(jnp.asarray, world["init"]), world["x"], world["y"],
-                               world["inputs"], jnp.int32(0))
-  ran, _ = world["program"].run(jax.tree.map(jnp.asarray, world["init"]), world["x"], world["y"],
-                                world["inputs"], jnp.int32(0), pacer=Fixed([2, 5]))
+  called, _ = world["program"](jax.tree.map(jnp.asarray, world["init"]), world["data"],
+                               world["inputs"], 0)
+  ran, _ = world["program"].run(jax.tree.map(jnp.asarray, world["init"]), world["data"],
+                                world["inputs"], 0, pacer=Fixed([2, 5]))
   _same(called, ran)
 
 
 def test_compiled_ahead_of_time_equals_the_jitted_programs(world):
   state = jax.tree.map(jnp.asarray, world["init"])
-  args = (world["x"], world["y"], world["inputs"], jnp.int32(0))
+  args = (world["data"], world["inputs"], 0)
   compiled = world["program"].lower(state, *args).compile()
   a, ta = compiled(state, *args)
   b, tb = world["program"](jax.tree.map(jnp.asarray, world["init"]), *args)

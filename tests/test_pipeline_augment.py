@@ -35,15 +35,19 @@ def test_guide_sees_augmented_batch_and_labels_are_mixed():
     return xb * aux, raw
 
   def objective(logits, features, labels, hp, context):
-    teacher, raw = context["teachers"]
+    teacher, raw = context.teachers
     return jnp.mean(logits ** 2), {
         "label_err": jnp.max(jnp.abs(labels - ya)),
         "rowsum_err": jnp.max(jnp.abs(labels.sum(-1) - 1)),
         "teacher_err": jnp.max(jnp.abs(teacher - 2.0 * xa)) + 0.0 * teacher.shape[-1],
         "raw_err": jnp.max(jnp.abs(raw - (xa * std + mean)))}, None
 
-  step = jax.jit(lambda st: train_lib.train_step(model, c, objective, st, x, y, idx, True, key, hp,
-                                                 mean, std, 0, 3, guide, jnp.float32(2.0)))
+  train_step = train_lib.Step(model, c, objective, 3, guide)
+  run = train_lib.Runs(key=key, train=jnp.arange(12), train_count=jnp.int32(12), mean=mean,
+                       std=std, hp=hp, teachers=jnp.float32(2.0))
+  step = jax.jit(lambda st: train_step(st, train_lib.Data(x, y), run,
+                                       train_lib.StepBatch(idx, jnp.bool_(True), key),
+                                       train_lib.Clock(jnp.int32(0), jnp.int32(0))))
   _, terms = step(st)
   assert float(terms["label_err"]) < 1e-6 and float(terms["rowsum_err"]) < 1e-6
   assert float(terms["teacher_err"]) < 1e-5 and float(terms["raw_err"]) < 1e-5

@@ -22,28 +22,29 @@ def _engine(optim="sgd", schedule="lab", loss="ce"):
   c.model.name = "wrn10_1"
   c.train.epochs = 60
   c.optim.update(name=optim, schedule=schedule, step_size=30, milestones=(30,))
-  c.loss.name = loss
+  c.loss.terms = (loss,)
   return c
 
 
 def _stepper(c):
   """Two train steps of a tiny model as ONE compiled function of (hp, epoch): what a sweep point
   changes is only the per-run values, so every key's check reuses the compile."""
-  from jkd import objective
   model = jkd.models.create("wrn10_1", num_classes=3, ndim=1)
   r = np.random.default_rng(0)
   x = jnp.asarray(r.normal(size=(8, 16, 3)), jnp.float32)
   y = jnp.asarray(r.integers(0, 3, 8), jnp.int32)
   variables = model.init(jax.random.PRNGKey(0), x[:2])
-  obj = objective.make(c)
+  step = train_lib.Step(model, c, distill.make_objective(c), 3)
+  data = train_lib.Data(x, y)
 
   @jax.jit
   def run(hp, epoch):
     st = state_lib.from_variables(variables, train_lib.make_tx(c, hp))
+    run = train_lib.Runs(key=jax.random.PRNGKey(0), train=jnp.arange(8), train_count=jnp.int32(8),
+                         mean=jnp.zeros(3), std=jnp.ones(3), hp=hp)
     for k in (1, 2):   # a second step, so momentum and Adam's moments enter the update
-      st, terms = train_lib.train_step(model, c, obj, st, x, y, jnp.arange(8), True,
-                                       jax.random.PRNGKey(k), hp, jnp.zeros(3), jnp.ones(3),
-                                       epoch, 3)
+      batch = train_lib.StepBatch(jnp.arange(8), jnp.bool_(True), jax.random.PRNGKey(k))
+      st, terms = step(st, data, run, batch, train_lib.Clock(epoch, jnp.int32(k - 1)))
     return jax.tree.leaves(st.params) + [terms["loss"]]
 
   return lambda hp, epoch: run(hp, jnp.int32(epoch))
@@ -60,7 +61,7 @@ def test_every_sweepable_engine_key_changes_the_step(optim, schedule, loss):
   c.optim.warmup_epochs = 2.0
   base = {k: jnp.float32(v) for k, v in config_lib.numeric_hparams(c).items()}
   if loss == "ce":
-    base["loss.label_smoothing"] = jnp.float32(0.1)
+    base["loss.ce.label_smoothing"] = jnp.float32(0.1)
   keys = config_lib.per_run_keys(c)
   assert "optim.lr" in keys and ("optim.momentum" in keys) == (optim == "sgd")
   assert ("optim.gamma" in keys) == (schedule != "lab")

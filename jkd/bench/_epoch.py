@@ -34,13 +34,14 @@ def set_devices(a: argparse.Namespace) -> None:
     parallel.use_cpu_devices(a.runs)
 
 
-def synthetic(config, a: argparse.Namespace, m) -> tuple[jax.Array, jax.Array, train_lib.Runs]:
+def synthetic(config, a: argparse.Namespace, m) -> tuple[train_lib.Data, train_lib.Runs]:
   """`batch * steps` random windows and labels (replicated over mesh `m`) and the runs' inputs
   (host arrays: every run trains on all windows, identity normalisation, seeds 1234 + i)."""
   n = a.batch * a.steps
   rng = np.random.default_rng(0)
-  x = parallel.replicate(rng.normal(size=(n, a.length, a.channels)).astype(np.float32), m)
-  y = parallel.replicate(rng.integers(0, a.classes, n).astype(np.int32), m)
+  data = parallel.replicate(train_lib.Data(
+      rng.normal(size=(n, a.length, a.channels)).astype(np.float32),
+      rng.integers(0, a.classes, n).astype(np.int32)), m)
   runs = [runs_lib.Run(i, 0, 1234 + i, {}) for i in range(a.runs)]
   inputs = train_lib.Runs(key=np.asarray(state_lib.init_keys(np.array([r.seed for r in runs]))),
                           train=np.tile(np.arange(n, dtype=np.int32), (a.runs, 1)),
@@ -48,7 +49,7 @@ def synthetic(config, a: argparse.Namespace, m) -> tuple[jax.Array, jax.Array, t
                           mean=np.zeros((a.runs, a.channels), np.float32),
                           std=np.ones((a.runs, a.channels), np.float32),
                           hp=runs_lib.hparams(config, runs))
-  return x, y, inputs
+  return data, inputs
 
 
 def time_epochs(epoch_fn: Callable, state: Any, args: tuple, a: argparse.Namespace,

@@ -29,7 +29,7 @@ import numpy as np
 import jkd.models
 from jkd.bench import _epoch
 from jkd import config as config_lib
-from jkd import objective as objective_lib
+from jkd import distill
 from jkd import parallel
 from jkd import train as train_lib
 
@@ -53,10 +53,10 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
   config.train.batch_size = a.batch
   config.optim.schedule = "constant"
   m = parallel.mesh(a.runs)
-  x, y, inputs = _epoch.synthetic(config, a, m)
+  data, inputs = _epoch.synthetic(config, a, m)
   model = jkd.models.create(a.model, num_classes=a.classes)
-  program = train_lib.make_train_epoch(model, config, objective_lib.make(config), a.steps,
-                                       a.classes, mesh=m)
+  step = train_lib.Step(model, config, distill.make_objective(config), a.classes)
+  program = train_lib.make_train_epoch(step, a.steps, mesh=m)
   fresh = lambda: parallel.shard_runs(train_lib.init_state(
       model, config, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp), m)
   runs = parallel.shard_runs(inputs, m)
@@ -66,8 +66,7 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
   for e in range(a.repeats + 1):
     for kind in ("one", "chunked"):
       t0 = time.perf_counter()
-      states[kind], terms = program.run(states[kind], x, y, runs, jnp.int32(e),
-                                        pacer=pacers[kind])
+      states[kind], terms = program.run(states[kind], data, runs, e, pacer=pacers[kind])
       jax.block_until_ready(terms)
       if e:                                   # the first round compiles and warms up
         times[kind].append(time.perf_counter() - t0)

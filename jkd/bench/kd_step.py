@@ -99,7 +99,7 @@ def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
               method: str = "lab", image: str = "gaf") -> dict[str, Any]:
   cfg = stage_config(a, method, image)
   m = parallel.mesh()
-  x, y, inputs = _epoch.synthetic(cfg, a, m)
+  data, inputs = _epoch.synthetic(cfg, a, m)
   model = jkd.models.create(cfg.model.name, num_classes=a.classes, ndim=cfg.model.ndim,
                             **cfg.model.kwargs.to_dict())
   ts = teachers_lib.build(cfg, a.classes)
@@ -115,7 +115,7 @@ def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
     if a.cached:
       t0 = time.perf_counter()
       variables = jax.block_until_ready(teachers_lib.make_cache_fn(
-          t, needs, cfg.train.eval_batch_size, m)(variables, x, inputs.mean, inputs.std))
+          t, needs, cfg.train.eval_batch_size, m)(variables, data.x, inputs.mean, inputs.std))
       cache_s += time.perf_counter() - t0
     aux.append(variables)
   n = a.batch * a.steps
@@ -124,11 +124,11 @@ def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
   state = parallel.shard_runs(train_lib.init_state(
       model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp, None, extra,
       host_vars if extra is not None else None), m)
-  inputs = parallel.shard_runs(inputs, m)
+  inputs = parallel.shard_runs(inputs, m).replace(teachers=aux)
   guide = teachers_lib.make_guide(ts, [a.cached] * len(ts), needs)
-  epoch_fn = train_lib.make_train_epoch(model, cfg, distill.make_objective(cfg), a.steps,
-                                        a.classes, guide, mesh=m)
-  out = _epoch.time_epochs(epoch_fn, state, (x, y, inputs, None, aux), a, references)
+  step = train_lib.Step(model, cfg, distill.make_objective(cfg), a.classes, guide)
+  epoch_fn = train_lib.make_train_epoch(step, a.steps, mesh=m)
+  out = _epoch.time_epochs(epoch_fn, state, (data, inputs, None), a, references)
   terms, epoch_s, ref_s = out.pop("terms"), out.pop("epoch_s"), out.pop("ref_s")
   result = {"method": method, "devices": m.size,
             **({"cache_s": round(cache_s, 2)} if a.cached else {}), **out,

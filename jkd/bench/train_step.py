@@ -28,7 +28,7 @@ import jkd.models
 from jkd.bench import Reference, _epoch
 from jkd import config as config_lib
 from jkd import parallel
-from jkd import objective as objective_lib
+from jkd import distill
 from jkd import train as train_lib
 
 
@@ -41,16 +41,16 @@ def bench_jax(a: argparse.Namespace, reference: Any = None) -> dict[str, Any]:
   config.model.ndim = a.ndim
   config.model.image_size = a.image_size
   m = parallel.mesh()
-  x, y, inputs = _epoch.synthetic(config, a, m)
+  data, inputs = _epoch.synthetic(config, a, m)
   model = jkd.models.create(a.model, num_classes=a.classes, ndim=a.ndim,
                             **config.model.kwargs.to_dict())
   sample = train_lib.model_input(config, jnp.zeros((1, a.length, a.channels)),
                                  jnp.zeros(a.channels), jnp.ones(a.channels))
   state = train_lib.init_state(model, config, inputs.key, sample, inputs.hp)
   state, inputs = parallel.shard_runs(state, m), parallel.shard_runs(inputs, m)
-  epoch_fn = train_lib.make_train_epoch(model, config, objective_lib.make(config), a.steps,
-                                        a.classes, mesh=m)
-  out = _epoch.time_epochs(epoch_fn, state, (x, y, inputs, None), a,
+  step = train_lib.Step(model, config, distill.make_objective(config), a.classes)
+  epoch_fn = train_lib.make_train_epoch(step, a.steps, mesh=m)
+  out = _epoch.time_epochs(epoch_fn, state, (data, inputs, None), a,
                            {"train": reference} if reference else None)
   terms, epoch_s, ref_s = out.pop("terms"), out.pop("epoch_s"), out.pop("ref_s")
   result = {"devices": m.size, **out, "final_loss": float(jnp.mean(terms["loss"]))}

@@ -23,13 +23,13 @@ import ml_collections as mc
 
 from jkd.distill import (annealing, at, camkd, ce, crd, dcd, dist, dkd, fitnet, focal, kd,
                          mtkd_rl, pefd, pkt, projector, rkd, simkd, sp, srrl)
-from jkd.distill.term import LAST, Batch, Info, Needs, Outputs, Term, TermError
+from jkd.distill.term import LAST, Batch, Context, Info, Needs, Outputs, Term, TermError
 
 TERMS: dict[str, Term] = {m.TERM.name: m.TERM for m in (
     ce, focal, kd, dkd, dist, sp, at, fitnet, rkd, pkt, annealing, crd, simkd, srrl, camkd, pefd,
     dcd, projector, mtkd_rl)}
 HARD = ("ce", "focal")
-__all__ = ["TERMS", "Batch", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
+__all__ = ["TERMS", "Batch", "Context", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
            "loss_defaults", "check", "per_run_keys", "ranges", "teacher_needs", "init",
            "make_objective", "make_predict", "teacher_weights"]
 
@@ -53,8 +53,9 @@ def _norm(v):
 
 
 def check(loss: mc.ConfigDict, teachers: list[tuple[str, mc.ConfigDict]], student: mc.ConfigDict,
-          epochs: int) -> None:
-  """Raise TermError (one line) for a bad KD loss section of a stage with these teachers."""
+          epochs: int, distilling: bool = True) -> None:
+  """Raise TermError (one line) for a bad loss section of a stage with these teachers
+  (`distilling`: a distillation stage, which needs teachers; else only terms that read none)."""
   terms = tuple(loss.terms)
   unknown = [t for t in terms if t not in TERMS]
   if unknown:
@@ -62,8 +63,13 @@ def check(loss: mc.ConfigDict, teachers: list[tuple[str, mc.ConfigDict]], studen
                     f"{', '.join(TERMS)}")
   if not terms or len(set(terms)) < len(terms):
     raise TermError(f"loss.terms={terms!r}: list each term once, at least one")
-  if not teachers:
+  if distilling and not teachers:
     raise TermError("the KD stage names no teachers; set its distill.teachers")
+  needy = [t for t in terms if TERMS[t].reads_teachers]
+  if not teachers and needy:
+    raise TermError(f"loss.terms: {needy[0]!r} reads teachers but this model trains alone; list "
+                    "it in a distillation stage (one with teachers), or keep loss.terms to terms "
+                    "that read none, e.g. ('ce',) or ('focal',)")
   for name, term in TERMS.items():
     if name not in terms and name in loss and _changed(loss[name], term):
       key = _changed(loss[name], term)[0]
@@ -130,7 +136,9 @@ def init(loss: mc.ConfigDict, key: jax.Array, student: Outputs, teachers: list[O
 
 def teacher_weights(hp: dict, teacher_names: tuple[str, ...]) -> jax.Array:
   """(K,) per-run teacher weights: (1 − α, α) when `hp` carries α (`per_run_keys`), else each
-  teacher's weight (1 when no listed term reads them)."""
+  teacher's weight (1 when no listed term reads them); (0,) without teachers."""
+  if not teacher_names:
+    return jnp.zeros((0,), jnp.float32)
   if "loss.alpha" in hp:
     a = jnp.asarray(hp["loss.alpha"], jnp.float32)
     return jnp.stack([1.0 - a, a])
@@ -139,28 +147,29 @@ def teacher_weights(hp: dict, teacher_names: tuple[str, ...]) -> jax.Array:
 
 
 def make_objective(config: mc.ConfigDict) -> Callable:
-  """`objective(logits, features, labels, hp, context) -> (total, terms, distill batch_stats)`.
+  """`objective(logits, features, labels, hp, context) -> (total, terms, terms' batch_stats)`, the
+  objective of every stage: Σ weight × term over `loss.terms`.
 
-  `context['teachers']`: one `Outputs` per teacher in `distill.teachers` order; `context['epoch']`;
-  `context['distill']`: this run's `{'params', 'batch_stats'}` of the terms' trainable parts;
-  from the training step (`jkd.train.train_step`) also `index` (the batch's dataset indices),
-  `key` (a PRNG key of the run and step), `pool` and `pool_count` (the run's training indices)
-  `all_labels` (every window's label) and `step` (the step's index within the epoch), which
-  `Batch` carries to the terms."""
+  `context` (`jkd.train.Context`) is what the training step knows beyond the batch: the epoch and
+  the step's index in it, the batch's dataset indices, a key of the run and step, the run's
+  training indices and every label, the teachers' `Outputs` (`distill.teachers` order; none
+  outside a distillation stage) and the run's trainable parts of the terms (`distill`); `Batch`
+  carries them to the terms."""
   loss = config.loss
-  names = tuple(config.distill.teachers)
+  names = tuple(config.distill.teachers) if "distill" in config else ()
   listed = [(n, TERMS[n], loss[n]) for n in loss.terms]
   epochs = int(config.train.epochs)
   models = _teacher_models(config)
 
   def objective(logits, features, labels, hp, context):
+    if isinstance(context, dict):   # a direct caller's fields (tests, benchmarks)
+      context = Context(**context)
     student = Outputs.of(logits, features)
-    own = context.get("distill") or {"params": {}, "batch_stats": {}}
-    batch = Batch(student, list(context["teachers"]), teacher_weights(hp, names), labels,
-                  context["epoch"], epochs, index=context.get("index"), key=context.get("key"),
-                  pool=context.get("pool"), pool_count=context.get("pool_count"),
-                  all_labels=context.get("all_labels"), teacher_models=models,
-                  step=context.get("step"))
+    own = context.distill or {"params": {}, "batch_stats": {}}
+    batch = Batch(student, list(context.teachers), teacher_weights(hp, names), labels,
+                  context.epoch, epochs, index=context.index, key=context.key,
+                  pool=context.pool, pool_count=context.pool_count,
+                  all_labels=context.all_labels, teacher_models=models, step=context.step)
     total, terms, stats = jnp.float32(0.0), {}, {}
     for name, term, cfg in listed:
       thp = {k: hp[f"loss.{name}.{k}"] for k in term.per_run}
@@ -181,7 +190,8 @@ def make_objective(config: mc.ConfigDict) -> Callable:
 def _teacher_models(config: mc.ConfigDict) -> tuple:
   """Each teacher's model section (None where the config has none), `distill.teachers` order."""
   ts = config.get("teachers", None) or {}
-  return tuple(ts[n].get("model", None) if n in ts else None for n in config.distill.teachers)
+  names = config.distill.teachers if "distill" in config else ()
+  return tuple(ts[n].get("model", None) if n in ts else None for n in names)
 
 
 def make_predict(config: mc.ConfigDict, info: Info) -> Callable | None:

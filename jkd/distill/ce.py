@@ -14,6 +14,8 @@ class CrossEntropy(Term):
   per_run = ("weight", "label_smoothing")
   ranges = {"label_smoothing": "[0, 1)"}
 
+  reads_teachers = False
+
   def uses_teacher_weights(self, cfg):
     return False
 

@@ -11,6 +11,8 @@ class Focal(Term):
   per_run = ("weight", "gamma")
   ranges = {"gamma": ">= 0"}
 
+  reads_teachers = False
+
   def uses_teacher_weights(self, cfg):
     return False
 

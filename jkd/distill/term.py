@@ -97,6 +97,22 @@ class Info:
   batches_per_epoch: int = 0    # training steps of an epoch (the largest fold's)
 
 
+@flax.struct.dataclass
+class Context:
+  """What the objective may read beyond the student's outputs and the labels, as the training
+  step (`jkd.train.Step`) fills it; `Batch` carries it to the terms. A future method's engine
+  input is one field here (a caller outside the step leaves what it lacks as None)."""
+  epoch: Array                      # () 0-based, traced
+  teachers: Any = ()                # [Outputs] per teacher (the guide's), or ()
+  distill: Any = None               # the run's {'params', 'batch_stats'} of the terms' parts
+  step: Array | None = None         # () the step's index within its epoch, the same in every run
+  index: Array | None = None        # (B,) the batch's dataset indices
+  key: Array | None = None          # a key of this run and step (not augmentation's or dropout's)
+  pool: Array | None = None         # (n_max,) the run's training indices (CRD's negatives)
+  pool_count: Array | None = None   # ()
+  all_labels: Array | None = None   # (N,) every window's label
+
+
 @dataclasses.dataclass
 class Batch:
   """One run's view of a training batch, as a term's `loss` receives it."""
@@ -129,6 +145,7 @@ class Term:
   per_run: tuple[str, ...] = ("weight",)
   # Allowed values of numeric keys (`jkd.config.in_range` specs); `weight` is always '>= 0'.
   ranges: Mapping[str, str] = {}
+  reads_teachers: bool = True      # False: usable by a model trained alone (ce, focal)
 
   def config(self) -> mc.ConfigDict:
     return mc.ConfigDict(dict(self.defaults))
