@@ -41,6 +41,9 @@ _WHICH = flags.DEFINE_enum("which", "last", ["last", "best"], "--mode=eval: vari
 _COORD = flags.DEFINE_string("coordinator_address", "", "multi-host: HOST:PORT of process 0")
 _NPROC = flags.DEFINE_integer("num_processes", 0, "multi-host: number of processes")
 _PID = flags.DEFINE_integer("process_id", -1, "multi-host: this process's index")
+_IMPORT = flags.DEFINE_multi_string(
+    "import", [], "a module of your own loss terms (it calls jkd.distill.register), imported "
+                  "before the config is read; repeatable; recorded in the config (`imports`)")
 
 
 def _fail(msg: str) -> None:
@@ -52,6 +55,8 @@ def _fail(msg: str) -> None:
 # file's config as _check_override_keys loaded it (to say what a key takes).
 _data_source: list[str | None] = [None]
 _loaded: list = [None]
+# The user's term modules imported (--import, and those a workdir's config.json records).
+_imported: list[str] = []
 
 
 class _ConfigFileParser(_config_flags_impl.ConfigFileFlagParser):
@@ -68,6 +73,8 @@ class _ConfigFileParser(_config_flags_impl.ConfigFileFlagParser):
           print(f"jkd.main: --config.data.name={_data_source[0]}: the data section of "
                 f"{path} does not apply ({', '.join(dropped)}); the {_data_source[0]} defaults "
                 "do, with your --config.data overrides", flush=True)
+      if "imports" in config:
+        config.imports = tuple(dict.fromkeys((*config.imports, *_imported)))
       config.lock()
     return config
 
@@ -93,6 +100,43 @@ def _unknown_data_key(key: str, config, e: Exception) -> str:
     return str(e)
   return (f"{e}; data.{key.split('.')[1]} is a key of source(s) {', '.join(owners)}, not of "
           f"data.name={config.data.name!r}: set --config.data.name first")
+
+
+def _flag_values(argv: list[str], name: str) -> list[str]:
+  """Every `--NAME=V` (or `--NAME V`) value in argv, in order."""
+  out = []
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      out.append(arg.split("=", 1)[1])
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      out.append(argv[i + 1])
+  return out
+
+
+def _import_terms(argv: list[str]) -> None:
+  """Import the user's term modules before any config is read (so that `loss_defaults` holds
+  their sections): those --import names and those the workdir's config.json records."""
+  import importlib   # noqa: PLC0415
+  _imported.clear()
+  names = list(_flag_values(argv, "import"))
+  workdirs = _flag_values(argv, "workdir")
+  recorded = os.path.join(workdirs[-1], "config.json") if workdirs else ""
+  if recorded and os.path.isfile(recorded):
+    try:
+      with open(recorded) as f:
+        names += [n for n in json.load(f).get("imports", ()) if isinstance(n, str)]
+    except (OSError, ValueError, AttributeError):
+      pass   # an unreadable config.json is the workdir check's to report
+  if "" not in sys.path:
+    sys.path.insert(0, "")   # the current directory, as `python -m` and `python script.py` do
+  for name in dict.fromkeys(names):
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      where = f"{recorded} records it; " if name not in _flag_values(argv, "import") else ""
+      _fail(f"--import={name}: {e}; {where}put the module in the current directory or on "
+            "PYTHONPATH")
+    _imported.append(name)
 
 
 def _check_override_keys(argv: list[str]) -> None:
@@ -152,99 +196,12 @@ def _flag_error(e: Exception) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
+  _import_terms(argv)
   _check_override_keys(argv)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     _fail(_flag_error(e))
-
-
-def _views(config, workdir: str = "") -> list:
-  """(stage name or '', engine config): the config itself, or for a pipeline each stage's engine
-  config (`jkd.pipeline.stage_config`) — what `check_fit` checks against the data."""
-  from jkd import pipeline   # noqa: PLC0415
-  if not pipeline.is_pipeline(config):
-    return [("", config)]
-  try:
-    return [(n, pipeline.stage_config(config, n, workdir)) for n in pipeline.stages_to_run(config)]
-  except (KeyError, AttributeError, TypeError, ValueError):
-    return []   # a malformed pipeline: `pipeline.run` says what is wrong with it, first
-
-
-_SECTION = re.compile(r"(?<![\w.])(--config\.)?"
-                      r"((model|train|optim|loss|augment|distill|sweep)\.[\w.]*\w)")
-
-
-def stage_key(stage: str, key: str) -> str:
-  """Where a pipeline stage's engine-config `key` is set on the command line: its model is the
-  teacher's (`teachers.<t>.model`) or the student's (`stages.student_scratch.model`), the rest
-  `stages.<stage>.<section>` (which inherits the shared section key by key)."""
-  section = key.split(".")[0]
-  if section == "model":
-    if stage.startswith("teacher_"):
-      return f"teachers.{stage[len('teacher_'):]}.{key}"
-    return f"stages.student_scratch.{key}"
-  return f"stages.{stage}.{key}"
-
-
-def in_stage(stage: str, msg: str) -> str:
-  """A stage config's one-line message with its keys as the pipeline config spells them."""
-  out, n = _SECTION.subn(lambda m: ("--config." if m.group(1) else "")
-                        + stage_key(stage, m.group(2)), msg)
-  return out if n else f"stage {stage}: {msg}"
-
-
-def _check_stage_dir(stage_dir: str, name: str, view) -> None:
-  """A pipeline stage's workdir holds this stage config or none (what `pipeline.run` refuses only
-  after it wrote W/config.json), read-only."""
-  from jkd import experiment, pipeline   # noqa: PLC0415
-  path = os.path.join(stage_dir, "config.json")
-  try:
-    changed = pipeline.status(stage_dir, view) == "changed"
-    if changed:
-      with open(path) as f:
-        old = json.load(f)
-  except (OSError, ValueError) as e:
-    raise experiment.WorkdirError(f"{path} is unreadable ({type(e).__name__}: {e}); use another "
-                                  "--workdir, or --overwrite to retrain that stage") from None
-  if changed:
-    diff = experiment._diff(old, json.loads(config_lib.to_json(view)))
-    raise experiment.WorkdirError(
-        f"{stage_dir} holds stage {name} of a different config ({diff}); use another --workdir, "
-        "or --overwrite to retrain the stages whose config changed (and those depending on them), "
-        "keeping the others")
-
-
-def _preflight(config, workdir: str) -> None:
-  """Everything the inputs alone show to be wrong, before anything is written or trained: the
-  config's values (a pipeline's every stage), the workdir, the data, the folds against the batch
-  sizes and augmentations. The windows stay loaded for the training (`jkd.data.keep_loaded`)."""
-  import jkd.data   # noqa: PLC0415
-  from jkd import experiment, pipeline   # noqa: PLC0415
-  from jkd.data import folds as folds_lib   # noqa: PLC0415
-  is_pipeline = pipeline.is_pipeline(config)
-  experiment.check_path(workdir)
-  config_lib.validate(config, check_sweep=not is_pipeline)  # a pipeline's sweep: its KD stage's
-  if _MODE.value == "eval":
-    experiment.check_checkpoints(workdir, _STEP.value)
-  elif not is_pipeline:
-    experiment.check_workdir(config, workdir, _OVERWRITE.value)
-    experiment.check_init_from(config)
-  views = _views(config, workdir)
-  for name, view in views if is_pipeline else ():
-    try:
-      pipeline.check_stage(view)
-    except config_lib.ConfigError as e:
-      raise config_lib.ConfigError(in_stage(name, str(e))) from None
-    if not _OVERWRITE.value:
-      _check_stage_dir(os.path.join(workdir, name), name, view)
-  windows = jkd.data.load(config.data)
-  counts = folds_lib.train_counts(windows.subject, config.data)
-  for name, view in views:
-    try:
-      config_lib.check_fit(view, windows.x.shape[2], windows.x.shape[1], counts)
-    except config_lib.ConfigError as e:
-      raise config_lib.ConfigError(in_stage(name, str(e)) if name else str(e)) from None
 
 
 def main(argv: list[str]) -> None:
@@ -255,7 +212,7 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   import jkd.data
-  from jkd import convert, experiment, parallel, results   # after flags: jax starts here
+  from jkd import loop, parallel, pipeline, preflight, results   # after flags: jax starts here
   parallel.initialize(_COORD.value, _NPROC.value, _PID.value)
   if _MODE.value == "report":
     from jkd import report
@@ -267,31 +224,22 @@ def main(argv: list[str]) -> None:
     except FileNotFoundError as e:
       _fail(str(e))
     return
-  if _CONFIG.value is None:
+  config = _CONFIG.value
+  if config is None:
     _fail("--config is required (e.g. --config=configs/watch.py)")
-  from jkd import pipeline
-  if pipeline.is_pipeline(_CONFIG.value) and _MODE.value == "eval":
-    _fail("--mode=eval evaluates one stage: pass --workdir=W/<stage> and that stage's "
-          "config (W/<stage>/config.json)")
-  started = experiment.trainings_started
-  try:
-    with jkd.data.keep_loaded():
-      _preflight(_CONFIG.value, _WORKDIR.value)
-      if pipeline.is_pipeline(_CONFIG.value):
-        pipeline.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
-      elif _MODE.value == "eval":
-        experiment.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value, _WHICH.value)
-      else:
-        experiment.train(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
-  except (config_lib.ConfigError, experiment.WorkdirError, jkd.data.DataError,
-          FileNotFoundError, convert.CheckpointError) as e:
-    _fail(str(e))
-  except ValueError as e:
-    # Raised while the configs were checked or the programs built, before any training began:
-    # a value the user chose (e.g. a KD loss setting) that its own module refused.
-    if experiment.trainings_started != started:
-      raise
-    _fail(str(e))
+  with jkd.data.keep_loaded():
+    try:
+      preflight.run(config, _WORKDIR.value, mode=_MODE.value, overwrite=_OVERWRITE.value,
+                    step=_STEP.value)
+    except preflight.USER_ERRORS as e:
+      _fail(str(e))
+    # Past the preflight every error is a bug: it keeps its traceback.
+    if pipeline.is_pipeline(config):
+      pipeline.run(config, _WORKDIR.value, _OVERWRITE.value)
+    elif _MODE.value == "eval":
+      loop.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value, _WHICH.value)
+    else:
+      loop.train(config, _WORKDIR.value, _OVERWRITE.value)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ Each stage trains every run (folds x seeds x sweep) in one program and is skippe
 already holds complete results for the same stage config; a stage whose config changed is refused
 unless `--overwrite`, which retrains only the changed stages (and those that depend on a retrained
 one). Every stage config and every external teacher source is checked before the first stage
-trains. Afterwards `jkd.report` writes W/results.json, W/report.md and W/plots/.
+trains (`jkd.preflight`). Afterwards `jkd.report` writes W/results.json, W/report.md and W/plots/.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def _merge(base: dict, over: dict) -> dict:
   return out
 
 
-def _check(config: mc.ConfigDict) -> None:
+def check_structure(config: mc.ConfigDict) -> None:
+  """The pipeline's stages and teachers fit together (one-line ConfigErrors; `jkd.preflight`)."""
   if config.sweep.to_dict():
     raise config_lib.ConfigError("sweep: a pipeline sweeps inside a distillation stage; set "
                                  "stages.<stage>.sweep (e.g. stages.student_kd.sweep)")
@@ -226,11 +227,6 @@ def stage_config(config: mc.ConfigDict, name: str, workdir: str) -> mc.ConfigDic
   return mc.ConfigDict(merged)
 
 
-def check_stage(cfg: mc.ConfigDict) -> None:
-  """Everything a stage config can get wrong, as one-line ConfigErrors (before training)."""
-  config_lib.validate(cfg)
-
-
 def dependencies(config: mc.ConfigDict, name: str) -> set[str]:
   if name not in kd_stages(config):
     return set()
@@ -259,51 +255,14 @@ def status(stage_dir: str, cfg: mc.ConfigDict) -> str:
   return "done" if res and res.get("epochs_done") == cfg.train.epochs else "partial"
 
 
-def _check_external_teachers(config: mc.ConfigDict, cfgs: dict[str, mc.ConfigDict]) -> None:
-  """External teacher sources must serve every run, checked before any stage trains (PyTorch
-  files for every fold and seed: the folds need the data, loaded here only for those)."""
-  external = [t for t in used_teachers(config) if config.teachers[t].source]
-  test_subjects = None
-  if any(teachers.is_torch_source(config.teachers[t].source) for t in external):
-    import jkd.data
-    from jkd.data import folds as folds_lib
-    w = jkd.data.load(config.data)
-    test_subjects = folds_lib.make_folds(w.x, w.y, w.subject, config.data,
-                                         num_classes=len(w.classes)).test_subjects
-  for n in kd_stages(config):
-    cfg = cfgs[n]
-    seeds = config_lib.seeds(cfg)
-    for t in cfg.distill.teachers:
-      src = config.teachers[t].source
-      if not src or _internal(src):
-        continue
-      if test_subjects is not None:
-        pairs = [(f, s) for f in range(len(test_subjects)) for s in seeds]
-      else:
-        pairs = _workdir_pairs(src, seeds)
-      teachers.check_source(t, cfg.teachers[t], pairs, test_subjects)
-
-
-def _workdir_pairs(src: str, seeds: list[int]) -> list[tuple[int, int]] | None:
-  """(fold, seed) pairs a teacher workdir must hold: its folds x the student's seeds."""
-  path = os.path.join(src, "runs.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    folds = sorted({r["fold"] for r in json.load(f)})
-  return [(f, s) for f in folds for s in seeds]
-
-
 def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
         log: Callable[[str], None] = print) -> dict:
-  """Train every stage that needs it, then write the report; returns W/results.json's content."""
-  from jkd import experiment, parallel   # jax starts here
-  _check(config)
+  """Train every stage that needs it, then write the report; returns W/results.json's content.
+  The pipeline, its stages and their teachers were checked (`jkd.preflight`)."""
+  from jkd import loop, parallel   # jax starts here
+  from jkd.workdir import WorkdirError
   names = stages_to_run(config)
   cfgs = {n: stage_config(config, n, workdir) for n in names}
-  for cfg in cfgs.values():   # every stage's mistakes surface before the first one trains
-    check_stage(cfg)
-  _check_external_teachers(config, cfgs)
   if parallel.is_writer():
     os.makedirs(workdir, exist_ok=True)
     from jkd.metrics import write_atomic
@@ -322,14 +281,14 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
       log(f"[{n}] results for this config exist in {d}: skipped")
       continue
     if st == "changed" and not overwrite:
-      raise experiment.WorkdirError(
+      raise WorkdirError(
           f"{d} holds stage {n} of a different config; --overwrite retrains the stages whose "
           "config changed (and those depending on them), keeping the others")
     fresh = st == "changed" or (bool(stale) and st != "new")
     why = {"new": "training", "partial": "resuming", "changed": "config changed: retraining",
            "done": f"retraining ({', '.join(sorted(stale))} retrained)"}[st]
     log(f"[{n}] {why} -> {d}")
-    experiment.train(cfgs[n], d, overwrite=fresh, runs_per_fold=runs_per_fold)
+    loop.train(cfgs[n], d, overwrite=fresh, runs_per_fold=runs_per_fold)
     trained.add(n)
   if not parallel.is_writer():
     return report.build(workdir)

@@ -20,6 +20,36 @@ from jkd.metrics import write_atomic
 METRICS = ("accuracy", "macro_f1")
 
 
+class Tracker:
+  """Host-side record per run: confusions at the final and best epochs, failures."""
+
+  def __init__(self, runs: int, k: int, val: bool):
+    z = lambda: np.zeros((runs, k, k), np.int64)
+    self.a = {"best_epoch": np.zeros(runs, np.int64), "failed_epoch": np.zeros(runs, np.int64),
+              "final_test": z(), "best_test": z()}
+    if val:
+      self.a |= {"final_val": z(), "best_val": z()}
+
+  def update(self, epoch: int, test: np.ndarray, val: np.ndarray | None, improved: np.ndarray,
+             failed: np.ndarray) -> np.ndarray:
+    """Record epoch `epoch` (1-based); returns the runs that failed during it."""
+    newly = failed & (self.a["failed_epoch"] == 0)
+    self.a["failed_epoch"][newly] = epoch
+    self.a["final_test"] = test.astype(np.int64)
+    self.a["best_test"][improved] = test[improved]
+    self.a["best_epoch"][improved] = epoch
+    if val is not None:
+      self.a["final_val"] = val.astype(np.int64)
+      self.a["best_val"][improved] = val[improved]
+    return newly
+
+  def to_json(self) -> dict:
+    return {k: v.tolist() for k, v in self.a.items()}
+
+  def load(self, meta: dict) -> None:
+    self.a = {k: np.asarray(meta[k], np.int64) for k in self.a}
+
+
 def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
   points: dict[str, list[dict]] = {}
   for r in runs:

@@ -151,6 +151,21 @@ def build(config: mc.ConfigDict, runs_per_fold: int = 0,
       teachers=prepared, extra=extra)
 
 
+def check_terms(config: mc.ConfigDict, window: tuple, num_windows: int, train_counts: Any,
+                num_classes: int) -> None:
+  """Build the distillation terms' parts as shapes only (no data, no compile): what a term's
+  `init` refuses for these models and data (a regressor it cannot build, CRD's negatives) is
+  raised now, as `jkd.distill.TermError` or ValueError (`jkd.preflight` runs this)."""
+  if "distill" not in config:
+    return
+  model = jkd.models.create(config.model.name, num_classes=num_classes, ndim=config.model.ndim,
+                            **config.model.kwargs.to_dict())
+  batch = config.train.batch_size
+  _term_init(config, model, teachers_lib.build(config, num_classes), tuple(window),
+             num_windows=num_windows, train_windows=int(np.min(train_counts)),
+             batch_size=batch, batches_per_epoch=int(np.max(train_counts)) // batch)
+
+
 def _term_init(config: mc.ConfigDict, model: nn.Module, teachers: list, window: tuple,
                num_windows: int = 0, train_windows: int = 0, batch_size: int = 0,
                batches_per_epoch: int = 0) -> tuple[Callable | None, distill.Info]:

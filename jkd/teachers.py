@@ -91,9 +91,10 @@ def torch_path(source: str, fold: int, seed: int, test_subjects: list) -> str:
 
 
 def check_source(name: str, s: mc.ConfigDict, pairs: list[tuple[int, int]] | None = None,
-                 test_subjects: list | None = None) -> None:
+                 test_subjects: list | None = None, num_classes: int | None = None) -> None:
   """Raise a one-line ConfigError for a teacher source that cannot serve runs `pairs` ((fold,
-  seed)); a workdir is checked for its config, runs and checkpoint now, before anything trains."""
+  seed)); a workdir is checked for its config, runs and checkpoint now, before anything trains,
+  and a lab file for the architecture and (`num_classes`) the classes the config says."""
   src, key = s.source, f"teachers.{name}.source"
   if s.which not in ("last", "best"):
     raise config_lib.ConfigError(f"teachers.{name}.which={s.which!r} is not one of last, best")
@@ -118,6 +119,8 @@ def check_source(name: str, s: mc.ConfigDict, pairs: list[tuple[int, int]] | Non
       if not os.path.isfile(path):
         raise config_lib.ConfigError(f"{key}: {path} (fold {fold}, seed {seed}) does not exist; "
                                      "fix the path or its {fold}/{seed} placeholders")
+    if pairs and test_subjects is not None:
+      _check_torch_model(name, s, torch_path(src, *pairs[0], test_subjects), num_classes)
     return
   if not os.path.isfile(os.path.join(src, "config.json")):
     raise config_lib.ConfigError(f"{key}={src!r} is not a jkd workdir (no config.json); train "
@@ -142,6 +145,18 @@ def check_source(name: str, s: mc.ConfigDict, pairs: list[tuple[int, int]] | Non
     raise config_lib.ConfigError(
         f"teachers.{name}.epoch={s.epoch}: {src} keeps checkpoints after epochs "
         f"{sorted(steps)}; pick one, or retrain the teacher with train.keep_epochs=({s.epoch},)")
+
+
+def _check_torch_model(name: str, s: mc.ConfigDict, path: str, num_classes: int | None) -> None:
+  """The lab file holds the network `teachers.<name>.model` names (and `num_classes` classes)."""
+  try:
+    _, info = convert.load_torch_wrn(path, ndim=s.model.ndim, return_info=True)
+  except convert.CheckpointError as e:
+    raise config_lib.ConfigError(f"teachers.{name}.source: {e}") from None
+  if info.model != s.model.name or (num_classes is not None and info.num_classes != num_classes):
+    raise config_lib.ConfigError(
+        f"teachers.{name}: {path} holds {info.model} with {info.num_classes} classes, the config "
+        f"says {s.model.name} with {num_classes}; fix teachers.{name}.model or the path")
 
 
 def load(teacher: Teacher, runs: list, test_subjects: list, num_classes: int) -> Any:

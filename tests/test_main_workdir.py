@@ -141,7 +141,7 @@ def test_six_devices_in_two_processes_equal_one(w):
 
 
 def test_restore_run_eval_mode_and_damaged_checkpoint(w, tmp_path):
-  from jkd import experiment
+  from jkd import loop
   from jkd.config import load_file
   res = _results(w["base"])
   v = checkpoint.restore_run(w["base"], (2, 1234))
@@ -153,7 +153,7 @@ def test_restore_run_eval_mode_and_damaged_checkpoint(w, tmp_path):
   config.data.path, config.model.name = w["data"], "wrn10_1"
   config.train.epochs, config.train.batch_size = EPOCHS, 16
   config.optim.schedule, config.optim.lr = "constant", 0.02
-  out = experiment.evaluate_checkpoint(config, w["base"])
+  out = loop.evaluate_checkpoint(config, w["base"])
   assert out["step"] == EPOCHS
   np.testing.assert_allclose([r["test"]["accuracy"] for r in out["runs"]],
                              [r["final"]["accuracy"] for r in res["runs"]])

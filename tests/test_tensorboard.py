@@ -15,7 +15,7 @@ pytest.importorskip("tensorboardX")
 
 import jkd.data
 from jkd import config as config_lib
-from jkd import experiment
+from jkd import loop
 from jkd import tensorboard as tb
 
 from synthetic import write_sine_windows
@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
   import contextlib
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    first = experiment.train(config, workdir)
+    first = loop.train(config, workdir)
   mp.undo()
   board = os.path.join(workdir, tb.DIRNAME)
   before = {n: (_accumulate(os.path.join(board, n)), _wall_times(os.path.join(board, n)))
@@ -77,7 +77,7 @@ def trained(tmp_path_factory):
   os.remove(os.path.join(workdir, "results.json"))
   resumed_out = io.StringIO()
   with contextlib.redirect_stdout(resumed_out):
-    resumed = experiment.train(config, workdir)
+    resumed = loop.train(config, workdir)
   return dict(workdir=workdir, board=board, before=before, first=first, resumed=resumed,
               out=out.getvalue(), resumed_out=resumed_out.getvalue())
 

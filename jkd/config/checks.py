@@ -93,19 +93,47 @@ def _check_ranges(config: mc.ConfigDict, swept: dict[str, tuple[float, ...]]) ->
                         "each xyz triple, e.g. --config.augment.sensor_groups='(0,3)'")
 
 
-def _check_model(model: mc.ConfigDict) -> None:
-  """The model name (and its kwargs) as `jkd.models.create` accepts them, before any data loads."""
+# The model section's numbers (the engine's model and every teacher's): what jkd.images needs.
+MODEL_RANGES = {"image_size": ">= 1", "pi.spread": ">= 0", "pi.threshold": ">= 0"}
+
+
+def _check_model(model: mc.ConfigDict, prefix: str = "model") -> None:
+  """The model section (`prefix`: where it is, e.g. teachers.image.model) as `jkd.models.create`
+  and `jkd.images` accept it, before any data loads."""
   import jkd.models   # noqa: PLC0415 - flax, only once a config is validated
+  _choice(f"{prefix}.ndim", model.get("ndim", 1), (1, 2))
+  _choice(f"{prefix}.image", model.get("image", "gaf"), ("gaf", "pi"))
+  for key, spec in MODEL_RANGES.items():
+    try:
+      value = get(model, key)
+    except ConfigError:
+      continue
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not in_range(value, spec):
+      raise _range_error(f"{prefix}.{key}", value, spec)
+  if "pi" in model:
+    births = tuple(model.pi.birth_range)
+    if len(births) != 2 or not float(births[1]) > 0 or not float(births[0]) < float(births[1]):
+      raise ConfigError(f"{prefix}.pi.birth_range={births!r} must be (low, high) with high > 0 "
+                        f"and low < high, e.g. --config.{prefix}.pi.birth_range='(-1.0,1.0)'")
   ndim = model.get("ndim", 1)
   kwargs = model.get("kwargs", mc.ConfigDict())
   kwargs = kwargs.to_dict() if isinstance(kwargs, mc.ConfigDict) else dict(kwargs)
-  for key, extra in (("model.name", {}), ("model.kwargs", kwargs)):
+  for key, extra in ((f"{prefix}.name", {}), (f"{prefix}.kwargs", kwargs)):
     try:
       jkd.models.create(model.name, num_classes=2, ndim=ndim, **extra)
     except (TypeError, ValueError) as e:
-      hint = ("--config.model.name" if key == "model.name" else
-              "--config.model.kwargs='{\"dropout\": 0.1}' (a JSON dict)")
+      hint = (f"--config.{key}" if key.endswith(".name") else
+              f"--config.{key}='{{\"dropout\": 0.1}}' (a JSON dict)")
       raise ConfigError(f"{key}: {' '.join(str(e).split())}; set {hint}") from None
+
+
+def _check_teachers(config: mc.ConfigDict) -> None:
+  """Every declared teacher's entry (`jkd.teachers.spec`): which checkpoint, and its model."""
+  for name, t in (config.get("teachers", None) or {}).items():
+    _choice(f"teachers.{name}.which", t.which, ("last", "best"))
+    if isinstance(t.epoch, bool) or not isinstance(t.epoch, int) or t.epoch < 0:
+      raise ConfigError(f"teachers.{name}.epoch={t.epoch!r} must be an epoch >= 0 (0: the last)")
+    _check_model(t.model, f"teachers.{name}.model")
 
 
 def validate(config: mc.ConfigDict, check_sweep: bool = True) -> None:
@@ -115,8 +143,6 @@ def validate(config: mc.ConfigDict, check_sweep: bool = True) -> None:
   import jkd.data   # noqa: PLC0415
   _choice("optim.name", config.optim.name, OPTIMIZERS)
   _choice("optim.schedule", config.optim.schedule, SCHEDULES)
-  _choice("model.ndim", config.model.ndim, (1, 2))
-  _choice("model.image", config.model.image, ("gaf", "pi"))
   _choice("train.init_which", config.train.init_which, ("last", "best"))
   _choice("train.matmul_precision", config.train.matmul_precision, MATMUL_PRECISIONS)
   if not config.data.name:
@@ -128,6 +154,7 @@ def validate(config: mc.ConfigDict, check_sweep: bool = True) -> None:
   seeds(config)
   _check_ranges(config, sweep(config) if check_sweep else {})
   _check_model(config.model)
+  _check_teachers(config)
   _check_loss(config)
 
 

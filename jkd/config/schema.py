@@ -17,8 +17,6 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
-import math
-import numbers
 from typing import Any, Iterator
 
 import ml_collections as mc

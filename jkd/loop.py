@@ -1,19 +1,15 @@
-"""Train, evaluate and report an experiment in a workdir (what `jkd.main` runs).
+"""The training loop of an experiment in its workdir (`jkd.workdir`), and `--mode=eval`.
 
-Workdir layout (only process 0 writes):
-  config.json      the full resolved config; a different config refuses to start unless overwriting
-  runs.json        run index -> fold, test subjects, seed, sweep point
-  metrics.jsonl    one record per run per epoch: train loss terms, lr, test (and val) metrics
-  checkpoints/     orbax checkpoints (periodic + last; each holds every run's best variables)
-  results.json     final/best metrics per run and their summary (`jkd.results`)
-  confusion.npz    confusion matrices per run: final_test, best_test (+ final_val, best_val)
+`train(config, workdir)` builds the programs (`jkd.setup`), resumes from the newest checkpoint,
+runs the epochs (progress lines with ETAs inside long ones), evaluates every run after each,
+keeps each run's best variables, writes metrics.jsonl per epoch, checkpoints, and finally
+results.json and confusion.npz (`jkd.results`). The config is checked before (`jkd.preflight`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -21,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jkd import checkpoint, parallel, results as results_lib
+from jkd import workdir as workdir_lib
 from jkd import config as config_lib
 from jkd import metrics as metrics_lib
 from jkd import optim
@@ -32,144 +28,10 @@ from jkd import tensorboard as tensorboard_lib
 from jkd import train as train_lib
 
 
-class WorkdirError(RuntimeError):
-  """The workdir holds another experiment; the message says how to proceed."""
-
-
-OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json", "confusion.npz", "runs.json")
-
-
-# Workdirs whose training began in this process (`prepare_workdir` passed): `jkd.main` reports a
-# ValueError raised before the first as the user's mistake, one after it as a bug.
-trainings_started = 0
-
-
-def check_path(workdir: str) -> None:
-  """The workdir is a directory that can be written, or can be created; writes nothing."""
-  if not workdir:
-    raise WorkdirError("--workdir is empty; pass a directory (created if absent)")
-  path = os.path.abspath(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise WorkdirError(f"--workdir={workdir} is a file, not a directory; pass a directory path "
-                       "(created if absent)")
-  existing = path
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise WorkdirError(f"--workdir={workdir}: {existing} is a file, so the workdir cannot be "
-                       "created under it; pass another --workdir")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
-    raise WorkdirError(f"--workdir={workdir} {what}; pass a --workdir you can write to")
-
-
-def check_workdir(config: mc.ConfigDict, workdir: str, overwrite: bool) -> None:
-  """What `prepare_workdir` would refuse, without writing anything."""
-  check_path(workdir)
-  path = os.path.join(workdir, "config.json")
-  if os.path.isfile(path) and not overwrite:
-    text = config_lib.to_json(config)
-    try:
-      with open(path) as f:
-        old_text = f.read()
-      old = json.loads(old_text)
-      if not isinstance(old, dict):
-        raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-      raise WorkdirError(f"{path} is unreadable ({type(e).__name__}: {' '.join(str(e).split())}); "
-                         "use another --workdir, or --overwrite to discard what it holds") from None
-    if old_text != text and not config_lib.same_experiment(old, json.loads(text)):
-      diff = _diff(old, json.loads(text))
-      raise WorkdirError(f"{workdir} holds a different config ({diff}); use another --workdir, or "
-                         "--overwrite to discard its checkpoints and results")
-
-
-def check_checkpoints(workdir: str, step: int | None = None) -> None:
-  """`--mode=eval`: the workdir holds a checkpoint (at `step`); reads only directory names."""
-  d = checkpoint.directory(workdir)
-  steps = sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
-  if not steps:
-    raise WorkdirError(f"--mode=eval: no checkpoint under {d}; train first (--mode=train with the "
-                       "same --config and --workdir), or pass the --workdir that holds one")
-  if step is not None and step not in steps:
-    raise WorkdirError(f"--step={step}: no checkpoint at that step under {d}; saved steps: "
-                       f"{steps} (omit --step for the newest)")
-
-
-def check_init_from(config: mc.ConfigDict) -> None:
-  """`train.init_from` names a jkd workdir with runs and a checkpoint."""
-  src = config.train.init_from
-  if src and not (os.path.isfile(os.path.join(src, "runs.json"))
-                  and os.path.isdir(checkpoint.directory(src))):
-    raise WorkdirError(f"train.init_from={src!r} is not a trained jkd workdir (no runs.json and "
-                       "checkpoints/ there); point --config.train.init_from at one, or set it to ''")
-
-
-def prepare_workdir(config: mc.ConfigDict, workdir: str, overwrite: bool) -> None:
-  """Create the workdir, or check it holds this config; `overwrite` discards what it holds."""
-  global trainings_started
-  check_workdir(config, workdir, overwrite)
-  path = os.path.join(workdir, "config.json")
-  try:
-    if overwrite and parallel.is_writer():
-      for name in OUTPUTS:
-        p = os.path.join(workdir, name)
-        if os.path.isdir(p):
-          shutil.rmtree(p)
-        elif os.path.exists(p):
-          os.remove(p)
-    if parallel.is_writer():
-      os.makedirs(workdir, exist_ok=True)
-      metrics_lib.write_atomic(path, config_lib.to_json(config))
-  except OSError as e:
-    raise WorkdirError(f"--workdir={workdir}: cannot write there ({e.strerror or e}); pass a "
-                       "--workdir you can write to") from None
-  trainings_started += 1
-  if parallel.process_count() > 1:
-    multihost_utils.sync_global_devices("jkd: workdir ready")
-
-
-def _diff(old: dict, new: dict) -> str:
-  a, b = dict(config_lib.flat(old)), dict(config_lib.flat(new))
-  keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-  return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:3]) + (
-      f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-
 def _runs_json(s: setup_lib.Setup) -> list[dict]:
   return [{"run": r.index, "fold": r.fold, "test_subjects": list(s.folds.test_subjects[r.fold]),
            "val_subjects": list(s.folds.val_subjects[r.fold]) if s.folds.val_subjects else [],
            "seed": r.seed, "sweep": r.sweep} for r in s.runs[:s.real]]
-
-
-class Tracker:
-  """Host-side record per run: confusions at the final and best epochs, failures."""
-
-  def __init__(self, runs: int, k: int, val: bool):
-    z = lambda: np.zeros((runs, k, k), np.int64)
-    self.a = {"best_epoch": np.zeros(runs, np.int64), "failed_epoch": np.zeros(runs, np.int64),
-              "final_test": z(), "best_test": z()}
-    if val:
-      self.a |= {"final_val": z(), "best_val": z()}
-
-  def update(self, epoch: int, test: np.ndarray, val: np.ndarray | None, improved: np.ndarray,
-             failed: np.ndarray) -> np.ndarray:
-    """Record epoch `epoch` (1-based); returns the runs that failed during it."""
-    newly = failed & (self.a["failed_epoch"] == 0)
-    self.a["failed_epoch"][newly] = epoch
-    self.a["final_test"] = test.astype(np.int64)
-    self.a["best_test"][improved] = test[improved]
-    self.a["best_epoch"][improved] = epoch
-    if val is not None:
-      self.a["final_val"] = val.astype(np.int64)
-      self.a["best_val"][improved] = val[improved]
-    return newly
-
-  def to_json(self) -> dict:
-    return {k: v.tolist() for k, v in self.a.items()}
-
-  def load(self, meta: dict) -> None:
-    self.a = {k: np.asarray(meta[k], np.int64) for k in self.a}
 
 
 def _score(conf: jax.Array) -> jax.Array:
@@ -204,7 +66,7 @@ def _records(s: setup_lib.Setup, epoch: int, terms: dict, test, tloss, val, vlos
   return out
 
 
-def _results(s: setup_lib.Setup, tracker: Tracker, epochs_done: int) -> dict:
+def _results(s: setup_lib.Setup, tracker: results_lib.Tracker, epochs_done: int) -> dict:
   a, runs = tracker.a, []
   for info in _runs_json(s):
     i = info["run"]
@@ -227,7 +89,7 @@ def _results(s: setup_lib.Setup, tracker: Tracker, epochs_done: int) -> dict:
                            selected_by="val" if s.val is not None else "test")
 
 
-def _write_outputs(workdir: str, s: setup_lib.Setup, tracker: Tracker, epochs_done: int) -> dict:
+def _write_outputs(workdir: str, s: setup_lib.Setup, tracker: results_lib.Tracker, epochs_done: int) -> dict:
   res = _results(s, tracker, epochs_done)
   if parallel.is_writer():
     results_lib.write(workdir, res)
@@ -302,15 +164,10 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   """Train every run (resuming from the newest checkpoint), write results; returns them.
 
   A config with a `distill` section trains a distillation stage (`jkd.setup.build`);
-  `runs_per_fold`: see there."""
-  config_lib.validate(config)
-  tensorboard_lib.check(config)
-  check_workdir(config, workdir, overwrite)   # every refusal before anything is written
-  check_init_from(config)
+  `runs_per_fold`: see there. The config and the workdir were checked (`jkd.preflight`)."""
   t_setup = time.time()
   s = setup_lib.build(config, runs_per_fold, _log)
-  config_lib.check_fit(config, s.data.x.shape[-1], s.data.x.shape[1], s.folds.train_count)
-  prepare_workdir(config, workdir, overwrite)
+  workdir_lib.prepare(config, workdir, overwrite)
   if parallel.is_writer():
     metrics_lib.write_atomic(os.path.join(workdir, "runs.json"),
                              json.dumps(_runs_json(s), indent=1))
@@ -319,7 +176,7 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
        f"{s.real // (len(s.folds.train) * len(config_lib.seeds(config)))} sweep points) on "
        f"{s.mesh.size} device(s) in {jax.process_count()} process(es); {s.num_batches} steps of "
        f"{B} per epoch; data {tuple(s.data.x.shape)} ({time.time() - t_setup:.1f}s to load)")
-  tracker = Tracker(s.num_runs, s.num_classes, s.val is not None)
+  tracker = results_lib.Tracker(s.num_runs, s.num_classes, s.val is not None)
   log = metrics_lib.JsonLines(os.path.join(workdir, "metrics.jsonl"), parallel.is_writer())
   keep = tuple(config.train.keep_epochs)
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, keep_epochs=keep)
@@ -384,8 +241,6 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
 def evaluate_checkpoint(config: mc.ConfigDict, workdir: str, step: int | None = None,
                         which: str = "last") -> dict:
   """`--mode=eval`: restore a saved step and evaluate every run; writes eval_step{N}.json."""
-  config_lib.validate(config)
-  check_checkpoints(workdir, step)
   s = setup_lib.build(config)
   with checkpoint.manager(workdir, config.train.keep_checkpoints) as mngr:
     restored = checkpoint.restore_latest(mngr, s.abstract_state(), step)
