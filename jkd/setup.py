@@ -130,8 +130,8 @@ def build(config: mc.ConfigDict, runs_per_fold: int = 0,
   sharded = parallel.shard_runs(inputs, mesh)
   prepared, extra, guide, info = None, None, None, distill.Info()
   if "distill" in config:
-    prepared = teachers_lib.prepare(config, runs, folds.test_subjects, num_classes, data.x,
-                                    sharded.mean, sharded.std, mesh, log)
+    prepared = teachers_lib.prepare(config, runs, folds.test_subjects, num_classes, data,
+                                    sharded, mesh, log)
     guide = prepared.guide
     sharded = sharded.replace(teachers=prepared.aux)
     extra, info = _term_init(config, model, prepared.teachers, tuple(x.shape[1:]),

@@ -229,7 +229,8 @@ def cache_plan(teachers: list[Teacher], config: mc.ConfigDict, windows: int, run
 
 
 def make_cache_fn(teacher: Teacher, needs: Needs, batch: int, mesh: Any = None) -> Callable:
-  """`fn(variables (R, ...), x (N, L, C), mean (R, C), std (R, C)) -> Outputs (R, N, ...)`.
+  """`fn(variables (R, ...), data (jkd.train.Data), runs (jkd.train.Runs: their normalisation))
+  -> Outputs (R, N, ...)`: the teacher's outputs on every window, for every run.
 
   A device's runs go one after another (`lax.map`), so memory holds one run's batch at a time."""
   def one(variables, x, mean, std):
@@ -240,10 +241,10 @@ def make_cache_fn(teacher: Teacher, needs: Needs, batch: int, mesh: Any = None) 
     out = jax.lax.map(lambda xb: teacher.forward(variables, normalize.apply(xb, mean, std), xb,
                                                  needs), xp)
     return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)
-  def local(variables, x, mean, std):
-    return jax.lax.map(lambda v: one(v[0], x, v[1], v[2]), (variables, mean, std))
+  def local(variables, data, runs):
+    return jax.lax.map(lambda v: one(v[0], data.x, v[1], v[2]), (variables, runs.mean, runs.std))
   if mesh is not None:
-    local = parallel.per_device(local, mesh, "R-RR", "R")
+    local = parallel.per_device(local, mesh)
   return jax.jit(local)
 
 
@@ -271,8 +272,10 @@ class Prepared:
 
 
 def prepare(config: mc.ConfigDict, runs: list, test_subjects: list, num_classes: int,
-            x: Array, mean: Array, std: Array, mesh: Any, log: Callable[[str], None]) -> Prepared:
-  """Load every teacher's variables for `runs`, cache what fits, and build the step's guide."""
+            data: Any, inputs: Any, mesh: Any, log: Callable[[str], None]) -> Prepared:
+  """Load every teacher's variables for `runs`, cache what fits, and build the step's guide
+  (`data`, `inputs`: the dataset and the runs' inputs, `jkd.train.Data` and `Runs`)."""
+  x = data.x
   from jkd import distill
   ts = build(config, num_classes)
   needs = distill.teacher_needs(config.loss)
@@ -287,7 +290,7 @@ def prepare(config: mc.ConfigDict, runs: list, test_subjects: list, num_classes:
     variables.append(v)
     if cached:
       fn = make_cache_fn(t, needs, config.train.eval_batch_size, mesh)
-      aux.append(fn(v, x, mean, std))
+      aux.append(fn(v, data, inputs))
     else:
       aux.append(v)
   return Prepared(ts, make_guide(ts, plan, needs), aux, variables, host)

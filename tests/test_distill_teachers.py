@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jkd import augment, convert, distill, images, teachers
+from jkd import train as train_lib
 from jkd.runs import Run
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -85,7 +86,10 @@ def world():
 def test_cached_outputs_give_the_same_losses(world):
   c, ts, x, mean, std, variables = world
   needs = distill.teacher_needs(c.loss)
-  cache = [teachers.make_cache_fn(t, needs, 7)(v, x, mean, std) for t, v in zip(ts, variables)]
+  data = train_lib.Data(x, jnp.zeros(len(x), jnp.int32))
+  runs = train_lib.Runs(key=jnp.zeros((2, 2), jnp.uint32), train=jnp.zeros((2, 1), jnp.int32),
+                        train_count=jnp.zeros(2, jnp.int32), mean=mean, std=std, hp={})
+  cache = [teachers.make_cache_fn(t, needs, 7)(v, data, runs) for t, v in zip(ts, variables)]
   idx = jnp.array([[3, 17, 0, 9, 11], [19, 2, 2, 5, 8]])
   xb = jax.vmap(lambda i, m, s: (x[i] - m) / s)(idx, mean, std)
   raw = jax.vmap(lambda i: x[i])(idx)

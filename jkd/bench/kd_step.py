@@ -115,7 +115,7 @@ def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
     if a.cached:
       t0 = time.perf_counter()
       variables = jax.block_until_ready(teachers_lib.make_cache_fn(
-          t, needs, cfg.train.eval_batch_size, m)(variables, data.x, inputs.mean, inputs.std))
+          t, needs, cfg.train.eval_batch_size, m)(variables, data, inputs))
       cache_s += time.perf_counter() - t0
     aux.append(variables)
   n = a.batch * a.steps

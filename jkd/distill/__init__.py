@@ -29,7 +29,19 @@ TERMS: dict[str, Term] = {m.TERM.name: m.TERM for m in (
     ce, focal, kd, dkd, dist, sp, at, fitnet, rkd, pkt, annealing, crd, simkd, srrl, camkd, pefd,
     dcd, projector, mtkd_rl)}
 HARD = ("ce", "focal")
-__all__ = ["TERMS", "Batch", "Context", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
+
+
+def register(term: Term) -> Term:
+  """Add a term (an instance of a `Term` subclass) to the registry, from any module: listed in
+  `loss.terms` it is then a term like the built-ins (`python -m jkd.main --import=MODULE`)."""
+  if not isinstance(term, Term) or not str(term.name).isidentifier():
+    raise TermError(f"register({term!r}): pass a Term instance whose name is an identifier")
+  if term.name in TERMS and TERMS[term.name] is not term:
+    raise TermError(f"register: a term named {term.name!r} exists already "
+                    f"({type(TERMS[term.name]).__module__}); choose another name")
+  TERMS[term.name] = term
+  return term
+__all__ = ["TERMS", "register", "Batch", "Context", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
            "loss_defaults", "check", "per_run_keys", "ranges", "teacher_needs", "init",
            "make_objective", "make_predict", "teacher_weights"]
 
