@@ -21,9 +21,9 @@ def test_config_and_its_stages_pass_the_checks(path, tmp_path):
   if not pipeline.is_pipeline(config):
     config_lib.validate(config)
     return
-  pipeline._check(config)
+  pipeline.check_structure(config)
   for name in pipeline.stages_to_run(config):
-    pipeline.check_stage(pipeline.stage_config(config, name, str(tmp_path)))
+    config_lib.validate(pipeline.stage_config(config, name, str(tmp_path)))
 
 
 def test_the_table_configs_have_every_row():

@@ -19,7 +19,6 @@ Common keys (defaults for sources that do not override them; PAMAP2 overrides se
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import numbers
 from types import ModuleType
@@ -29,16 +28,17 @@ import ml_collections
 import numpy as np
 
 from jkd.data import normalize, windowing
+from jkd.registry import Registry
 from jkd.data.base import (DataError, Dataset, Recording, Windows, aligned_empty, check_finite,
                            check_labels)
 
-SOURCES = {
-    "pamap2": "jkd.data.pamap2",
-    "geneactiv": "jkd.data.geneactiv",
-    "windows": "jkd.data.npz",
-    "streams": "jkd.data.npz",
-    "watch": "jkd.data.watch",
-}
+# Data sources by name, each a module imported on first use (`jkd.registry`); a user's module may
+# register its own (`SOURCES.register("mine", "my_package.my_source")`).
+SOURCES = Registry("data source", DataError)
+for _name, _module in (("pamap2", "jkd.data.pamap2"), ("geneactiv", "jkd.data.geneactiv"),
+                       ("windows", "jkd.data.npz"), ("streams", "jkd.data.npz"),
+                       ("watch", "jkd.data.watch")):
+  SOURCES.register(_name, _module)
 
 
 def common_config() -> ml_collections.ConfigDict:
@@ -64,7 +64,7 @@ def source(name: str) -> ModuleType:
   if name not in SOURCES:
     raise DataError(f"config.data.name={name!r} is not a data source; choose one of "
                     f"{sorted(SOURCES)}.")
-  return importlib.import_module(SOURCES[name])
+  return SOURCES[name]
 
 
 def default_config(name: str) -> ml_collections.ConfigDict:

@@ -23,6 +23,7 @@ import ml_collections as mc
 
 from jkd.distill import (annealing, at, camkd, ce, crd, dcd, dist, dkd, fitnet, focal, kd,
                          mtkd_rl, pefd, pkt, projector, rkd, simkd, sp, srrl)
+from jkd.config.schema import flat
 from jkd.distill.term import LAST, Batch, Context, Info, Needs, Outputs, Term, TermError
 
 TERMS: dict[str, Term] = {m.TERM.name: m.TERM for m in (
@@ -172,6 +173,11 @@ def make_objective(config: mc.ConfigDict) -> Callable:
   listed = [(n, TERMS[n], loss[n]) for n in loss.terms]
   epochs = int(config.train.epochs)
   models = _teacher_models(config)
+  swept = {k.removeprefix("zip.") for k, _ in flat(config.get("sweep", None) or {})}
+  # One listed term at weight 1 that no sweep changes is the loss itself: it is not multiplied
+  # by a traced 1.0 (the same number, but XLA would fuse and round the step differently).
+  alone = (len(listed) == 1 and float(listed[0][2].weight) == 1.0
+           and f"loss.{listed[0][0]}.weight" not in swept)
 
   def objective(logits, features, labels, hp, context):
     if isinstance(context, dict):   # a direct caller's fields (tests, benchmarks)
@@ -193,7 +199,7 @@ def make_objective(config: mc.ConfigDict) -> Callable:
         stats[name] = new
       value = jnp.asarray(value, jnp.float32)
       terms[name] = value
-      total = total + thp["weight"] * value
+      total = value if alone else total + thp["weight"] * value
     return total, terms, stats
 
   return objective

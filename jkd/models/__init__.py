@@ -14,19 +14,46 @@ CIFAR distillation zoos' `feat[-1]`): `features[:-1]` are the maps, `features[-1
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import flax.linen as nn
 
 from jkd.models import layers, resnet, resnext, wrn
+from jkd.registry import Registry
 
-_WRN = re.compile(r"wrn(\d+)_(\d+)")
+def _wrn(name: str, kwargs: dict, *, num_classes: int, ndim: int, depth: str, widen: str):
+  depth, widen = int(depth), int(widen)
+  try:
+    wrn.num_blocks(depth)
+  except ValueError as e:
+    raise ValueError(f"model {name!r}: {e}; valid names: {_valid()}") from None
+  if widen < 1:
+    raise ValueError(f"model {name!r}: widen factor k must be >= 1; valid names: {_valid()}")
+  return _build(name, wrn.WideResNet, kwargs, depth=depth, widen=widen, num_classes=num_classes,
+                ndim=ndim)
+
+
+def _resnet(name: str, kwargs: dict, *, num_classes: int, ndim: int):
+  return _build(name, resnet.ResNet, kwargs, stage_sizes=resnet.STAGE_SIZES[name],
+                num_classes=num_classes, ndim=ndim)
+
+
+def _resnext(name: str, kwargs: dict, *, num_classes: int, ndim: int):
+  return _build(name, resnext.ResNeXt1D, kwargs, num_classes=num_classes, ndim=ndim)
+
+
+# Model families by name: `builder(name, kwargs, num_classes=, ndim=, **pattern groups)`. A user's
+# module may register its own (`MODELS.register("mynet", builder)`).
+MODELS = Registry("model", ValueError)
+MODELS.register("wrn{d}_{k}", _wrn, pattern=r"wrn(?P<depth>\d+)_(?P<widen>\d+)")
+for _name in resnet.STAGE_SIZES:
+  MODELS.register(_name, _resnet)
+MODELS.register("resnext1d", _resnext)
 
 
 def names() -> list[str]:
   """Valid model names; `wrn{d}_{k}` stands for every depth d = 6n + 4 and widen factor k >= 1."""
-  return ["resnet18", "resnet34", "resnext1d", "wrn{d}_{k}"]
+  return sorted(MODELS.names())
 
 
 def create(name: str, *, num_classes: int, ndim: int = 1, **kwargs: Any) -> nn.Module:
@@ -39,22 +66,10 @@ def create(name: str, *, num_classes: int, ndim: int = 1, **kwargs: Any) -> nn.M
   kwargs.setdefault("conv_impl", "auto")
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"model {name!r}: num_classes must be a positive int, got {num_classes!r}")
-  if (m := _WRN.fullmatch(name)):
-    depth, widen = int(m.group(1)), int(m.group(2))
-    try:
-      wrn.num_blocks(depth)
-    except ValueError as e:
-      raise ValueError(f"model {name!r}: {e}; valid names: {_valid()}") from None
-    if widen < 1:
-      raise ValueError(f"model {name!r}: widen factor k must be >= 1; valid names: {_valid()}")
-    return _build(name, wrn.WideResNet, kwargs, depth=depth, widen=widen, num_classes=num_classes,
-                  ndim=ndim)
-  if name in resnet.STAGE_SIZES:
-    return _build(name, resnet.ResNet, kwargs, stage_sizes=resnet.STAGE_SIZES[name],
-                  num_classes=num_classes, ndim=ndim)
-  if name == "resnext1d":
-    return _build(name, resnext.ResNeXt1D, kwargs, num_classes=num_classes, ndim=ndim)
-  raise ValueError(f"unknown model {name!r}; valid names: {_valid()}")
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; valid names: {_valid()}")
+  builder, groups = MODELS.match(name)
+  return builder(name, kwargs, num_classes=num_classes, ndim=ndim, **groups)
 
 
 def _valid() -> str:
