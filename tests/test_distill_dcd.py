@@ -51,6 +51,13 @@ def _config(**dcd):
 
 @pytest.fixture(scope="module")
 def world():
+  """tau and b trained (`learn_scale=True`): they are params, as jkd had them before."""
+  return embedding_world(_config(learn_scale=True), batch=B, classes=K, d_s=D_S, d_t=D_T)
+
+
+@pytest.fixture(scope="module")
+def fixed():
+  """The default, the authors' trainer: tau and b fixed at init, in batch_stats."""
   return embedding_world(_config(), batch=B, classes=K, d_s=D_S, d_t=D_T)
 
 
@@ -96,22 +103,25 @@ def test_tau_gets_gradient_below_the_clamp_none_above_and_the_bias_is_inert():
                              rtol=1e-5)
 
 
-def test_heads_and_scalars_at_init():
-  c = _config()
+@pytest.mark.parametrize("learn", [False, True])
+def test_heads_and_scalars_at_init(learn):
+  c = _config(learn_scale=learn)
   d_s, d_t = 64, 40
   s = Outputs(jnp.zeros((2, K)), {}, jnp.zeros((2, d_s)))
   own = distill.init(c.loss, jax.random.PRNGKey(3), s, [Outputs(jnp.zeros((2, K)), {},
                                                                  jnp.zeros((2, d_t)))])
   p = own["params"]["dcd"]["0"]
-  assert sorted(p) == ["b", "embed_s", "embed_t", "tau"]
-  assert float(p["tau"]) == 1.0 and float(p["b"]) == 0.0
+  scalars = p if learn else own["batch_stats"]["dcd"]["0"]
+  assert sorted(p) == (["b", "embed_s", "embed_t", "tau"] if learn else ["embed_s", "embed_t"])
+  assert float(scalars["tau"]) == 1.0 and float(scalars["b"]) == 0.0
   for name, d in (("embed_s", d_s), ("embed_t", d_t)):
     kern, bias = np.asarray(p[name]["kernel"]), np.asarray(p[name]["bias"])
     assert kern.shape == (d, 128) and bias.shape == (128,)
     bound = 1.0 / np.sqrt(d)
     for a in (kern, bias):
       assert np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
-  assert own["batch_stats"]["dcd"] == {}
+  if learn:
+    assert own["batch_stats"]["dcd"] == {}
 
 
 def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
@@ -151,6 +161,35 @@ def test_gradients_reach_the_heads_and_tau_but_not_above_the_clamp(world):
   clamped = _with(w["own"], 0, tau=3.0)
   grads = jax.grad(total)(clamped["params"]["dcd"], clamped)
   assert float(grads["0"]["tau"]) == 0.0 and abs(float(grads["1"]["tau"])) > 1e-4
+
+
+def test_by_default_tau_and_b_stay_at_init_through_a_decayed_sgd_step(fixed, world):
+  """The authors' trainer never hands tau and b to the optimiser: by default they are not params
+  (no gradient, no weight decay) and the term hands them back unchanged; `learn_scale=True`
+  trains them. One SGD step with weight decay on each term's params shows both."""
+  import optax
+  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.5))
+
+  def step(w):
+    def total(params):
+      return w["run"]({"params": {**w["own"]["params"], "dcd": params},
+                       "batch_stats": w["own"]["batch_stats"]})[0]
+    params = w["own"]["params"]["dcd"]
+    g = jax.grad(total)(params)
+    upd, _ = tx.update(g, tx.init(params), params)
+    return optax.apply_updates(params, upd), w["run"](w["own"])[2]
+
+  params, stats = step(fixed)
+  assert all(sorted(params[k]) == ["embed_s", "embed_t"] for k in ("0", "1"))
+  for k in ("0", "1"):
+    assert float(stats["dcd"][k]["tau"]) == 1.0 and float(stats["dcd"][k]["b"]) == 0.0
+  params, stats = step(world)
+  assert "dcd" not in stats
+  for k in ("0", "1"):
+    assert float(params[k]["tau"]) != 1.0, k                 # trained and decayed
+  # the default's value is the learned option's at the same (initial) tau and b
+  np.testing.assert_allclose(float(fixed["run"](fixed["own"])[1]["dcd"]),
+                             float(world["run"](world["own"])[1]["dcd"]), rtol=1e-6)
 
 
 def test_every_per_run_key_changes_the_objective(world):
@@ -193,7 +232,8 @@ def test_bad_static_values_are_refused_in_one_line(key, bad, match):
 
 def test_static_keys_are_not_per_run():
   keys = distill.per_run_keys(_config().loss, ("a", "b"))
-  assert not {"loss.dcd.feat_dim", "loss.dcd.init_tau", "loss.dcd.init_bias"} & set(keys)
+  assert not {"loss.dcd.feat_dim", "loss.dcd.init_tau", "loss.dcd.init_bias",
+              "loss.dcd.learn_scale"} & set(keys)
   assert distill.ranges(_config().loss, ("a", "b"))["loss.dcd.max_tau"] == "> 0"
 
 
@@ -208,12 +248,14 @@ class _Tiny(nn.Module):
 
 
 def test_engine_trains_the_heads_and_tau_and_restore_leaves_them_out():
+  """With `learn_scale=True` (the default's fixed tau is checked above)."""
   L, C, NW = 8, 3, 40
   c = config_lib.base()
   c.train.update(batch_size=8, epochs=2)
   c.optim.update(schedule="constant", lr=0.05)
   c.loss = distill.loss_defaults(("ce", "kd", "dcd"))
   c.loss.dcd.feat_dim = 16
+  c.loss.dcd.learn_scale = True
   c.distill = mc.ConfigDict({"teachers": ("a",)})
   c.teachers = mc.ConfigDict({"a": teachers_lib.spec({"name": "wrn10_1", "ndim": 1})})
   r = np.random.default_rng(1)
