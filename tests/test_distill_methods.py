@@ -189,10 +189,13 @@ def test_each_term_matches_numpy(world):
     want += wt[k] * (statm + l_sr)
   np.testing.assert_allclose(float(terms["srrl"]), want, rtol=1e-4)
   # CA-MKD: weights (1 − softmax_k CE(teacher head on F_k)) / (K − 1), Σ_kb w mse / (B K)
-  mse, ce = [], []
+  # chained, as the authors' CalWeight: teacher b's alignment (the student map is as long as
+  # its, so adaptive pooling) starts from teacher a's pooled map: each cell repeated twice
+  mse, ce, x = [], [], f2
   for k, length in ((0, 2), (1, 4)):
     q = p["camkd"][str(k)]
-    f = _relu(_bn_train(_conv(_pool(f2, length), q["conv1"]), q["bn1"]))
+    x = _pool(x, length) if x.shape[1] >= length else np.repeat(x, length // x.shape[1], 1)
+    f = _relu(_bn_train(_conv(x, q["conv1"]), q["bn1"]))
     f_t = _head_features(tv[k], teach[k].stages[0])
     mse.append(((f - f_t) ** 2).reshape(B, -1).mean(1))
     ce.append(-_log_softmax(_head_logits(tv[k], f))[np.arange(B), y])

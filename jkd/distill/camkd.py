@@ -6,7 +6,8 @@ L_inter dropped in the first epoch). CA-MKD's logit term is `kd` with `weighting
 whole method is `loss.terms=('ce', 'kd', 'camkd')` with that weighting.
 
 Per teacher k the student's last stage map is aligned to the teacher's size (adaptive average
-pooling if it is at least as large, else (bi)linear upsampling) and goes through an embed
+pooling if the ORIGINAL student map is at least as large, else (bi)linear upsampling) and goes
+through an embed
 (Conv1×1 with bias – BN – ReLU, or the 3-conv bottleneck with `convs`) to give F_k. The teacher's
 classifier on F_k gives logits whose per-sample cross-entropy sets the weights
 w_kb = (1 − softmax_k CE_kb) / (K − 1) — NOT detached, as in the authors' code, so the gradient
@@ -15,6 +16,15 @@ map teacher k's classifier pools (the authors' `feat_t[-2]`; a WRN teacher's act
 eval mode, `jkd.models.head`). The term is 0 before epoch `start_epoch` (0-based; the authors
 drop it in their epoch 1, i.e. `start_epoch=1`); its parts still see the batch (BatchNorm
 statistics move) as there.
+
+The alignment (`chained`, static; `align`):
+  True   (default, the authors' code) `CalWeight.forward` reassigns `feat_s` in its loop over
+         the teachers: teacher k's alignment starts from teacher k−1's ALIGNED map (before its
+         embed), teacher 0's from the student's map; the branch (pool or upsample) is decided
+         on the original map's size. With teachers of different sizes a later teacher sees a
+         re-pooled (or upsampled) copy of an earlier alignment, not the student's map.
+  False  each teacher's alignment starts from the student's own map (independent), as jkd did
+         before; the same as True when every teacher's map has the student's size.
 
 Trainable: the embeds (params and BatchNorm statistics, per run). Non-trainable: a copy of each
 teacher's classifier head, taken from the run's teacher at init. Both are dropped at inference.
@@ -31,16 +41,29 @@ from jkd.distill.term import (LAST, Needs, Term, TermError, last_map, require_te
 from jkd.models import head as head_lib
 
 
+def align(f_s: jax.Array, spatials, chained: bool = True) -> list:
+  """The student map aligned to each teacher's size in turn (`CalWeight.forward`): chained
+  (each from the previous teacher's aligned map) or each from `f_s`; pool or upsample decided
+  on `f_s`'s size."""
+  out, x = [], f_s
+  for sp in spatials:
+    x = heads.camkd_align(x if chained else f_s, sp, pool=f_s.shape[1] >= tuple(sp)[0])
+    out.append(x)
+  return out
+
+
 class CAMKD(Term):
   name = "camkd"
   source = "Zhang et al., ICASSP 2022; Rorozhl/CA-MKD distiller_zoo/CAMKD.py, models/util.py"
-  defaults = {"weight": 50.0, "convs": False, "start_epoch": 1}
+  defaults = {"weight": 50.0, "convs": False, "start_epoch": 1, "chained": True}
   per_run = ("weight",)
   ranges = {"start_epoch": ">= 0"}
 
   def check(self, cfg, teachers, student, epochs):
     if not isinstance(cfg.convs, bool):
       raise TermError(f"loss.camkd.convs={cfg.convs!r} must be True or False")
+    if not isinstance(cfg.chained, bool):
+      raise TermError(f"loss.camkd.chained={cfg.chained!r} must be True or False")
     if int(cfg.start_epoch) != cfg.start_epoch or cfg.start_epoch < 0:
       raise TermError(f"loss.camkd.start_epoch={cfg.start_epoch!r} must be an integer >= 0")
     if len(teachers) < 2:
@@ -60,25 +83,27 @@ class CAMKD(Term):
   def init(self, cfg, key, student, teachers, info=None):
     require_teacher_variables(self.name, info, len(teachers))
     s = jnp.zeros(last_map(student).shape, jnp.float32)
+    aligned = align(s, [last_map(t).shape[1:-1] for t in teachers], bool(cfg.chained))
     params, stats = {}, {}
     for k, t in enumerate(teachers):
       f_t = last_map(t)
-      v = self._embed(cfg, f_t.shape[-1]).init(
-          jax.random.fold_in(key, k), heads.camkd_align(s, f_t.shape[1:-1]), train=False)
+      v = self._embed(cfg, f_t.shape[-1]).init(jax.random.fold_in(key, k), aligned[k],
+                                               train=False)
       params[str(k)] = v["params"]
       stats[str(k)] = {"embed": v["batch_stats"], "head": head_lib.of(
           info.teacher_models[k]).variables(info.teacher_variables[k])}
     return {"params": params, "batch_stats": stats}
 
   def loss(self, cfg, hp, batch):
-    s = last_map(batch.student)
+    aligned = align(last_map(batch.student), [last_map(t).shape[1:-1] for t in batch.teachers],
+                    bool(cfg.chained))
     feats, targets, logits, stats = [], [], [], {}
     for k, t in enumerate(batch.teachers):
       head, hv = head_lib.of(batch.teacher_models[k]), batch.batch_stats[str(k)]["head"]
       f_t = head.features(hv, last_map(t))
       f, new = self._embed(cfg, f_t.shape[-1]).apply(
           {"params": batch.params[str(k)], "batch_stats": batch.batch_stats[str(k)]["embed"]},
-          heads.camkd_align(s, f_t.shape[1:-1]), train=True, mutable=["batch_stats"])
+          aligned[k], train=True, mutable=["batch_stats"])
       feats.append(f)
       targets.append(f_t)
       logits.append(head.logits(hv, f))

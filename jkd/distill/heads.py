@@ -82,14 +82,16 @@ def simkd_align(f_s: Array, f_t: Array) -> tuple[Array, Array]:
   return f_s, adaptive_avg_pool(f_t, f_s.shape[1:-1])
 
 
-def camkd_align(f_s: Array, t_spatial: Sequence[int]) -> Array:
+def camkd_align(f_s: Array, t_spatial: Sequence[int], pool: bool | None = None) -> Array:
   """CA-MKD's alignment of the student map to teacher k's size (`CalWeight.forward`):
   adaptive average pooling if the student's first spatial axis is at least the teacher's, else
-  (bi)linear upsampling (`F.interpolate(mode='bilinear')`, half-pixel centres, edges clamped)."""
+  (bi)linear upsampling (`F.interpolate(mode='bilinear')`, half-pixel centres, edges clamped).
+  `pool` decides the branch when given (the authors decide it on the ORIGINAL student map's
+  size even when they align an already aligned map; `jkd.distill.camkd.align`)."""
   t_spatial = tuple(t_spatial)
   if len(t_spatial) != f_s.ndim - 2:
     raise ValueError(f"camkd_align: teacher size {t_spatial} does not match the map {f_s.shape}")
-  if f_s.shape[1] >= t_spatial[0]:
+  if f_s.shape[1] >= t_spatial[0] if pool is None else pool:
     return adaptive_avg_pool(f_s, t_spatial)
   return jax.image.resize(f_s, (f_s.shape[0], *t_spatial, f_s.shape[-1]), method="linear",
                           antialias=False)
