@@ -911,6 +911,9 @@ def dcd_loss(f_s: Array, f_t: Array, *, tau: Array, bias: Array, alpha: float | 
   return jnp.sum(row) / jnp.where(total > 0, total, 1.0)
 
 
+PROJECTOR_FLOOR = float(jnp.finfo(jnp.float32).tiny)   # the log's floor: log(0) would be −inf
+
+
 # The role of the projector (Miles & Mikolajczyk, AAAI 2024), roymiles/Simple-Recipe-Distillation
 # imagenet/torchdistill/losses/single.py: OurDistillationLoss
 
@@ -922,8 +925,12 @@ def projector_loss(f_s_projected: Array, f_t: Array, *, power: float | Array = 4
   `OurDistillationLoss.forward_loss`: both sides go through their own ``BatchNorm1d(D, eps,
   affine=False)`` in training mode (each column standardised with the batch's mean and biased
   variance), the element-wise ``|difference|^p`` (p = 4) is summed over the batch and the
-  features, and the log is taken (no eps; 2 × this outside). A sum, not a mean: it depends on the
+  features, and the log is taken (2 × this outside). A sum, not a mean: it depends on the
   batch size and width. `mask`: the statistics and the sum over the real rows only.
+
+  Guard: the authors take the log without eps, so identical student and teacher rows give
+  log 0 = −inf (and a NaN gradient). Here the sum is floored at float32's smallest normal
+  number (``log`` ≈ −87.3, gradient 0 there); any sum above it is unchanged.
   """
   _check_same(f_s_projected, f_t, "projector_loss")
   f_t = jax.lax.stop_gradient(f_t)
@@ -938,7 +945,7 @@ def projector_loss(f_s_projected: Array, f_t: Array, *, power: float | Array = 4
     return (x - mean) * jax.lax.rsqrt(var + eps)
 
   diff = jnp.abs(bn(f_s_projected) - bn(f_t))
-  return jnp.log(jnp.sum(w * diff ** power))
+  return jnp.log(jnp.maximum(jnp.sum(w * diff ** power), PROJECTOR_FLOOR))
 
 
 __all__ = [

@@ -361,3 +361,14 @@ def test_engine_epoch_trains_the_embeds_and_the_agent():
       jax.tree.leaves(state.params["distill"]["mtkd_rl"]),
       jax.tree.leaves(init.params["distill"]["mtkd_rl"])))
   assert info.batch_size == BS and info.batches_per_epoch == 3
+
+
+def test_normalized_reward_is_finite_when_a_batch_has_equal_rewards():
+  """The authors' z-score divides by the batch's std: 0/0 = NaN when every reward is equal (or
+  the batch has one sample). Those rewards are 0 here; a normal batch's are unchanged."""
+  for r in (jnp.full((5,), -1.3, jnp.float32), jnp.float32([-2.0])):
+    got = np.asarray(mtkd_rl.normalized_reward(r))
+    assert np.all(np.isfinite(got)) and not np.any(got)
+  r = np.random.default_rng(5).normal(size=7)
+  np.testing.assert_allclose(np.asarray(mtkd_rl.normalized_reward(jnp.float32(r))),
+                             np.clip((r - r.mean()) / r.std(ddof=1), 0, 1), rtol=1e-5, atol=1e-6)

@@ -107,3 +107,15 @@ def test_bad_bn_eps_is_refused(eps):
   with pytest.raises(TermError, match=r"loss.projector.bn_eps=.* must be a positive number"):
     distill.check(c.loss, [("a", mc.ConfigDict({"name": "wrn10_1", "ndim": 1}))],
                   mc.ConfigDict({"name": "wrn10_1", "ndim": 1}), 3)
+
+
+def test_identical_student_and_teacher_give_a_finite_value_and_gradient():
+  """The authors' log of the sum has no eps: identical rows give log 0 = −inf there. Here the
+  sum is floored at float32's smallest normal number; a normal input's value is unchanged."""
+  b = jnp.float32(np.random.default_rng(3).normal(size=(5, 4)))
+  v, g = jax.value_and_grad(lambda a: losses.projector_loss(a, b))(b)
+  assert np.isfinite(float(v)) and np.all(np.isfinite(np.asarray(g)))
+  np.testing.assert_allclose(float(v), np.log(np.finfo(np.float32).tiny), rtol=1e-6)
+  a = np.asarray(b) + 1e-3 * np.random.default_rng(4).normal(size=(5, 4))
+  want = np.log(np.sum(np.abs(_bn(a) - _bn(np.asarray(b))) ** 4))       # tiny but normal: as is
+  np.testing.assert_allclose(float(losses.projector_loss(jnp.float32(a), b)), want, rtol=1e-3)

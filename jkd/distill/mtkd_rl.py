@@ -113,8 +113,16 @@ def agent_train(agent: dict, states: jax.Array, rewards: jax.Array, count: jax.A
 
 
 def normalized_reward(reward: jax.Array) -> jax.Array:
-  """(r − mean r) / std r (unbiased, as torch's `std`), clamped to [0, 1]."""
-  z = (reward - jnp.mean(reward)) / jnp.std(reward, ddof=1)
+  """(r − mean r) / std r (unbiased, as torch's `std`), clamped to [0, 1].
+
+  Guard: when every reward of the batch is equal (std 0; or a batch of one, whose unbiased std
+  is undefined) the authors' code divides 0 by 0 (or by float rounding noise) and trains the
+  agent on NaN (or arbitrary) rewards; here those rewards are 0 (no agent update from that
+  batch). A batch whose rewards are not all equal is unchanged."""
+  std = jnp.std(reward, ddof=1)
+  # equal rewards: their float32 std is rounding noise (or 0), not a spread to normalise by
+  ok = (jnp.max(reward) > jnp.min(reward)) & (std > 0)
+  z = jnp.where(ok, (reward - jnp.mean(reward)) / jnp.where(ok, std, 1.0), 0.0)
   return jnp.clip(z, 0.0, 1.0)
 
 
