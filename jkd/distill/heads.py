@@ -24,6 +24,10 @@ import numpy as np
 from jkd.models import layers
 
 Array = jax.Array
+# The linear heads' matmuls run at full float32 precision: on an NVIDIA GPU the default is TF32
+# (a 10-bit mantissa), which the losses on their outputs (cosines, contrastive logits, NCE
+# scores, log-sums) do not assume: their authors' PyTorch code runs these in float32.
+HIGHEST = jax.lax.Precision.HIGHEST
 _SPECS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 
@@ -249,8 +253,9 @@ class SRRLConnector(nn.Module):
 
 def torch_linear(d_in: int, d_out: int) -> layers.Linear:
   """PyTorch's `nn.Linear(d_in, d_out)` as it initialises it: kernel and bias U(±1/sqrt(d_in))
-  (the projectors and heads of PEFD, DCD and the role-of-the-projector loss)."""
-  return layers.Linear(d_out, bias_init=layers.torch_default_bias(d_in))
+  (the projectors and heads of PEFD, DCD and the role-of-the-projector loss), its matmul at
+  full float32 precision (`HIGHEST`)."""
+  return layers.Linear(d_out, bias_init=layers.torch_default_bias(d_in), precision=HIGHEST)
 
 
 class Embed(nn.Module):
@@ -262,7 +267,8 @@ class Embed(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = x.reshape(x.shape[0], -1)
-    x = layers.Linear(self.dim, bias_init=layers.torch_default_bias(x.shape[-1]), name="linear")(x)
+    x = layers.Linear(self.dim, bias_init=layers.torch_default_bias(x.shape[-1]),
+                      precision=HIGHEST, name="linear")(x)
     ss = jnp.sum(x * x, axis=-1, keepdims=True)
     pos = ss > 0
     return jnp.where(pos, x * jax.lax.rsqrt(jnp.where(pos, ss, 1.0)), 0.0)

@@ -76,9 +76,10 @@ def agent_weights(agent: dict, states: jax.Array, state_sizes: tuple[int, ...]
   """PolicyTrans.forward: (logit weights, feature weights), each (B, K), of states (B, ΣD)."""
   cos_c, kl_c, ce_c = state_columns(state_sizes)
   k = len(state_sizes)
-  h = jax.nn.relu(states @ agent["stem"])
-  head_l = jax.nn.softmax(h @ agent["logit_kernel"] + agent["logit_bias"], axis=-1)
-  head_f = jax.nn.softmax(h @ agent["feature_kernel"] + agent["feature_bias"], axis=-1)
+  dot = lambda a, b: jnp.matmul(a, b, precision=heads.HIGHEST)      # float32, not TF32
+  h = jax.nn.relu(dot(states, agent["stem"]))
+  head_l = jax.nn.softmax(dot(h, agent["logit_kernel"]) + agent["logit_bias"], axis=-1)
+  head_f = jax.nn.softmax(dot(h, agent["feature_kernel"]) + agent["feature_bias"], axis=-1)
   conf = (1.0 - jax.nn.softmax(states[:, ce_c], axis=-1)) / (k - 1)
   by_kl = jax.nn.softmax(states[:, kl_c], axis=-1)
   by_cos = jax.nn.softmax(states[:, cos_c], axis=-1)
