@@ -1,7 +1,11 @@
 """Shared pieces of the distillation-term tests: a KD stage's config with teachers `a` (a 1-D WRN
 section, weight 1) and `b` (a 1-D ResNet section, weight 2), the per-run values of its keys, a
-world of random outputs for terms on pooled embeddings, and a tiny WRN-shaped teacher (stage map taken before its head `batch_norm` → ReLU → pool → `fc`, at a
-quarter of the input's length, embedding width 5)."""
+world of random outputs for terms on pooled embeddings, a tiny WRN-shaped teacher (stage map
+taken before its head `batch_norm` → ReLU → pool → `fc`, at a quarter of the input's length,
+embedding width 5), a world for the feature terms (CRD, SimKD, SRRL, CA-MKD) with teachers whose
+classifiers they copy, and numpy references of those terms' parts."""
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -11,7 +15,7 @@ import numpy as np
 
 from jkd import config as config_lib
 from jkd import distill
-from jkd.distill import Outputs
+from jkd.distill import Info, Outputs, crd
 from jkd.models import layers
 
 MODELS = {"a": {"name": "wrn10_1", "ndim": 1}, "b": {"name": "resnet18", "ndim": 1}}
@@ -62,3 +66,133 @@ class TinyWRN(nn.Module):
     h = layers.Conv(5, 4, strides=4)(x)
     emb = layers.global_avg_pool(nn.relu(layers.BatchNorm(name="batch_norm")(h, train)))
     return layers.Linear(self.classes, name="fc")(emb), (h, emb)
+
+
+# ----------------------------------------------------------------------------- the feature terms
+
+FB, FK, FN = 6, 3, 30                    # batch, classes, windows of `feature_world`
+FEATURE_TERMS = ("crd", "simkd", "srrl", "camkd")
+BN_EPS = 1e-5
+
+
+def feature_world(terms=FEATURE_TERMS):
+  """Random student outputs (stages (FB, 8, 4), (FB, 4, 8), embedding (FB, 8)); teacher a: a WRN
+  (head batch_norm, fc) whose last map is half the student's length; teacher b: a ResNet (fc) of
+  the same length; the terms' parts from `distill.init` (with the teachers' variables) and
+  `run(own, index, epoch=1, hp=None, key=3)`: the jitted objective on windows `index`."""
+  r = np.random.default_rng(0)
+  n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
+  c = kd_config(terms, ("a", "b"), crd={"nce_k": 5, "feat_dim": 4})
+  student = (n(FB, FK), (n(FB, 8, 4), n(FB, 4, 8), n(FB, 8)))
+  teach = [Outputs(n(FB, FK) * 2, {distill.LAST: n(FB, 2, 12)}, n(FB, 12)),
+           Outputs(n(FB, FK) * 2, {distill.LAST: n(FB, 4, 6)}, n(FB, 6))]
+  tv = [{"params": {"batch_norm": {"scale": 1 + 0.3 * n(12), "bias": 0.2 * n(12)},
+                    "fc": {"kernel": n(12, FK), "bias": n(FK)}, "conv1": {"kernel": n(3, 3, 4)}},
+         "batch_stats": {"batch_norm": {"mean": 0.3 * n(12), "var": 0.5 + jnp.abs(n(12))}}},
+        {"params": {"fc": {"kernel": n(6, FK), "bias": n(FK)}}, "batch_stats": {}}]
+  labels = jnp.asarray(r.integers(0, FK, FN), jnp.int32)
+  pool = jnp.asarray(np.r_[r.permutation(FN)[:20], np.zeros(4, int)], jnp.int32)  # 20 real
+  info = Info(num_windows=FN, train_windows=20, teacher_models=tuple(
+      c.teachers[t].model for t in c.distill.teachers), teachers=tuple(teach), teacher_variables=tv)
+  own = jax.jit(lambda key, tv: distill.init(c.loss, key, Outputs.of(*student), teach,
+                                             dataclasses.replace(info, teacher_variables=tv)))(
+      jax.random.PRNGKey(0), tv)
+  obj = jax.jit(distill.make_objective(c))
+
+  def run(own, index, epoch=1, hp=None, key=3):
+    ctx = {"epoch": jnp.int32(epoch), "teachers": teach, "distill": own, "index": index,
+           "key": jax.random.PRNGKey(key), "pool": pool, "pool_count": jnp.int32(20),
+           "all_labels": labels}
+    return obj(*student, labels[index], per_run_hp(c) if hp is None else hp, ctx)
+
+  return dict(c=c, student=student, teach=teach, tv=tv, labels=labels, pool=pool, info=info,
+              own=own, run=run)
+
+
+def contrast(w, index, key=3):
+  neg = crd.negatives(jax.random.PRNGKey(key), w["labels"][index], w["pool"], jnp.int32(20),
+                      w["labels"], 5)
+  return np.concatenate([np.asarray(index)[:, None], np.asarray(neg)], 1)
+
+
+# numpy references of the feature terms' parts (float64)
+
+def as_np(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def bn_train(x, p):
+  m, v = x.mean((0, 1)), x.var((0, 1))
+  return (x - m) / np.sqrt(v + BN_EPS) * p["scale"] + p["bias"]
+
+
+def bn_eval(x, p, s):
+  return (x - s["mean"]) / np.sqrt(s["var"] + BN_EPS) * p["scale"] + p["bias"]
+
+
+def conv(x, p, pad=0):                      # 1-D, stride 1, kernel (w, in, out)
+  k = p["kernel"]
+  xp = np.pad(x, ((0, 0), (pad, pad), (0, 0)))
+  length = xp.shape[1] - k.shape[0] + 1
+  y = sum(xp[:, j:j + length] @ k[j] for j in range(k.shape[0]))
+  return y + p["bias"] if "bias" in p else y
+
+
+def pool(x, out):                           # adaptive average pooling, out divides the length
+  return x.reshape(x.shape[0], out, -1, x.shape[-1]).mean(2)
+
+
+def relu(x):
+  return np.maximum(x, 0.0)
+
+
+def head_features(hv, f):                   # WRN: relu(batch_norm(map)); others: the map
+  if "batch_norm" not in hv["params"]:
+    return f
+  return relu(bn_eval(f, hv["params"]["batch_norm"], hv["batch_stats"]["batch_norm"]))
+
+
+def head_logits(hv, f):
+  fc = hv["params"]["fc"]
+  return f.mean(1) @ fc["kernel"] + fc["bias"]
+
+
+def log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def simkd_projector(x, p, s=None):                # SimKD projector, train (s None) or eval mode
+  bn = (lambda h, n: bn_train(h, p[n])) if s is None else (lambda h, n: bn_eval(h, p[n], s[n]))
+  h = relu(bn(conv(x, p["conv1"]), "bn1"))
+  h = relu(bn(conv(h, p["conv2"], 1), "bn2"))
+  return relu(bn(conv(h, p["conv3"]), "bn3"))
+
+
+def crd_embed(x, p):
+  h = x @ p["linear"]["kernel"] + p["linear"]["bias"]
+  return h / np.linalg.norm(h, axis=1, keepdims=True)
+
+
+def nce(x, n):
+  noise = (x.shape[1] - 1) / n
+  d1 = np.log(x[:, 0] / (x[:, 0] + noise + 1e-7))
+  d0 = np.log(noise / (x[:, 1:] + noise + 1e-7))
+  return -np.mean(d1 + d0.sum(1))
+
+
+def crd_np(p, s, e_s_in, e_t_in, contrast, n, temp, z=None):
+  """One teacher's CRD value, its Zs and its updated banks (momentum 0.5)."""
+  e_s, e_t = crd_embed(e_s_in, p["embed_s"]), crd_embed(e_t_in, p["embed_t"])
+  out_s = np.exp(np.einsum("bkd,bd->bk", s["memory_t"][contrast], e_s) / temp)
+  out_t = np.exp(np.einsum("bkd,bd->bk", s["memory_s"][contrast], e_t) / temp)
+  z_s, z_t = z if z is not None else (out_s.mean() * n, out_t.mean() * n)
+  value = nce(out_s / z_s, n) + nce(out_t / z_t, n)
+  idx = contrast[:, 0]
+  mem = {}
+  for name, e in (("memory_s", e_s), ("memory_t", e_t)):
+    m = s[name].copy()
+    pos = 0.5 * m[idx] + 0.5 * e
+    m[idx] = pos / np.linalg.norm(pos, axis=1, keepdims=True)
+    mem[name] = m
+  return value, (z_s, z_t), mem

@@ -1,8 +1,6 @@
 """CA-MKD's intermediate term (`jkd.distill.camkd`): the authors' chained alignment of the
 student map to each teacher in turn, the independent option, and the term against numpy."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,10 +9,31 @@ import pytest
 from jkd import distill
 from jkd.distill import Info, Outputs, camkd
 
-from distill_setup import kd_config, per_run_hp
+from distill_setup import (FB, as_np, bn_train, conv, feature_world, head_features, head_logits,
+                           kd_config, per_run_hp, pool, relu)
 
 B, K = 6, 3
-EPS = 1e-5
+
+
+def _close(a, b, rtol=2e-5, atol=1e-6):
+  np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol,
+                             atol=atol)
+
+
+def _f32(*arrays):
+  return [jnp.asarray(np.asarray(a, np.float32)) for a in arrays]
+
+
+def np_log_softmax(z):
+  z = np.asarray(z, np.float64)
+  m = z.max(-1, keepdims=True)
+  return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+
+
+def np_camkd_weights(zt, y):
+  K, B, _ = zt.shape
+  ce = np.array([[-np_log_softmax(zt[k, b])[y[b]] for b in range(B)] for k in range(K)])
+  return (1 - np.exp(ce) / np.exp(ce).sum(0)) / (K - 1)
 
 
 def _adaptive_pool(x, out):
@@ -59,38 +78,6 @@ def test_align_matches_numpy_chained_and_independent(s_len, lengths, chained):
 
 # ----------------------------------------------------------------------------- the term
 
-def _np(tree):
-  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
-
-
-def _bn_train(x, p):
-  m, v = x.mean((0, 1)), x.var((0, 1))
-  return (x - m) / np.sqrt(v + EPS) * p["scale"] + p["bias"]
-
-
-def _bn_eval(x, p, s):
-  return (x - s["mean"]) / np.sqrt(s["var"] + EPS) * p["scale"] + p["bias"]
-
-
-def _relu(x):
-  return np.maximum(x, 0.0)
-
-
-def _log_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def _head_features(hv, f):                   # WRN: relu(batch_norm(map)); others: the map
-  if "batch_norm" not in hv["params"]:
-    return f
-  return _relu(_bn_eval(f, hv["params"]["batch_norm"], hv["batch_stats"]["batch_norm"]))
-
-
-def _head_logits(hv, f):
-  fc = hv["params"]["fc"]
-  return f.mean(1) @ fc["kernel"] + fc["bias"]
-
 
 def camkd_np(f_s, teach, tv, p, y, chained):
   """L_inter = Σ_k Σ_b w_kb mean(F_k − f_t,k)² / (B K), w = (1 − softmax_k CE(head_k(F_k))) / (K−1)."""
@@ -98,10 +85,10 @@ def camkd_np(f_s, teach, tv, p, y, chained):
   mse, ce = [], []
   for k, x in enumerate(aligned):
     q = p[str(k)]
-    f = _relu(_bn_train(x @ q["conv1"]["kernel"][0] + q["conv1"]["bias"], q["bn1"]))
-    f_t = _head_features(tv[k], teach[k].stages[0])
+    f = relu(bn_train(x @ q["conv1"]["kernel"][0] + q["conv1"]["bias"], q["bn1"]))
+    f_t = head_features(tv[k], teach[k].stages[0])
     mse.append(((f - f_t) ** 2).reshape(f.shape[0], -1).mean(1))
-    ce.append(-_log_softmax(_head_logits(tv[k], f))[np.arange(f.shape[0]), y])
+    ce.append(-np_log_softmax(head_logits(tv[k], f))[np.arange(f.shape[0]), y])
   ce = np.stack(ce)
   kt = len(aligned)
   weights = (1 - np.exp(ce) / np.exp(ce).sum(0)) / (kt - 1)
@@ -140,11 +127,11 @@ def test_term_matches_numpy_chained_by_default_and_independent_as_an_option(worl
   w = world
   own, total, terms = _run(w, chained)
   f_s = np.asarray(w["student"][1][1], np.float64)
-  want = camkd_np(f_s, _np(w["teach"]), _np(w["tv"]), _np(own["params"]["camkd"]),
+  want = camkd_np(f_s, as_np(w["teach"]), as_np(w["tv"]), as_np(own["params"]["camkd"]),
                   np.asarray(w["labels"]), chained)
   np.testing.assert_allclose(float(terms["camkd"]), want, rtol=1e-4)
   np.testing.assert_allclose(float(total), 50.0 * want, rtol=1e-4)
-  other = camkd_np(f_s, _np(w["teach"]), _np(w["tv"]), _np(own["params"]["camkd"]),
+  other = camkd_np(f_s, as_np(w["teach"]), as_np(w["tv"]), as_np(own["params"]["camkd"]),
                    np.asarray(w["labels"]), not chained)
   assert abs(other - want) > 1e-4 * abs(want)        # the two alignments differ on this world
 
@@ -153,3 +140,53 @@ def test_chained_is_the_default_and_static():
   assert distill.TERMS["camkd"].defaults["chained"] is True
   c = kd_config(("camkd",))
   assert "loss.camkd.chained" not in distill.per_run_keys(c.loss, ("a", "b"))
+
+
+# ----------------------------------------------------------------------------- the pure loss and the
+# feature world (a WRN teacher head, maps of other lengths)
+
+def test_camkd_feature_loss_matches_numpy_and_differentiates_through_the_weights():
+  rng = np.random.default_rng(9)
+  B, C = 4, 3
+  fs = [rng.normal(size=(B, 2, 2, 3)), rng.normal(size=(B, 2, 2, 5))]
+  ft = [rng.normal(size=(B, 2, 2, 3)), rng.normal(size=(B, 2, 2, 5))]
+  heads = rng.normal(size=(2, B, C))
+  y = rng.integers(0, C, B)
+  w = np_camkd_weights(heads, y)
+  mse = np.stack([((fs[k] - ft[k]) ** 2).reshape(B, -1).mean(1) for k in range(2)])
+  ref = np.sum(w * mse) / (B * 2)
+  fs32, ft32 = [_f32(f)[0] for f in fs], [_f32(f)[0] for f in ft]
+  got = camkd.camkd_feature_loss(fs32, ft32, _f32(heads)[0], jnp.asarray(y))
+  _close(got, ref)
+  # the weights are not detached: the loss has a gradient w.r.t. the heads' logits
+  g = jax.grad(lambda h: camkd.camkd_feature_loss(fs32, ft32, h, jnp.asarray(y)))(_f32(heads)[0])
+  assert np.all(np.isfinite(np.asarray(g))) and float(jnp.max(jnp.abs(g))) > 1e-4
+
+
+def test_term_matches_numpy_on_the_feature_world_and_is_dropped_in_the_first_epoch():
+  """Weights (1 − softmax_k CE(teacher head on F_k)) / (K − 1), Σ_kb w mse / (B K)."""
+  w = feature_world(("camkd",))
+  index = w["pool"][:FB]
+  total, terms, _ = w["run"](w["own"], index)
+  p = as_np(w["own"]["params"])
+  _, (f1, f2, emb) = as_np(w["student"])
+  teach, tv = as_np(w["teach"]), as_np(w["tv"])
+  y = np.asarray(w["labels"])[np.asarray(index)]
+  # chained, as the authors' CalWeight: teacher b's alignment (the student map is as long as
+  # its, so adaptive pooling) starts from teacher a's pooled map: each cell repeated twice
+  mse, ce, x = [], [], f2
+  for k, length in ((0, 2), (1, 4)):
+    q = p["camkd"][str(k)]
+    x = pool(x, length) if x.shape[1] >= length else np.repeat(x, length // x.shape[1], 1)
+    f = relu(bn_train(conv(x, q["conv1"]), q["bn1"]))
+    f_t = head_features(tv[k], teach[k].stages[0])
+    mse.append(((f - f_t) ** 2).reshape(FB, -1).mean(1))
+    ce.append(-np_log_softmax(head_logits(tv[k], f))[np.arange(FB), y])
+  ce = np.stack(ce)
+  weights = (1 - np.exp(ce) / np.exp(ce).sum(0)) / 1
+  want = np.sum(weights * np.stack(mse)) / (FB * 2)
+  np.testing.assert_allclose(float(terms["camkd"]), want, rtol=1e-4)
+  np.testing.assert_allclose(float(total), 50.0 * want, rtol=1e-4)
+  # CA-MKD is dropped in the first epoch (start_epoch=1)
+  _, terms0, _ = w["run"](w["own"], index, epoch=0)
+  assert float(terms0["camkd"]) == 0.0

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from jkd import config as config_lib
-from jkd import distill, losses
+from jkd import distill
 from jkd import runs as runs_lib
 from jkd import setup as setup_lib
 from jkd import state as state_lib
 from jkd import teachers as teachers_lib
 from jkd import train as train_lib
-from jkd.distill import Outputs, TermError
+from jkd.distill import Outputs, TermError, dcd
 from jkd.models import layers
 
 from distill_setup import embedding_world, TinyWRN, kd_config, per_run_hp
@@ -71,17 +71,17 @@ def test_dcd_loss_matches_numpy_with_and_without_mask():
   r = np.random.default_rng(1)
   f_s, f_t = r.normal(size=(5, 7)), r.normal(size=(5, 7))
   for tau, b, alpha in ((1.0, 0.0, 0.5), (0.3, 0.7, 2.0), (3.0, -1.0, 0.5)):   # 3: e^3 > 10
-    got = losses.dcd_loss(jnp.float32(f_s), jnp.float32(f_t), tau=jnp.float32(tau),
+    got = dcd.dcd_loss(jnp.float32(f_s), jnp.float32(f_t), tau=jnp.float32(tau),
                           bias=jnp.float32(b), alpha=alpha)
     np.testing.assert_allclose(float(got), _dcd_np(f_s, f_t, tau, b, alpha), rtol=1e-5)
   mask = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
   junk_s, junk_t = f_s.copy(), f_t.copy()
   junk_s[1], junk_t[4] = 1e6, -1e6                         # masked-out rows have no influence
-  got = losses.dcd_loss(jnp.float32(junk_s), jnp.float32(junk_t), tau=jnp.float32(0.3),
+  got = dcd.dcd_loss(jnp.float32(junk_s), jnp.float32(junk_t), tau=jnp.float32(0.3),
                         bias=jnp.float32(0.0), alpha=0.5, mask=jnp.float32(mask))
   keep = mask > 0
   np.testing.assert_allclose(float(got), _dcd_np(f_s[keep], f_t[keep], 0.3, 0.0, 0.5), rtol=1e-5)
-  g = jax.grad(lambda x: losses.dcd_loss(x, jnp.float32(f_t), tau=jnp.float32(0.3),
+  g = jax.grad(lambda x: dcd.dcd_loss(x, jnp.float32(f_t), tau=jnp.float32(0.3),
                                          bias=jnp.float32(0.0), mask=jnp.float32(mask)))(
       jnp.float32(junk_s))
   assert np.all(np.isfinite(g)) and not np.any(np.asarray(g)[~keep])
@@ -90,7 +90,7 @@ def test_dcd_loss_matches_numpy_with_and_without_mask():
 def test_tau_gets_gradient_below_the_clamp_none_above_and_the_bias_is_inert():
   r = np.random.default_rng(2)
   f_s, f_t = jnp.float32(r.normal(size=(6, 4))), jnp.float32(r.normal(size=(6, 4)))
-  f = lambda tau, b: losses.dcd_loss(f_s, f_t, tau=tau, bias=b, alpha=0.5)
+  f = lambda tau, b: dcd.dcd_loss(f_s, f_t, tau=tau, bias=b, alpha=0.5)
   g_tau, g_b = jax.grad(f, argnums=(0, 1))(jnp.float32(1.0), jnp.float32(0.0))
   assert abs(float(g_tau)) > 1e-3 and abs(float(g_b)) < 1e-6
   # above log(max_tau) the scale is max_tau and tau gets no gradient (torch clamp)

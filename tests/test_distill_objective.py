@@ -141,20 +141,6 @@ def test_soft_labels_enter_ce(batch):
                              rtol=1e-5)
 
 
-def test_jafari_annealing_phases(batch):
-  zs, z1, z2, fs, _, _, y = batch
-  c = _config(terms=("annealing",), alpha=0.25, annealing={"tau_max": 4, "phase1_epochs": 8})
-  obj = jax.jit(distill.make_objective(c))
-  teach = [_out(z1), _out(z2)]
-  for epoch, temp in ((0, 4), (3, 3), (7, 1)):
-    total, _, _ = obj(*_student(zs, fs), y, _hp(c), {"epoch": jnp.int32(epoch), "teachers": teach})
-    phi = 1 - (temp - 1) / 4
-    want = np.mean((zs - phi * (0.75 * z1 + 0.25 * z2)) ** 2)
-    np.testing.assert_allclose(float(total), want, rtol=1e-5)
-  total, _, _ = obj(*_student(zs, fs), y, _hp(c), {"epoch": jnp.int32(8), "teachers": teach})
-  np.testing.assert_allclose(float(total), -np.mean(_log_softmax(zs)[np.arange(B), y]), rtol=1e-5)
-
-
 PAIRS = [("signal", mc.ConfigDict({"ndim": 1})), ("image", mc.ConfigDict({"ndim": 2}))]
 STUDENT = mc.ConfigDict({"ndim": 1})
 

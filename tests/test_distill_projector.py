@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from jkd import config as config_lib
-from jkd import distill, losses
-from jkd.distill import TermError
+from jkd import distill
+from jkd.distill import TermError, projector
 
 from distill_setup import embedding_world, kd_config, per_run_hp
 
@@ -40,16 +40,16 @@ def test_projector_loss_matches_numpy_with_and_without_mask():
   r = np.random.default_rng(1)
   a, b = r.normal(size=(7, 5)), r.normal(size=(7, 5)) * 3 + 1
   want = np.log(np.sum(np.abs(_bn(a) - _bn(b)) ** 4))
-  np.testing.assert_allclose(float(losses.projector_loss(jnp.float32(a), jnp.float32(b))), want,
+  np.testing.assert_allclose(float(projector.projector_loss(jnp.float32(a), jnp.float32(b))), want,
                              rtol=1e-5)
   mask = np.array([1, 0, 1, 1, 0, 1, 1.0])
   keep = mask > 0
   want = np.log(np.sum(np.abs(_bn(a[keep]) - _bn(b[keep])) ** 4))
-  got = losses.projector_loss(jnp.float32(a), jnp.float32(b), mask=jnp.float32(mask))
+  got = projector.projector_loss(jnp.float32(a), jnp.float32(b), mask=jnp.float32(mask))
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
-  got = losses.projector_loss(jnp.float32(a), jnp.float32(b), power=2.0)
+  got = projector.projector_loss(jnp.float32(a), jnp.float32(b), power=2.0)
   np.testing.assert_allclose(float(got), np.log(np.sum((_bn(a) - _bn(b)) ** 2)), rtol=1e-5)
-  g = jax.grad(lambda t: losses.projector_loss(jnp.float32(a), t))(jnp.float32(b))
+  g = jax.grad(lambda t: projector.projector_loss(jnp.float32(a), t))(jnp.float32(b))
   assert not np.any(np.asarray(g))                      # the teacher is a target
 
 
@@ -113,9 +113,9 @@ def test_identical_student_and_teacher_give_a_finite_value_and_gradient():
   """The authors' log of the sum has no eps: identical rows give log 0 = −inf there. Here the
   sum is floored at float32's smallest normal number; a normal input's value is unchanged."""
   b = jnp.float32(np.random.default_rng(3).normal(size=(5, 4)))
-  v, g = jax.value_and_grad(lambda a: losses.projector_loss(a, b))(b)
+  v, g = jax.value_and_grad(lambda a: projector.projector_loss(a, b))(b)
   assert np.isfinite(float(v)) and np.all(np.isfinite(np.asarray(g)))
   np.testing.assert_allclose(float(v), np.log(np.finfo(np.float32).tiny), rtol=1e-6)
   a = np.asarray(b) + 1e-3 * np.random.default_rng(4).normal(size=(5, 4))
   want = np.log(np.sum(np.abs(_bn(a) - _bn(np.asarray(b))) ** 4))       # tiny but normal: as is
-  np.testing.assert_allclose(float(losses.projector_loss(jnp.float32(a), b)), want, rtol=1e-3)
+  np.testing.assert_allclose(float(projector.projector_loss(jnp.float32(a), b)), want, rtol=1e-3)

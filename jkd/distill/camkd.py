@@ -31,6 +31,10 @@ teacher's classifier head, taken from the run's teacher at init. Both are droppe
 Needs at least two teachers (the weights divide by K − 1), each of the student's rank.
 """
 
+from __future__ import annotations
+
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -39,6 +43,36 @@ from jkd.distill import heads
 from jkd.distill.term import (LAST, Needs, Term, TermError, last_map, require_teacher_variables,
                               same_rank)
 from jkd.models import head as head_lib
+from jkd.distill import kd
+
+Array = jax.Array
+
+
+def camkd_feature_loss(student_feats: Sequence[Array], teacher_feats: Sequence[Array],
+                       head_logits: Array | Sequence[Array], labels: Array, *,
+                       mask: Array | None = None) -> Array:
+  """CA-MKD intermediate term ``Σ_k Σ_b w_kb · mean_{pos,C}(F_k − f_t,k)² / (B · K)``.
+
+  Rorozhl/CA-MKD distiller_zoo/CAMKD.py: `student_feats[k]` = F_k, the aligned student map after
+  teacher k's embed; `teacher_feats[k]` its teacher's map (constant); `head_logits` (K, B, C) (or a
+  list) = teacher k's pooling + fc applied to F_k. ``w = (1 − softmax_k CE(head_k, y)) / (K − 1)``
+  is NOT detached, as in the authors' code: gradients flow through the weights into F_k.
+  Weight 50 outside (and dropped in epoch 1 there).
+  """
+  if len(student_feats) != len(teacher_feats):
+    raise ValueError(f"camkd_feature_loss: {len(student_feats)} student maps but "
+                     f"{len(teacher_feats)} teacher maps; pass one of each per teacher.")
+  head_logits = head_logits if hasattr(head_logits, "shape") else jnp.stack(list(head_logits))
+  if head_logits.shape[0] != len(student_feats):
+    raise ValueError(f"camkd_feature_loss: {head_logits.shape[0]} heads' logits for "
+                     f"{len(student_feats)} teachers.")
+  weights = kd.confidence_weights(head_logits, labels)
+  mse = []
+  for f_s, f_t in zip(student_feats, teacher_feats):
+    losses.check_same(f_s, f_t, "camkd_feature_loss")
+    diff = (f_s - jax.lax.stop_gradient(f_t)).reshape(f_s.shape[0], -1)
+    mse.append(jnp.mean(diff * diff, axis=-1))
+  return losses.masked_mean(jnp.sum(weights * jnp.stack(mse), axis=0), mask) / len(student_feats)
 
 
 def align(f_s: jax.Array, spatials, chained: bool = True) -> list:
@@ -108,7 +142,7 @@ class CAMKD(Term):
       targets.append(f_t)
       logits.append(head.logits(hv, f))
       stats[str(k)] = {"embed": new["batch_stats"], "head": hv}
-    value = losses.camkd_feature_loss(feats, targets, logits, batch.hard_labels())
+    value = camkd_feature_loss(feats, targets, logits, batch.hard_labels())
     return jnp.where(batch.epoch >= int(cfg.start_epoch), value, 0.0), stats
 
 

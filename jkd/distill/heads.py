@@ -24,6 +24,8 @@ import numpy as np
 from jkd.models import layers
 
 Array = jax.Array
+
+
 # The linear heads' matmuls run at full float32 precision: on an NVIDIA GPU the default is TF32
 # (a 10-bit mantissa), which the losses on their outputs (cosines, contrastive logits, NCE
 # scores, log-sums) do not assume: their authors' PyTorch code runs these in float32.
