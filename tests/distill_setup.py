@@ -196,3 +196,88 @@ def crd_np(p, s, e_s_in, e_t_in, contrast, n, temp, z=None):
     m[idx] = pos / np.linalg.norm(pos, axis=1, keepdims=True)
     mem[name] = m
   return value, (z_s, z_t), mem
+
+
+# ----------------------------------------------------------------------------- the registry's harness
+
+def _teacher_model(i: int, rank: int) -> dict:
+  """Teacher i's model section: a WRN (classifier head batch_norm, fc), or for odd i of rank 1 a
+  ResNet (fc only)."""
+  return {"name": "resnet18" if rank == 1 and i % 2 else "wrn10_1", "ndim": rank}
+
+
+def example_config(term) -> mc.ConfigDict:
+  """A KD stage listing only `term`, its section at its defaults plus `term.example().config`,
+  teachers t0, t1, ... of `example().ranks` with weights 1, 2, ..."""
+  ex = term.example()
+  names = tuple(f"t{i}" for i in range(len(ex.ranks)))
+  loss = distill.loss_defaults((term.name,))
+  loss[term.name].update(dict(ex.config))
+  return mc.ConfigDict({
+      "train": {"epochs": 3}, "distill": {"teachers": names},
+      "teachers": {n: {"weight": 1.0 + i, "model": _teacher_model(i, r)}
+                   for i, (n, r) in enumerate(zip(names, ex.ranks))},
+      "loss": loss})
+
+
+def example_world(term, alpha: float = -1.0) -> dict:
+  """`term.example()` made concrete: random student outputs (stages (B, 16, 4), (B, 8, 8),
+  (B, 4, 16), embedding (B, 16)), teachers of its ranks (stage maps 1-3 with 6/12 channels, an
+  embedding as wide as the last map, logits, classifier variables), the training step's context,
+  the term's parts from `distill.init` after `distill.check`, and `run(hp)`: the jitted
+  objective's whole output."""
+  c = example_config(term)
+  c.loss.alpha = alpha
+  ex = term.example()
+  names = tuple(c.distill.teachers)
+  b, k, n_windows = 6, 3, 30
+  r = np.random.default_rng(0)
+  n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
+  student = (n(b, k), (n(b, 16, 4), n(b, 8, 8), n(b, 4, 16), n(b, 16)))
+  teach, tv = [], []
+  for name, rank in zip(names, ex.ranks):
+    wrn = c.teachers[name].model.name == "wrn10_1"
+    ch = 12 if wrn else 6
+    sizes = [(16,), (8,), (4,)] if rank == 1 else [(4, 4), (2, 2), (2, 2)]
+    stages = {j + 1: n(b, *size, ch // 2 if j == 0 else ch) for j, size in enumerate(sizes)}
+    teach.append(Outputs(n(b, k) * 2, stages, n(b, ch)))
+    head = {"params": {"fc": {"kernel": n(ch, k), "bias": n(k)}}, "batch_stats": {}}
+    if wrn:
+      head["params"]["batch_norm"] = {"scale": 1 + 0.3 * n(ch), "bias": 0.2 * n(ch)}
+      head["batch_stats"]["batch_norm"] = {"mean": 0.3 * n(ch), "var": 0.5 + jnp.abs(n(ch))}
+    tv.append(head)
+  labels = jnp.asarray(r.integers(0, k, n_windows), jnp.int32)
+  pool = jnp.asarray(np.r_[r.permutation(n_windows)[:20], np.zeros(4, int)], jnp.int32)
+  index = pool[:b]
+  models = tuple(c.teachers[t].model for t in names)
+  info = Info(num_windows=n_windows, train_windows=20, teacher_models=models, teachers=tuple(teach),
+              teacher_variables=tv, batch_size=b, batches_per_epoch=5)
+  distill.check(c.loss, list(zip(names, models)), mc.ConfigDict({"name": "wrn10_1", "ndim": 1}),
+                int(c.train.epochs))
+  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach, info)
+  obj = jax.jit(distill.make_objective(c))
+  ctx = {"epoch": jnp.int32(ex.epoch), "teachers": teach, "distill": own, "index": index,
+         "key": jax.random.PRNGKey(3), "pool": pool, "pool_count": jnp.int32(20),
+         "all_labels": labels, "step": jnp.int32(ex.step)}
+  return dict(c=c, example=ex, names=names, run=lambda hp: obj(*student, labels[index], hp, ctx))
+
+
+def other_value(value: float) -> float:
+  """Where a per-run key is moved to: no default is a fixed point of v / 2 + 0.37 (0.74 is)."""
+  return value * 0.5 + 0.37 if value else 0.3
+
+
+def unchanged_keys(term, alpha: float = -1.0) -> tuple[list[str], list[str]]:
+  """(the stage's per-run keys with only `term` listed, those of them whose move away from its
+  value leaves the objective's output (value, terms, new batch_stats) bit for bit the same)."""
+  w = example_world(term, alpha)
+  c, ex = w["c"], w["example"]
+  keys = distill.per_run_keys(c.loss, w["names"])
+  base = per_run_hp(c)
+  ref = jax.tree.leaves(w["run"](base))
+  same = []
+  for key in keys:
+    moved = dict(base, **{key: jnp.float32(ex.others.get(key, other_value(float(base[key]))))})
+    if all(np.array_equal(a, b) for a, b in zip(ref, jax.tree.leaves(w["run"](moved)))):
+      same.append(key)
+  return keys, same

@@ -192,7 +192,8 @@ def test_by_default_tau_and_b_stay_at_init_through_a_decayed_sgd_step(fixed, wor
                              float(world["run"](world["own"])[1]["dcd"]), rtol=1e-6)
 
 
-def test_every_per_run_key_changes_the_objective(world):
+def test_per_run_keys_and_the_weight_scales_the_term(world):
+  """(That each per-run key changes the objective: tests/test_distill_registry.py.)"""
   w = world
   c = w["c"]
   keys = distill.per_run_keys(c.loss, ("a", "b"))
@@ -200,11 +201,6 @@ def test_every_per_run_key_changes_the_objective(world):
           "teachers.b.weight"} <= set(keys)
   assert distill.TERMS["dcd"].per_run == ("weight", "alpha", "max_tau")
   base, terms, _ = w["run"](w["own"])
-  other = {"loss.dcd.weight": 3.0, "loss.dcd.alpha": 1.5, "loss.dcd.max_tau": 2.0,  # < e^1
-           "teachers.a.weight": 0.5, "teachers.b.weight": 0.5}
-  for key in (k for k in keys if k.startswith(("loss.dcd.", "teachers."))):
-    moved, _, _ = w["run"](w["own"], per_run_hp(c, **{key: other[key]}))
-    assert float(moved) != float(base), key
   moved, _, _ = w["run"](w["own"], per_run_hp(c, **{"loss.dcd.weight": 3.0}))
   np.testing.assert_allclose(float(moved - base), 2.0 * float(terms["dcd"]), rtol=1e-4)
 

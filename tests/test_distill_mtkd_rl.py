@@ -266,17 +266,6 @@ def test_the_student_objective_trains_the_embeds_of_teachers_with_a_feature_term
   assert "agent" not in w["own"]["params"]["mtkd_rl"]              # the agent has its own SGD
 
 
-@pytest.mark.parametrize("key", ["weight", "feat_weight", "temperature"])
-def test_per_run_keys_change_the_value(key):
-  w = _world()
-  c = w["c"]
-  ctx = {"epoch": jnp.int32(1), "teachers": w["teach"], "distill": w["own"], "step": jnp.int32(1)}
-  obj = jax.jit(distill.make_objective(c))
-  ref = float(obj(*w["student"], w["labels"], per_run_hp(c), ctx)[0])
-  hp = per_run_hp(c, **{f"loss.mtkd_rl.{key}": 2.5 * float(config_lib.get(c, f"loss.mtkd_rl.{key}"))})
-  assert float(obj(*w["student"], w["labels"], hp, ctx)[0]) != ref
-
-
 def test_agent_lr_changes_the_agents_step():
   w = _world(agent_step=1)
   c = w["c"]

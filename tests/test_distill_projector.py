@@ -9,7 +9,6 @@ import ml_collections as mc
 import numpy as np
 import pytest
 
-from jkd import config as config_lib
 from jkd import distill
 from jkd.distill import TermError, projector
 
@@ -90,15 +89,10 @@ def test_gradients_reach_the_projectors(world):
     assert float(jnp.abs(g[k]["kernel"]).sum()) > 0
 
 
-def test_every_per_run_key_changes_the_value(world):
-  w = world
-  c = w["c"]
-  ref = float(w["run"](w["own"])[0])
-  keys = distill.per_run_keys(c.loss, ("a", "b"))
+def test_per_run_keys(world):
+  """(That each of them changes the objective: tests/test_distill_registry.py.)"""
+  keys = distill.per_run_keys(world["c"].loss, ("a", "b"))
   assert {"loss.projector.power", "loss.projector.temperature", "teachers.b.weight"} <= set(keys)
-  for key in keys:
-    hp = per_run_hp(c, **{key: 1.7 * float(config_lib.get(c, key)) + 0.1})
-    assert float(w["run"](w["own"], hp)[0]) != ref, key
 
 
 @pytest.mark.parametrize("eps", [0.0, -1e-3])

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jkd import losses
-from jkd.distill.term import Term, TermError
+from jkd.distill.term import Example, Term, TermError
 
 Array = jax.Array
 
@@ -75,6 +75,10 @@ class Annealing(Term):
     mse = annealing_kd_loss(batch.student.logits, target, phi)
     hard = losses.cross_entropy(batch.student.logits, batch.labels)
     return jnp.where(batch.epoch < p1, mse, hard)
+
+
+  def example(self):
+    return Example(config={"tau_max": 1}, epoch=0)     # phase 1, where the teachers count
 
 
 TERM = Annealing()

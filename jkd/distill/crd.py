@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
-from jkd.distill.term import Needs, Term, TermError
+from jkd.distill.term import Example, Needs, Term, TermError
 
 Array = jax.Array
 
@@ -200,6 +200,10 @@ class CRD(Term):
           "z_s": jax.lax.stop_gradient(z_s), "z_t": jax.lax.stop_gradient(z_t)}
       total = total + batch.teacher_weights[i] * value
     return total, stats
+
+
+  def example(self):
+    return Example(config={"nce_k": 5, "feat_dim": 4})
 
 
 TERM = CRD()

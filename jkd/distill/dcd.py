@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
-from jkd.distill.term import Needs, Term, TermError
+from jkd.distill.term import Example, Needs, Term, TermError
 
 Array = jax.Array
 
@@ -133,6 +133,10 @@ class DCD(Term):
     # Fixed scalars: handed back unchanged, so the step keeps them (a term returning no
     # batch_stats beside one that does would lose them).
     return value if cfg.learn_scale else (value, batch.batch_stats)
+
+
+  def example(self):
+    return Example(config={"init_tau": 2.0})   # e² between max_tau and its moved value: the clamp
 
 
 TERM = DCD()

@@ -44,7 +44,8 @@ import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
-from jkd.distill.term import (LAST, Needs, Term, TermError, last_map, require_teacher_variables)
+from jkd.distill.term import (LAST, Example, Needs, Term, TermError, last_map,
+                              require_teacher_variables)
 from jkd.models import head as head_lib
 
 
@@ -264,6 +265,11 @@ class MTKDRL(Term):
                             rewards, count + 1)
     return value, {"embed": embed_stats, "head": st["head"], "agent": agent, "states": states,
                    "rewards": rewards, "count": count.astype(jnp.int32)}
+
+
+  def example(self):
+    # the agent trains after this step (agent_step 1): agent_lr changes the new agent
+    return Example(config={"hidden": 4, "agent_step": 1})
 
 
 TERM = MTKDRL()
