@@ -198,7 +198,7 @@ def crd_np(p, s, e_s_in, e_t_in, contrast, n, temp, z=None):
   return value, (z_s, z_t), mem
 
 
-# ----------------------------------------------------------------------------- the registry's harness
+# ----------------------------------------------------------------------------- the registry harness
 
 def _teacher_model(i: int, rank: int) -> dict:
   """Teacher i's model section: a WRN (classifier head batch_norm, fc), or for odd i of rank 1 a

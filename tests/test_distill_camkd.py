@@ -80,7 +80,8 @@ def test_align_matches_numpy_chained_and_independent(s_len, lengths, chained):
 
 
 def camkd_np(f_s, teach, tv, p, y, chained):
-  """L_inter = Σ_k Σ_b w_kb mean(F_k − f_t,k)² / (B K), w = (1 − softmax_k CE(head_k(F_k))) / (K−1)."""
+  """L_inter = Σ_k Σ_b w_kb mean(F_k − f_t,k)² / (B K),
+  w = (1 − softmax_k CE(head_k(F_k))) / (K − 1)."""
   aligned = _align_np(f_s, [t.stages[0].shape[1] for t in teach], chained)
   mse, ce = [], []
   for k, x in enumerate(aligned):
@@ -142,7 +143,7 @@ def test_chained_is_the_default_and_static():
   assert "loss.camkd.chained" not in distill.per_run_keys(c.loss, ("a", "b"))
 
 
-# ----------------------------------------------------------------------------- the pure loss and the
+# ----------------------------------------------------------------------------- the pure loss; the
 # feature world (a WRN teacher head, maps of other lengths)
 
 def test_camkd_feature_loss_matches_numpy_and_differentiates_through_the_weights():

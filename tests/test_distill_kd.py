@@ -97,7 +97,7 @@ def test_weighted_kd_matches_numpy_and_unit_weights_give_the_mean_kd(reduction):
   _close(aver, np.mean(kds))
 
 
-# ----------------------------------------------------------------------------- the term, fixed weights
+# ----------------------------------------------------------------------------- fixed weights
 
 def _log_softmax(z):
   z = z.astype(np.float64)
@@ -134,12 +134,13 @@ def test_ce_plus_fixed_weight_kd_is_the_lab_dual_teacher_loss():
   ref = (1 - lam) * ce + lam * ((1 - alpha) * kd_sig + alpha * kd_img)
   c = _dual(lam, alpha, T)
   student = (jnp.asarray(zs), (jnp.zeros((6, 4)),))
-  ctx = {"epoch": jnp.int32(0), "teachers": [Outputs(jnp.asarray(zsig)), Outputs(jnp.asarray(zimg))]}
+  ctx = {"epoch": jnp.int32(0),
+         "teachers": [Outputs(jnp.asarray(zsig)), Outputs(jnp.asarray(zimg))]}
   total, terms, _ = distill.make_objective(c)(*student, jnp.asarray(y), per_run_hp(c), ctx)
   _close(total, ref)
   _close(terms["ce"], ce)
-  _close(losses.kd_loss(jnp.asarray(zs), jnp.asarray(zsig), temperature=T, reduction="mean"), kd_sig)
-  _close(losses.kd_loss(jnp.asarray(zs), jnp.asarray(zimg), temperature=T, reduction="mean"), kd_img)
+  for z, want in ((zsig, kd_sig), (zimg, kd_img)):
+    _close(losses.kd_loss(jnp.asarray(zs), jnp.asarray(z), temperature=T, reduction="mean"), want)
   _close(terms["kd"], (1 - alpha) * kd_sig + alpha * kd_img)
   # any teacher weights (teachers.<name>.weight, loss.alpha = -1), used as given
   c = kd_config(("kd",), kd={"weight": 1.0, "temperature": T})
@@ -161,7 +162,8 @@ def test_dual_teacher_loss_vmaps_over_per_run_hyperparameters():
   zs, zsig, zimg = (jnp.asarray(rng.normal(size=(runs, 4, 5)).astype(np.float32)) for _ in range(3))
   y = jnp.asarray(rng.integers(0, 5, (runs, 4)))
   mask = jnp.asarray(np.array([[1, 1, 1, 1], [1, 1, 0, 0], [0, 1, 1, 1]], np.float32))
-  lam, alpha, T = jnp.array([0.9, 0.99, 0.5]), jnp.array([0.1, 0.5, 0.9]), jnp.array([1.0, 4.0, 2.0])
+  lam, alpha = jnp.array([0.9, 0.99, 0.5]), jnp.array([0.1, 0.5, 0.9])
+  T = jnp.array([1.0, 4.0, 2.0])
 
   def f(zs, y, zsig, zimg, lam, alpha, T, mask):
     kd = ((1 - alpha) * losses.kd_loss(zs, zsig, temperature=T, mask=mask)

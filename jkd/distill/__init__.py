@@ -36,7 +36,8 @@ RESERVED = ("terms", "alpha")
 # The built-ins' order in `loss_defaults` (so configs and checkpoints written before discovery
 # keep their key order); a built-in not named here follows alphabetically, user terms after.
 BUILTIN_ORDER = ("ce", "focal", "kd", "dkd", "dist", "sp", "at", "fitnet", "rkd", "pkt",
-                 "annealing", "crd", "simkd", "srrl", "camkd", "pefd", "dcd", "projector", "mtkd_rl")
+                 "annealing", "crd", "simkd", "srrl", "camkd", "pefd", "dcd", "projector",
+                 "mtkd_rl")
 __all__ = ["TERMS", "Batch", "Example", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
            "register", "loss_defaults", "check", "per_run_keys", "ranges", "teacher_needs",
            "init", "make_objective", "make_predict", "teacher_weights"]

@@ -109,9 +109,8 @@ class DCD(Term):
     for i, t in enumerate(teachers):
       ks, kt = jax.random.split(jax.random.fold_in(key, i))
       d_t = t.embedding.shape[-1]
-      params[str(i)] = {
-          "embed_s": heads.torch_linear(d_s, dim).init(ks, jnp.zeros((1, d_s), jnp.float32))["params"],
-          "embed_t": heads.torch_linear(d_t, dim).init(kt, jnp.zeros((1, d_t), jnp.float32))["params"]}
+      init = lambda k, d: heads.torch_linear(d, dim).init(k, jnp.zeros((1, d), jnp.float32))
+      params[str(i)] = {"embed_s": init(ks, d_s)["params"], "embed_t": init(kt, d_t)["params"]}
       scalars = {"tau": jnp.float32(cfg.init_tau), "b": jnp.float32(cfg.init_bias)}
       if cfg.learn_scale:
         params[str(i)] |= scalars
