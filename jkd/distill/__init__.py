@@ -78,8 +78,9 @@ def _discover() -> None:
       found.append(term)
   rank = {n: i for i, n in enumerate(BUILTIN_ORDER)}
   for term in sorted(found, key=lambda t: (rank.get(t.name, len(rank)), t.name)):
-    if TERMS.get(term.name) is not term:      # a module may register its own TERM at import
-      register(term)
+    if TERMS.get(term.name) is term:    # it registered itself at import: re-inserted in order
+      del TERMS[term.name]
+    register(term)
 
 
 def loss_defaults(terms: tuple[str, ...] = ("ce", "kd")) -> mc.ConfigDict:
