@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from jkd import config as config_lib
-from jkd import distill, losses
+from jkd import distill
 from jkd import runs as runs_lib
 from jkd import setup as setup_lib
 from jkd import state as state_lib
 from jkd import teachers as teachers_lib
 from jkd import train as train_lib
-from jkd.distill import Outputs, TermError
+from jkd.distill import Outputs, TermError, dcd
 from jkd.models import layers
 
 from distill_setup import embedding_world, TinyWRN, kd_config, per_run_hp
@@ -51,6 +51,13 @@ def _config(**dcd):
 
 @pytest.fixture(scope="module")
 def world():
+  """tau and b trained (`learn_scale=True`): they are params, as jkd had them before."""
+  return embedding_world(_config(learn_scale=True), batch=B, classes=K, d_s=D_S, d_t=D_T)
+
+
+@pytest.fixture(scope="module")
+def fixed():
+  """The default, the authors' trainer: tau and b fixed at init, in batch_stats."""
   return embedding_world(_config(), batch=B, classes=K, d_s=D_S, d_t=D_T)
 
 
@@ -64,17 +71,17 @@ def test_dcd_loss_matches_numpy_with_and_without_mask():
   r = np.random.default_rng(1)
   f_s, f_t = r.normal(size=(5, 7)), r.normal(size=(5, 7))
   for tau, b, alpha in ((1.0, 0.0, 0.5), (0.3, 0.7, 2.0), (3.0, -1.0, 0.5)):   # 3: e^3 > 10
-    got = losses.dcd_loss(jnp.float32(f_s), jnp.float32(f_t), tau=jnp.float32(tau),
+    got = dcd.dcd_loss(jnp.float32(f_s), jnp.float32(f_t), tau=jnp.float32(tau),
                           bias=jnp.float32(b), alpha=alpha)
     np.testing.assert_allclose(float(got), _dcd_np(f_s, f_t, tau, b, alpha), rtol=1e-5)
   mask = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
   junk_s, junk_t = f_s.copy(), f_t.copy()
   junk_s[1], junk_t[4] = 1e6, -1e6                         # masked-out rows have no influence
-  got = losses.dcd_loss(jnp.float32(junk_s), jnp.float32(junk_t), tau=jnp.float32(0.3),
+  got = dcd.dcd_loss(jnp.float32(junk_s), jnp.float32(junk_t), tau=jnp.float32(0.3),
                         bias=jnp.float32(0.0), alpha=0.5, mask=jnp.float32(mask))
   keep = mask > 0
   np.testing.assert_allclose(float(got), _dcd_np(f_s[keep], f_t[keep], 0.3, 0.0, 0.5), rtol=1e-5)
-  g = jax.grad(lambda x: losses.dcd_loss(x, jnp.float32(f_t), tau=jnp.float32(0.3),
+  g = jax.grad(lambda x: dcd.dcd_loss(x, jnp.float32(f_t), tau=jnp.float32(0.3),
                                          bias=jnp.float32(0.0), mask=jnp.float32(mask)))(
       jnp.float32(junk_s))
   assert np.all(np.isfinite(g)) and not np.any(np.asarray(g)[~keep])
@@ -83,7 +90,7 @@ def test_dcd_loss_matches_numpy_with_and_without_mask():
 def test_tau_gets_gradient_below_the_clamp_none_above_and_the_bias_is_inert():
   r = np.random.default_rng(2)
   f_s, f_t = jnp.float32(r.normal(size=(6, 4))), jnp.float32(r.normal(size=(6, 4)))
-  f = lambda tau, b: losses.dcd_loss(f_s, f_t, tau=tau, bias=b, alpha=0.5)
+  f = lambda tau, b: dcd.dcd_loss(f_s, f_t, tau=tau, bias=b, alpha=0.5)
   g_tau, g_b = jax.grad(f, argnums=(0, 1))(jnp.float32(1.0), jnp.float32(0.0))
   assert abs(float(g_tau)) > 1e-3 and abs(float(g_b)) < 1e-6
   # above log(max_tau) the scale is max_tau and tau gets no gradient (torch clamp)
@@ -96,22 +103,25 @@ def test_tau_gets_gradient_below_the_clamp_none_above_and_the_bias_is_inert():
                              rtol=1e-5)
 
 
-def test_heads_and_scalars_at_init():
-  c = _config()
+@pytest.mark.parametrize("learn", [False, True])
+def test_heads_and_scalars_at_init(learn):
+  c = _config(learn_scale=learn)
   d_s, d_t = 64, 40
   s = Outputs(jnp.zeros((2, K)), {}, jnp.zeros((2, d_s)))
   own = distill.init(c.loss, jax.random.PRNGKey(3), s, [Outputs(jnp.zeros((2, K)), {},
                                                                  jnp.zeros((2, d_t)))])
   p = own["params"]["dcd"]["0"]
-  assert sorted(p) == ["b", "embed_s", "embed_t", "tau"]
-  assert float(p["tau"]) == 1.0 and float(p["b"]) == 0.0
+  scalars = p if learn else own["batch_stats"]["dcd"]["0"]
+  assert sorted(p) == (["b", "embed_s", "embed_t", "tau"] if learn else ["embed_s", "embed_t"])
+  assert float(scalars["tau"]) == 1.0 and float(scalars["b"]) == 0.0
   for name, d in (("embed_s", d_s), ("embed_t", d_t)):
     kern, bias = np.asarray(p[name]["kernel"]), np.asarray(p[name]["bias"])
     assert kern.shape == (d, 128) and bias.shape == (128,)
     bound = 1.0 / np.sqrt(d)
     for a in (kern, bias):
       assert np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
-  assert own["batch_stats"]["dcd"] == {}
+  if learn:
+    assert own["batch_stats"]["dcd"] == {}
 
 
 def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
@@ -153,7 +163,37 @@ def test_gradients_reach_the_heads_and_tau_but_not_above_the_clamp(world):
   assert float(grads["0"]["tau"]) == 0.0 and abs(float(grads["1"]["tau"])) > 1e-4
 
 
-def test_every_per_run_key_changes_the_objective(world):
+def test_by_default_tau_and_b_stay_at_init_through_a_decayed_sgd_step(fixed, world):
+  """The authors' trainer never hands tau and b to the optimiser: by default they are not params
+  (no gradient, no weight decay) and the term hands them back unchanged; `learn_scale=True`
+  trains them. One SGD step with weight decay on each term's params shows both."""
+  import optax
+  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.5))
+
+  def step(w):
+    def total(params):
+      return w["run"]({"params": {**w["own"]["params"], "dcd": params},
+                       "batch_stats": w["own"]["batch_stats"]})[0]
+    params = w["own"]["params"]["dcd"]
+    g = jax.grad(total)(params)
+    upd, _ = tx.update(g, tx.init(params), params)
+    return optax.apply_updates(params, upd), w["run"](w["own"])[2]
+
+  params, stats = step(fixed)
+  assert all(sorted(params[k]) == ["embed_s", "embed_t"] for k in ("0", "1"))
+  for k in ("0", "1"):
+    assert float(stats["dcd"][k]["tau"]) == 1.0 and float(stats["dcd"][k]["b"]) == 0.0
+  params, stats = step(world)
+  assert "dcd" not in stats
+  for k in ("0", "1"):
+    assert float(params[k]["tau"]) != 1.0, k                 # trained and decayed
+  # the default's value is the learned option's at the same (initial) tau and b
+  np.testing.assert_allclose(float(fixed["run"](fixed["own"])[1]["dcd"]),
+                             float(world["run"](world["own"])[1]["dcd"]), rtol=1e-6)
+
+
+def test_per_run_keys_and_the_weight_scales_the_term(world):
+  """(That each per-run key changes the objective: tests/test_distill_registry.py.)"""
   w = world
   c = w["c"]
   keys = distill.per_run_keys(c.loss, ("a", "b"))
@@ -161,11 +201,6 @@ def test_every_per_run_key_changes_the_objective(world):
           "teachers.b.weight"} <= set(keys)
   assert distill.TERMS["dcd"].per_run == ("weight", "alpha", "max_tau")
   base, terms, _ = w["run"](w["own"])
-  other = {"loss.dcd.weight": 3.0, "loss.dcd.alpha": 1.5, "loss.dcd.max_tau": 2.0,  # < e^1
-           "teachers.a.weight": 0.5, "teachers.b.weight": 0.5}
-  for key in (k for k in keys if k.startswith(("loss.dcd.", "teachers."))):
-    moved, _, _ = w["run"](w["own"], per_run_hp(c, **{key: other[key]}))
-    assert float(moved) != float(base), key
   moved, _, _ = w["run"](w["own"], per_run_hp(c, **{"loss.dcd.weight": 3.0}))
   np.testing.assert_allclose(float(moved - base), 2.0 * float(terms["dcd"]), rtol=1e-4)
 
@@ -193,7 +228,8 @@ def test_bad_static_values_are_refused_in_one_line(key, bad, match):
 
 def test_static_keys_are_not_per_run():
   keys = distill.per_run_keys(_config().loss, ("a", "b"))
-  assert not {"loss.dcd.feat_dim", "loss.dcd.init_tau", "loss.dcd.init_bias"} & set(keys)
+  assert not {"loss.dcd.feat_dim", "loss.dcd.init_tau", "loss.dcd.init_bias",
+              "loss.dcd.learn_scale"} & set(keys)
   assert distill.ranges(_config().loss, ("a", "b"))["loss.dcd.max_tau"] == "> 0"
 
 
@@ -208,12 +244,14 @@ class _Tiny(nn.Module):
 
 
 def test_engine_trains_the_heads_and_tau_and_restore_leaves_them_out():
+  """With `learn_scale=True` (the default's fixed tau is checked above)."""
   L, C, NW = 8, 3, 40
   c = config_lib.base()
   c.train.update(batch_size=8, epochs=2)
   c.optim.update(schedule="constant", lr=0.05)
   c.loss = distill.loss_defaults(("ce", "kd", "dcd"))
   c.loss.dcd.feat_dim = 16
+  c.loss.dcd.learn_scale = True
   c.distill = mc.ConfigDict({"teachers": ("a",)})
   c.teachers = mc.ConfigDict({"a": teachers_lib.spec({"name": "wrn10_1", "ndim": 1})})
   r = np.random.default_rng(1)

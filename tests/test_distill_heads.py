@@ -248,3 +248,19 @@ def test_init_and_apply_vmap_over_runs(module, x, conv):
     _close(y[r], yr, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(nr)):
       _close(a[r], b, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_heads_and_the_mtkd_rl_agent_run_their_matmuls_at_highest_precision():
+  """On a GPU the default precision is TF32; the heads' losses assume float32 (the lowered
+  program names the precision on every platform, so this checks it on a CPU too)."""
+  from jkd.distill import mtkd_rl
+  x = jnp.ones((2, 5), jnp.float32)
+  lin = heads.torch_linear(5, 3)
+  v = lin.init(jax.random.PRNGKey(0), x)
+  emb = heads.Embed(4)
+  ve = emb.init(jax.random.PRNGKey(0), x)
+  agent = mtkd_rl.agent_init(jax.random.PRNGKey(0), (3, 3), hidden=4)
+  for f, args in ((lin.apply, (v, x)), (emb.apply, (ve, x)),
+                  (lambda a, s: mtkd_rl.agent_weights(a, s, (3, 3)), (agent, jnp.ones((2, 6))))):
+    text = jax.jit(f).lower(*args).as_text()
+    assert "dot" in text and "DEFAULT" not in text and "HIGHEST" in text, text[:400]

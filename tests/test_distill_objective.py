@@ -8,6 +8,7 @@ import pytest
 
 from jkd import distill
 from jkd.distill import Outputs
+from jkd.distill import Context
 
 K, B = 5, 6
 
@@ -81,7 +82,7 @@ def test_dual_teacher_sp_matches_numpy(batch):
   obj = distill.make_objective(c)
   teach = [_out(z1, (f1[0], None, f1[1])), _out(z2, (f2[0], None, f2[1]))]
   total, terms, _ = obj(*_student(zs, fs), jnp.asarray(y), _hp(c),
-                        {"epoch": 0, "teachers": teach})
+                        Context(epoch=0, teachers=teach))
   ce = -np.mean(_log_softmax(zs.astype(np.float64))[np.arange(B), y])
   kd1, kd2 = _kd(zs, z1, 4.0, K), _kd(zs, z2, 4.0, K)
   sp = 0.0
@@ -101,7 +102,7 @@ def test_teacher_weights_without_alpha_and_three_teachers(batch):
   c = _config(terms=("kd",), teachers=("a", "b", "c"), kd={"weight": 1.0})
   hp = _hp(c, **{"teachers.a.weight": 0.2, "teachers.b.weight": 0.3, "teachers.c.weight": 0.5})
   total, _, _ = distill.make_objective(c)(*_student(zs, fs), jnp.asarray(y), hp,
-                                          {"epoch": 0, "teachers": [_out(z) for z in (z1, z2, z3)]})
+                                          Context(epoch=0, teachers=[_out(z) for z in (z1, z2, z3)]))
   want = sum(w * _kd(zs, z, 4.0, K) * K for w, z in ((0.2, z1), (0.3, z2), (0.5, z3)))
   np.testing.assert_allclose(float(total), want, rtol=1e-5)
 
@@ -110,7 +111,7 @@ def test_a_term_is_on_because_it_is_listed_not_because_of_its_weight(batch):
   zs, z1, z2, fs, f1, f2, y = batch
   listed = _config(terms=("ce", "kd"))
   _, terms, _ = distill.make_objective(listed)(*_student(zs, fs), jnp.asarray(y), _hp(listed),
-                                               {"epoch": 0, "teachers": [_out(z1), _out(z2)]})
+                                               Context(epoch=0, teachers=[_out(z1), _out(z2)]))
   assert set(terms) == {"ce", "kd"}
   with pytest.raises(distill.TermError, match="'sp' is not in loss.terms"):
     bad = _config(terms=("ce", "kd"), sp={"weight": 200.0})
@@ -124,7 +125,7 @@ def test_single_teacher_logits_layer_and_batchmean(batch):
               kd={"weight": 0.5, "temperature": 2.0, "reduction": "batchmean"},
               sp={"weight": 10.0, "layers": (4,)})
   total, _, _ = distill.make_objective(c)(*_student(zs, fs), jnp.asarray(y), _hp(c),
-                                          {"epoch": 0, "teachers": [_out(z1)]})
+                                          Context(epoch=0, teachers=[_out(z1)]))
   ce = -np.mean(_log_softmax(zs.astype(np.float64))[np.arange(B), y])
   kdv = _kd(zs, z1, 2.0, K) * K
   sp = np.sum((_rownorm(_gram(zs)) - _rownorm(_gram(z1))) ** 2) / B ** 2
@@ -136,23 +137,9 @@ def test_soft_labels_enter_ce(batch):
   soft = np.eye(K, dtype=np.float32)[y] * 0.6 + np.eye(K, dtype=np.float32)[(y + 1) % K] * 0.4
   c = _config(terms=("ce",))
   _, terms, _ = distill.make_objective(c)(*_student(zs, fs), jnp.asarray(soft), _hp(c),
-                                          {"epoch": 0, "teachers": [_out(z1), _out(z2)]})
+                                          Context(epoch=0, teachers=[_out(z1), _out(z2)]))
   np.testing.assert_allclose(float(terms["ce"]), -np.mean(np.sum(soft * _log_softmax(zs), -1)),
                              rtol=1e-5)
-
-
-def test_jafari_annealing_phases(batch):
-  zs, z1, z2, fs, _, _, y = batch
-  c = _config(terms=("annealing",), alpha=0.25, annealing={"tau_max": 4, "phase1_epochs": 8})
-  obj = jax.jit(distill.make_objective(c))
-  teach = [_out(z1), _out(z2)]
-  for epoch, temp in ((0, 4), (3, 3), (7, 1)):
-    total, _, _ = obj(*_student(zs, fs), y, _hp(c), {"epoch": jnp.int32(epoch), "teachers": teach})
-    phi = 1 - (temp - 1) / 4
-    want = np.mean((zs - phi * (0.75 * z1 + 0.25 * z2)) ** 2)
-    np.testing.assert_allclose(float(total), want, rtol=1e-5)
-  total, _, _ = obj(*_student(zs, fs), y, _hp(c), {"epoch": jnp.int32(8), "teachers": teach})
-  np.testing.assert_allclose(float(total), -np.mean(_log_softmax(zs)[np.arange(B), y]), rtol=1e-5)
 
 
 PAIRS = [("signal", mc.ConfigDict({"ndim": 1})), ("image", mc.ConfigDict({"ndim": 2}))]

@@ -9,8 +9,8 @@ import ml_collections as mc
 import numpy as np
 import pytest
 
-from jkd import distill, losses
-from jkd.distill import Outputs, TermError
+from jkd import distill
+from jkd.distill import Outputs, TermError, pefd
 
 from distill_setup import embedding_world, kd_config, per_run_hp
 
@@ -34,14 +34,14 @@ def test_pefd_loss_matches_numpy_with_and_without_mask():
   r = np.random.default_rng(1)
   a, b = r.normal(size=(5, 7)), r.normal(size=(5, 7))
   want = np.mean(1.0 - _cos_np(a, b))
-  np.testing.assert_allclose(float(losses.pefd_loss(jnp.float32(a), jnp.float32(b))), want,
+  np.testing.assert_allclose(float(pefd.pefd_loss(jnp.float32(a), jnp.float32(b))), want,
                              rtol=1e-5)
   mask = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
   want = np.sum(mask * (1.0 - _cos_np(a, b))) / mask.sum()
-  got = losses.pefd_loss(jnp.float32(a), jnp.float32(b), mask=jnp.float32(mask))
+  got = pefd.pefd_loss(jnp.float32(a), jnp.float32(b), mask=jnp.float32(mask))
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
   # the teacher is a target: no gradient flows into it
-  g = jax.grad(lambda t: losses.pefd_loss(jnp.float32(a), t))(jnp.float32(b))
+  g = jax.grad(lambda t: pefd.pefd_loss(jnp.float32(a), t))(jnp.float32(b))
   assert not np.any(np.asarray(g))
 
 
@@ -109,3 +109,12 @@ def test_gradients_reach_the_projectors_and_the_weight_is_per_run(world):
   np.testing.assert_allclose(float(base - other), 15.0 * float(terms["pefd"]), rtol=1e-4)
   moved, _, _ = w["run"](w["own"], per_run_hp(c, **{"teachers.b.weight": 0.5}))
   assert float(moved) != float(base)
+
+
+def test_pefd_loss_matches_the_cosine_formula():
+  rng = np.random.default_rng(6)
+  rng.normal(size=(2, 3, 4, 5, 2))     # the FitNet draws the combined test made first
+  a, b = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+  cos = [a[i] @ b[i] / (np.linalg.norm(a[i]) * np.linalg.norm(b[i])) for i in range(4)]
+  np.testing.assert_allclose(float(pefd.pefd_loss(jnp.float32(a), jnp.float32(b))),
+                             np.mean(1 - np.array(cos)), rtol=2e-5, atol=1e-6)

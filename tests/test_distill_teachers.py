@@ -13,6 +13,7 @@ import pytest
 from jkd import augment, convert, distill, images, teachers
 from jkd import train as train_lib
 from jkd.runs import Run
+from jkd.distill import Context
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -105,8 +106,8 @@ def test_cached_outputs_give_the_same_losses(world):
   feats = tuple(jax.random.normal(jax.random.PRNGKey(6 + i), (5, 16 // 2 ** i, 16 * 2 ** i))
                 for i in range(3)) + (jnp.zeros((5, 64)),)
   y = jnp.array([0, 1, 2, 1, 0])
-  losses = [obj(student, feats, y, _hp(c), {"epoch": 0,
-                                            "teachers": jax.tree.map(lambda a: a[0], t)})[0]
+  losses = [obj(student, feats, y, _hp(c), Context(epoch=0,
+                                            teachers=jax.tree.map(lambda a: a[0], t)))[0]
             for t in (direct, cached)]
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
   # the teachers really are in eval mode: a train-mode forward differs

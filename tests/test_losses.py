@@ -1,4 +1,5 @@
-"""jkd.losses against independent numpy formulas, hand-computed values and PyTorch semantics."""
+"""jkd.losses, the primitives the terms share, against independent numpy formulas, hand-computed
+values and PyTorch semantics (each method's own checks: tests/test_distill_<name>.py)."""
 
 from __future__ import annotations
 
@@ -172,82 +173,8 @@ def test_kd_loss_standardize_matches_lab_tda_kd_term():
   _close(got, ref, rtol=1e-5)
 
 
-def test_multi_teacher_and_dual_teacher_loss_compose_terms():
-  rng = _rng(8)
-  zs, zsig, zimg = (rng.normal(size=(6, 5)).astype(np.float32) * 2 for _ in range(3))
-  y = rng.integers(0, 5, 6)
-  lam, alpha, T = 0.9, 0.7, 4.0
-  ce = -np.mean(_log_softmax(zs)[np.arange(6), y])
-  kd_sig, kd_img = _np_kd(zs, zsig, T, "mean"), _np_kd(zs, zimg, T, "mean")
-  ref = (1 - lam) * ce + lam * ((1 - alpha) * kd_sig + alpha * kd_img)
-  total, terms = losses.dual_teacher_loss(jnp.asarray(zs), jnp.asarray(y), jnp.asarray(zsig),
-                                          jnp.asarray(zimg), lam=lam, alpha=alpha, temperature=T,
-                                          reduction="mean")
-  _close(total, ref)
-  _close(terms["ce"], ce)
-  _close(terms["kd_sig"], kd_sig)
-  _close(terms["kd_img"], kd_img)
-  _close(terms["kd"], (1 - alpha) * kd_sig + alpha * kd_img)
-  kd, per = losses.multi_teacher_kd(jnp.asarray(zs), [jnp.asarray(zsig), jnp.asarray(zimg)],
-                                    [0.2, 0.5], temperature=T)
-  _close(per, [_np_kd(zs, zsig, T), _np_kd(zs, zimg, T)])
-  _close(kd, 0.2 * _np_kd(zs, zsig, T) + 0.5 * _np_kd(zs, zimg, T))
-  with pytest.raises(ValueError, match="one weight per teacher"):
-    losses.multi_teacher_kd(jnp.asarray(zs), [jnp.asarray(zsig)], [0.5, 0.5])
-
-
-def test_dual_teacher_loss_vmaps_over_per_run_hyperparameters():
-  rng = _rng(9)
-  runs = 3
-  zs, zsig, zimg = (jnp.asarray(rng.normal(size=(runs, 4, 5)).astype(np.float32)) for _ in range(3))
-  y = jnp.asarray(rng.integers(0, 5, (runs, 4)))
-  mask = jnp.asarray(np.array([[1, 1, 1, 1], [1, 1, 0, 0], [0, 1, 1, 1]], np.float32))
-  lam, alpha, T = jnp.array([0.9, 0.99, 0.5]), jnp.array([0.1, 0.5, 0.9]), jnp.array([1.0, 4.0, 2.0])
-
-  def f(zs, y, zsig, zimg, lam, alpha, T, mask):
-    return losses.dual_teacher_loss(zs, y, zsig, zimg, lam=lam, alpha=alpha, temperature=T,
-                                    mask=mask)[0]
-
-  got = jax.jit(jax.vmap(f))(zs, y, zsig, zimg, lam, alpha, T, mask)
-  for r in range(runs):
-    _close(got[r], f(zs[r], y[r], zsig[r], zimg[r], float(lam[r]), float(alpha[r]), float(T[r]),
-                     mask[r]), rtol=1e-5)
-
-
 # ------------------------------------------------------------------------------------------------
-# Annealing-KD
-
-
-def test_annealing_phi_schedule_hand_values():
-  # tau_max 10 over 20 phase-1 epochs: two epochs per temperature, T = 10, 10, 9, 9, ..., 1, 1.
-  temps = [int(losses.annealing_temperature(e, tau_max=10, phase1_epochs=20)) for e in range(22)]
-  assert temps == [10, 10, 9, 9, 8, 8, 7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1]
-  phis = [float(losses.annealing_phi(e, tau_max=10, phase1_epochs=20)) for e in (0, 1, 2, 10, 19, 25)]
-  _close(phis, [0.1, 0.1, 0.2, 0.6, 1.0, 1.0], rtol=1e-6)
-  # Uneven split: tau_max 4 over 6 epochs: T = 4 - floor(4e/6) = 4, 4, 3, 2, 2, 1.
-  temps = [int(losses.annealing_temperature(e, tau_max=4, phase1_epochs=6)) for e in range(6)]
-  assert temps == [4, 4, 3, 2, 2, 1]
-  # Traced epoch under jit.
-  phi = jax.jit(lambda e: losses.annealing_phi(e, tau_max=10, phase1_epochs=20))(jnp.int32(5))
-  _close(phi, 0.3, rtol=1e-6)
-  with pytest.raises(ValueError, match="phase1_epochs"):
-    losses.annealing_phi(0, tau_max=10, phase1_epochs=5)
-
-
-def test_annealing_kd_loss_matches_numpy_and_masks():
-  rng = _rng(10)
-  zs, zt = (rng.normal(size=(5, 4)).astype(np.float32) for _ in range(2))
-  mask = np.array([1, 0, 1, 1, 0], np.float32)
-  _close(losses.annealing_kd_loss(jnp.asarray(zs), jnp.asarray(zt), 0.3),
-         np.mean((zs - 0.3 * zt) ** 2))
-  _close(losses.annealing_kd_loss(jnp.asarray(zs), jnp.asarray(zt), 0.3, mask=jnp.asarray(mask)),
-         np.mean((zs[mask > 0] - 0.3 * zt[mask > 0]) ** 2))
-  g_t = jax.grad(lambda t: losses.annealing_kd_loss(jnp.asarray(zs), t, 0.5))(jnp.asarray(zt))
-  assert np.all(np.asarray(g_t) == 0)
-
-
-# ------------------------------------------------------------------------------------------------
-# Similarity-preserving
+# Batch similarity (SP's Gram matrices)
 
 
 def _np_gram(f, normalize=True):
@@ -258,124 +185,14 @@ def _np_gram(f, normalize=True):
   return g
 
 
-def _np_sp(student, teachers, weights):
-  total = 0.0
-  for layer, fs in enumerate(student):
-    gt = sum(w * _np_gram(t[layer], normalize=False) for w, t in zip(weights, teachers))
-    gt = gt / np.linalg.norm(gt, axis=1, keepdims=True)
-    b = fs.shape[0]
-    total += np.sum((_np_gram(fs) - gt) ** 2) / b ** 2
-  return total
-
-
-def _sp_feats(rng, b=6):
-  # 1-D student stages (b, L, C) + logits; 1-D signal teacher and 2-D image teacher, other widths.
-  student = [rng.normal(size=(b, 20, 4)), rng.normal(size=(b, 10, 8)), rng.normal(size=(b, 5))]
-  sig = [rng.normal(size=(b, 20, 12)), rng.normal(size=(b, 10, 24)), rng.normal(size=(b, 5))]
-  img = [rng.normal(size=(b, 8, 8, 3)), rng.normal(size=(b, 4, 4, 6)), rng.normal(size=(b, 5))]
-  as32 = lambda fs: [np.abs(f).astype(np.float32) + 0.1 * i for i, f in enumerate(fs)]
-  return as32(student), as32(sig), as32(img)
-
-
-def _j(fs):
-  return [jnp.asarray(f) for f in fs]
-
-
 def test_gram_matches_numpy():
   f = _rng(11).normal(size=(5, 3, 4)).astype(np.float32)
   _close(losses.gram(jnp.asarray(f), normalize=False), _np_gram(f, normalize=False), rtol=1e-5)
   _close(losses.gram(jnp.asarray(f)), _np_gram(f), rtol=1e-5)
 
 
-def test_sp_loss_matches_numpy_single_and_merged_teachers():
-  student, sig, img = _sp_feats(_rng(12))
-  _close(losses.sp_loss(_j(student), _j(sig)), _np_sp(student, [sig], [1.0]), rtol=1e-4)
-  got = losses.sp_loss(_j(student), [_j(sig), _j(img)], teacher_weights=[0.3, 0.7], beta=200.0)
-  _close(got, 200.0 * _np_sp(student, [sig, img], [0.3, 0.7]), rtol=1e-4)
-  # Merging happens before normalisation: differs from averaging the normalised Gram matrices.
-  g_avg = 0.3 * _np_gram(sig[0]) + 0.7 * _np_gram(img[0])
-  g_avg = g_avg / np.linalg.norm(g_avg, axis=1, keepdims=True)
-  merged = _np_sp(student[:1], [sig[:1], img[:1]], [0.3, 0.7])
-  assert abs(merged - np.sum((_np_gram(student[0]) - g_avg) ** 2) / 36) > 1e-6
-  # Weights (1, 0) reduce to the single teacher; 'mean' over layers divides by their number.
-  _close(losses.sp_loss(_j(student), [_j(sig), _j(img)], teacher_weights=[1.0, 0.0]),
-         losses.sp_loss(_j(student), _j(sig)), rtol=1e-5)
-  _close(losses.sp_loss(_j(student), _j(sig), layer_reduction="mean"),
-         _np_sp(student, [sig], [1.0]) / 3, rtol=1e-4)
-
-
-def test_sp_loss_invariant_to_feature_scaling():
-  student, sig, img = _sp_feats(_rng(13))
-  base = losses.sp_loss(_j(student), [_j(sig), _j(img)], teacher_weights=[0.5, 0.5])
-  scaled_s = [f * c for f, c in zip(student, (10.0, 0.01, 3.0))]
-  # Scaling both teachers' maps of a layer by the same constant keeps the merged G_t's direction.
-  scaled_t = [[f * c for f, c in zip(t, (7.0, 0.2, 5.0))] for t in (sig, img)]
-  _close(losses.sp_loss(_j(scaled_s), [_j(scaled_t[0]), _j(scaled_t[1])], teacher_weights=[0.5, 0.5]),
-         base, rtol=1e-4)
-
-
-def test_sp_loss_mask_equals_subset():
-  student, sig, img = _sp_feats(_rng(14), b=7)
-  mask = np.array([1, 0, 1, 1, 0, 1, 1], np.float32)
-  keep = mask > 0
-  sub = lambda fs: _j([f[keep] for f in fs])
-  got = losses.sp_loss(_j(student), [_j(sig), _j(img)], teacher_weights=[0.4, 0.6],
-                       mask=jnp.asarray(mask))
-  _close(got, losses.sp_loss(sub(student), [sub(sig), sub(img)], teacher_weights=[0.4, 0.6]),
-         rtol=1e-5)
-  _close(got, _np_sp([f[keep] for f in student], [[f[keep] for f in sig], [f[keep] for f in img]],
-                     [0.4, 0.6]), rtol=1e-4)
-
-
-def test_sp_loss_no_teacher_gradient_and_layer_count_error():
-  student, sig, _ = _sp_feats(_rng(15))
-  g = jax.grad(lambda t: losses.sp_loss(_j(student), t))(_j(sig))
-  assert all(np.all(np.asarray(x) == 0) for x in g)
-  with pytest.raises(ValueError, match="same chosen layers"):
-    losses.sp_loss(_j(student), _j(sig[:2]))
-
-
 # ------------------------------------------------------------------------------------------------
-# Attention transfer
-
-
-def _np_at(f):
-  a = np.mean(f.astype(np.float64) ** 2, -1).reshape(f.shape[0], -1)
-  return a / np.linalg.norm(a, axis=1, keepdims=True)
-
-
-def test_at_loss_matches_numpy_same_size_and_masks():
-  rng = _rng(16)
-  fs = [rng.normal(size=(5, 12, 4)).astype(np.float32), rng.normal(size=(5, 6, 8)).astype(np.float32)]
-  ft = [rng.normal(size=(5, 12, 16)).astype(np.float32), rng.normal(size=(5, 6, 2)).astype(np.float32)]
-  ref = sum(np.mean((_np_at(s) - _np_at(t)) ** 2) for s, t in zip(fs, ft))
-  _close(losses.at_loss(_j(fs), _j(ft)), ref, rtol=1e-5)
-  mask = np.array([1, 1, 0, 1, 0], np.float32)
-  keep = mask > 0
-  ref_m = sum(np.mean((_np_at(s[keep]) - _np_at(t[keep])) ** 2) for s, t in zip(fs, ft))
-  _close(losses.at_loss(_j(fs), _j(ft), mask=jnp.asarray(mask)), ref_m, rtol=1e-5)
-  g = jax.grad(lambda t: losses.at_loss(_j(fs), t))(_j(ft))
-  assert all(np.all(np.asarray(x) == 0) for x in g)
-
-
-def test_at_loss_resamples_teacher_map_to_student_size():
-  rng = _rng(17)
-  # 2-D, teacher 8x8 -> student 4x4: 2x2 average pool of mean_c(F²).
-  fs, ft = rng.normal(size=(3, 4, 4, 5)), rng.normal(size=(3, 8, 8, 7))
-  e = np.mean(ft ** 2, -1).reshape(3, 4, 2, 4, 2).mean((2, 4)).reshape(3, -1)
-  ref = np.mean((_np_at(fs) - e / np.linalg.norm(e, axis=1, keepdims=True)) ** 2)
-  _close(losses.at_loss(jnp.asarray(fs, jnp.float32), jnp.asarray(ft, jnp.float32)), ref, rtol=1e-4)
-  # 1-D, teacher 7 -> student 10: linear interpolation at half-pixel centres, edges clamped.
-  fs, ft = rng.normal(size=(2, 10, 3)), rng.normal(size=(2, 7, 4))
-  x = (np.arange(10) + 0.5) * 7 / 10 - 0.5
-  e = np.stack([np.interp(x, np.arange(7), row) for row in np.mean(ft ** 2, -1)])
-  ref = np.mean((_np_at(fs) - e / np.linalg.norm(e, axis=1, keepdims=True)) ** 2)
-  _close(losses.at_loss(jnp.asarray(fs, jnp.float32), jnp.asarray(ft, jnp.float32)), ref, rtol=1e-4)
-
-
-def test_at_loss_rejects_2d_teacher_for_1d_student():
-  with pytest.raises(ValueError, match="same spatial rank"):
-    losses.at_loss(jnp.ones((2, 16, 4)), jnp.ones((2, 8, 8, 4)))
+# Masks
 
 
 def test_mask_shape_error_names_the_fix():

@@ -3,9 +3,10 @@
     total = Σ_{t in loss.terms} loss.<t>.weight × t(student, teachers, labels, epoch)
 
 A term is on because `loss.terms` lists it, never because a weight is non-zero. Each term is one
-module here (`jkd.distill.term.Term`): its keys and defaults, which keys are per-run (traced,
-sweepable; every other key is static and a sweep over it is refused), what it reads of the
-teachers, its trainable parts, its pure loss. `docs/extending.md` says how to add one.
+module here (`jkd.distill.term.Term`, its math inside): its keys and defaults, which keys are
+per-run (traced, sweepable; every other key is static and a sweep over it is refused), what it
+reads of the teachers, its trainable parts, its pure loss. The modules are found at import
+(`_discover`); a user's own module adds a term with `register`. `docs/extending.md` says how.
 
 Teachers have per-run weights w (K,): `teachers.<name>.weight`, or, with two teachers and
 `loss.alpha` >= 0, (1 − α, α) (α = the second teacher's weight, the lab's dual-teacher α).
@@ -15,36 +16,73 @@ Terms that combine teachers use w (KD `weighting` may override it per sample: AV
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import keyword
+import pkgutil
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mc
 
-from jkd.distill import (annealing, at, camkd, ce, crd, dcd, dist, dkd, fitnet, focal, kd,
-                         mtkd_rl, pefd, pkt, projector, rkd, simkd, sp, srrl)
 from jkd.config.schema import flat
-from jkd.distill.term import LAST, Batch, Context, Info, Needs, Outputs, Term, TermError
+from jkd.distill.term import (LAST, Batch, Context, Example, Info, Needs, Outputs, Term,
+                               TermError)
 
-TERMS: dict[str, Term] = {m.TERM.name: m.TERM for m in (
-    ce, focal, kd, dkd, dist, sp, at, fitnet, rkd, pkt, annealing, crd, simkd, srrl, camkd, pefd,
-    dcd, projector, mtkd_rl)}
+# The registry: name -> term. The built-in terms (every module of this package that defines
+# `TERM`) are found at import; a user's own module adds its terms with `register`.
+TERMS: dict[str, Term] = {}
 HARD = ("ce", "focal")
+# Keys of a stage's `loss` section that are not terms.
+RESERVED = ("terms", "alpha")
+# The built-ins' order in `loss_defaults` (so configs and checkpoints written before discovery
+# keep their key order); a built-in not named here follows alphabetically, user terms after.
+BUILTIN_ORDER = ("ce", "focal", "kd", "dkd", "dist", "sp", "at", "fitnet", "rkd", "pkt",
+                 "annealing", "crd", "simkd", "srrl", "camkd", "pefd", "dcd", "projector",
+                 "mtkd_rl")
+__all__ = ["TERMS", "Batch", "Context", "Example", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
+           "register", "loss_defaults", "check", "per_run_keys", "ranges", "teacher_needs",
+           "init", "make_objective", "make_predict", "teacher_weights"]
 
 
 def register(term: Term) -> Term:
-  """Add a term (an instance of a `Term` subclass) to the registry, from any module: listed in
-  `loss.terms` it is then a term like the built-ins (`python -m jkd.main --import=MODULE`)."""
-  if not isinstance(term, Term) or not str(term.name).isidentifier():
-    raise TermError(f"register({term!r}): pass a Term instance whose name is an identifier")
-  if term.name in TERMS and TERMS[term.name] is not term:
-    raise TermError(f"register: a term named {term.name!r} exists already "
-                    f"({type(TERMS[term.name]).__module__}); choose another name")
-  TERMS[term.name] = term
+  """Add `term` (a `Term` instance) to `TERMS` and return it: a user's module outside jkd calls
+  `register(XYZ())` at import, and from then on `loss.terms` may list it, `loss_defaults` has
+  its section, and checks, sweeps and the objective treat it as a built-in. Refuses (one-line
+  TermError) a name that is not an identifier, a reserved key of the loss section, a name
+  already registered, and `defaults`/`per_run` without `weight` or with per-run keys that have
+  no default."""
+  if not isinstance(term, Term):
+    raise TermError(f"register: {term!r} is not a jkd.distill.Term instance; pass XYZ(), not XYZ")
+  name = term.name
+  if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+    raise TermError(f"register: term name {name!r} is not a Python identifier; name it like "
+                    "'xyz' (it is the loss.<name> config section)")
+  if name in RESERVED:
+    raise TermError(f"register: term name {name!r} is a key of the loss section; choose another")
+  if name in TERMS:
+    raise TermError(f"register: a term named {name!r} is already registered "
+                    f"({type(TERMS[name]).__module__}); choose another name")
+  missing = [k for k in ("weight", *term.per_run) if k not in term.defaults]
+  if missing or "weight" not in term.per_run:
+    raise TermError(f"register: term {name!r} needs 'weight' in its defaults and per_run, and a "
+                    f"default for every per-run key; missing {(missing or ['weight'])[0]!r}")
+  TERMS[name] = term
   return term
-__all__ = ["TERMS", "register", "Batch", "Context", "Info", "LAST", "Needs", "Outputs", "Term", "TermError",
-           "loss_defaults", "check", "per_run_keys", "ranges", "teacher_needs", "init",
-           "make_objective", "make_predict", "teacher_weights"]
+
+
+def _discover() -> None:
+  """Register every `TERM` of this package's modules, in `BUILTIN_ORDER`."""
+  found = []
+  for info in pkgutil.iter_modules(__path__):
+    term = getattr(importlib.import_module(f"{__name__}.{info.name}"), "TERM", None)
+    if isinstance(term, Term):
+      found.append(term)
+  rank = {n: i for i, n in enumerate(BUILTIN_ORDER)}
+  for term in sorted(found, key=lambda t: (rank.get(t.name, len(rank)), t.name)):
+    if TERMS.get(term.name) is term:    # it registered itself at import: re-inserted in order
+      del TERMS[term.name]
+    register(term)
 
 
 def loss_defaults(terms: tuple[str, ...] = ("ce", "kd")) -> mc.ConfigDict:
@@ -180,8 +218,6 @@ def make_objective(config: mc.ConfigDict) -> Callable:
            and f"loss.{listed[0][0]}.weight" not in swept)
 
   def objective(logits, features, labels, hp, context):
-    if isinstance(context, dict):   # a direct caller's fields (tests, benchmarks)
-      context = Context(**context)
     student = Outputs.of(logits, features)
     own = context.distill or {"params": {}, "batch_stats": {}}
     batch = Batch(student, list(context.teachers), teacher_weights(hp, names), labels,
@@ -228,3 +264,6 @@ def make_predict(config: mc.ConfigDict, info: Info) -> Callable | None:
     return term.predict(loss[name], mine, Outputs.of(logits, features), info)
 
   return predict
+
+
+_discover()

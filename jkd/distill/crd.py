@@ -28,12 +28,91 @@ statistics: checkpointed, and copied into `best`: 2 · teachers · N · feat_dim
 windows of every fold (it is static: the scores are (B, nce_k + 1)).
 """
 
+from __future__ import annotations
+
+import math
+
 import jax
 import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
-from jkd.distill.term import Needs, Term, TermError
+from jkd.distill.term import Example, Needs, Term, TermError
+
+Array = jax.Array
+
+
+CRD_EPS = 1e-7           # CRD: RepDistiller crd/criterion.py `eps`
+
+
+def crd_memory_init_bound(feat_dim: int) -> float:
+  """The memory banks' init bound ``1 / sqrt(feat_dim / 3)`` (U(−b, b), crd/memory.py)."""
+  return 1.0 / math.sqrt(feat_dim / 3)
+
+
+def crd_memory_init(key: Array, num_data: int, feat_dim: int = 128) -> Array:
+  """One memory bank (num_data, feat_dim) ~ U(−b, b), b = :func:`crd_memory_init_bound`."""
+  b = crd_memory_init_bound(feat_dim)
+  return jax.random.uniform(key, (num_data, feat_dim), jnp.float32, -b, b)
+
+
+def crd_scores(memory: Array, contrast_idx: Array, emb: Array, *,
+               temperature: float | Array) -> Array:
+  """``exp(<memory[contrast_idx], emb> / T)`` (B, K+1), before the division by Z.
+
+  `memory` (N, D) is a constant (``.detach()`` in `ContrastMemory`); `contrast_idx` (B, K+1) has the
+  positive in column 0; `emb` (B, D). In CRD the student embedding is scored against the TEACHER
+  memory (`memory_v2`) and vice versa. T = 0.07 there.
+  """
+  contrast_idx = jnp.asarray(contrast_idx)
+  if contrast_idx.ndim != 2 or contrast_idx.shape[0] != emb.shape[0]:
+    raise ValueError(f"crd_scores: contrast_idx must be (batch, K+1) = ({emb.shape[0]}, K+1), got "
+                     f"{contrast_idx.shape}.")
+  weight = jax.lax.stop_gradient(memory)[contrast_idx]                                # (B, K+1, D)
+  return jnp.exp(jnp.einsum("bkd,bd->bk", weight, emb, precision=losses.HIGHEST) / temperature)
+
+
+def crd_estimate_z(scores: Array, *, num_data: int | Array, mask: Array | None = None) -> Array:
+  """CRD's normalisation constant ``Z = mean(scores) · N``, estimated once (first batch), constant.
+
+  With `mask`, the mean is over the real examples' rows.
+  """
+  per_example = jnp.mean(jax.lax.stop_gradient(scores), axis=-1)
+  return losses.masked_mean(per_example, mask) * num_data
+
+
+def crd_nce_loss(scores: Array, *, num_data: int | Array, eps: float = CRD_EPS,
+                 mask: Array | None = None) -> Array:
+  """CRD's NCE loss (Eq. 18), RepDistiller `ContrastLoss`, for normalised scores ``x`` (B, K+1).
+
+  Column 0 is the positive. With ``Pn = 1 / N`` and ``m = K``:
+  ``−[log(x_0 / (x_0 + m Pn + eps)) + Σ_{k≥1} log(m Pn / (x_k + m Pn + eps))]``, averaged over
+  (masked) examples. ``L_CRD = loss(out_s) + loss(out_t)`` (weight 0.8 outside).
+  """
+  m = scores.shape[1] - 1
+  noise = m / num_data
+  log_d1 = jnp.log(scores[:, 0] / (scores[:, 0] + noise + eps))
+  log_d0 = jnp.log(noise / (scores[:, 1:] + noise + eps))
+  return losses.masked_mean(-(log_d1 + jnp.sum(log_d0, axis=-1)), mask)
+
+
+def crd_memory_update(memory: Array, idx: Array, emb: Array, momentum: float | Array = 0.5, *,
+                      mask: Array | None = None) -> Array:
+  """``memory[idx] ← normalize(m · memory[idx] + (1 − m) · emb)``; returns the new memory.
+
+  As `ContrastMemory.forward` (no gradient; ``x / ‖x‖`` without eps — a zero vector stays 0 here).
+  Call it after scoring. Repeated indices in one batch: which write wins is unspecified (as with
+  `index_copy_`). With `mask`, masked-out rows write nothing.
+  """
+  idx = jnp.asarray(idx)
+  emb = jax.lax.stop_gradient(emb)
+  pos = memory[idx] * momentum + emb * (1.0 - momentum)
+  updated = losses.safe_div(pos, jnp.sqrt(jnp.sum(pos * pos, axis=-1, keepdims=True)))
+  if mask is None:
+    return memory.at[idx].set(updated)
+  keep = losses.check_mask(mask, idx.shape[0]) > 0
+  idx = jnp.where(keep, idx, memory.shape[0])          # out of bounds: dropped
+  return memory.at[idx].set(updated, mode="drop")
 
 
 def negatives(key, labels, pool, pool_count, all_labels, k: int):
@@ -86,8 +165,8 @@ class CRD(Term):
       params[str(i)] = {
           "embed_s": embed.init(ks[0], jnp.zeros(student.embedding.shape, jnp.float32))["params"],
           "embed_t": embed.init(ks[1], jnp.zeros(t.embedding.shape, jnp.float32))["params"]}
-      stats[str(i)] = {"memory_s": losses.crd_memory_init(ks[2], n, dim),
-                       "memory_t": losses.crd_memory_init(ks[3], n, dim),
+      stats[str(i)] = {"memory_s": crd_memory_init(ks[2], n, dim),
+                       "memory_t": crd_memory_init(ks[3], n, dim),
                        "z_s": jnp.float32(-1.0), "z_t": jnp.float32(-1.0)}
     return {"params": params, "batch_stats": stats}
 
@@ -109,18 +188,22 @@ class CRD(Term):
       p, s = batch.params[str(i)], batch.batch_stats[str(i)]
       e_s = embed.apply({"params": p["embed_s"]}, batch.student.embedding)
       e_t = embed.apply({"params": p["embed_t"]}, t.embedding)
-      out_s = losses.crd_scores(s["memory_t"], contrast, e_s, temperature=t_)
-      out_t = losses.crd_scores(s["memory_s"], contrast, e_t, temperature=t_)
-      z_s = jnp.where(s["z_s"] < 0, losses.crd_estimate_z(out_s, num_data=n_data), s["z_s"])
-      z_t = jnp.where(s["z_t"] < 0, losses.crd_estimate_z(out_t, num_data=n_data), s["z_t"])
-      value = (losses.crd_nce_loss(out_s / z_s, num_data=n_data)
-               + losses.crd_nce_loss(out_t / z_t, num_data=n_data))
+      out_s = crd_scores(s["memory_t"], contrast, e_s, temperature=t_)
+      out_t = crd_scores(s["memory_s"], contrast, e_t, temperature=t_)
+      z_s = jnp.where(s["z_s"] < 0, crd_estimate_z(out_s, num_data=n_data), s["z_s"])
+      z_t = jnp.where(s["z_t"] < 0, crd_estimate_z(out_t, num_data=n_data), s["z_t"])
+      value = (crd_nce_loss(out_s / z_s, num_data=n_data)
+               + crd_nce_loss(out_t / z_t, num_data=n_data))
       stats[str(i)] = {
-          "memory_s": losses.crd_memory_update(s["memory_s"], idx, e_s, cfg.momentum),
-          "memory_t": losses.crd_memory_update(s["memory_t"], idx, e_t, cfg.momentum),
+          "memory_s": crd_memory_update(s["memory_s"], idx, e_s, cfg.momentum),
+          "memory_t": crd_memory_update(s["memory_t"], idx, e_t, cfg.momentum),
           "z_s": jax.lax.stop_gradient(z_s), "z_t": jax.lax.stop_gradient(z_t)}
       total = total + batch.teacher_weights[i] * value
     return total, stats
+
+
+  def example(self):
+    return Example(config={"nce_k": 5, "feat_dim": 4})
 
 
 TERM = CRD()

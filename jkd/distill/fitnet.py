@@ -7,12 +7,30 @@ both zoos do (the paper pre-trains the hint first). One regressor per teacher, k
 train state and dropped at evaluation. The teacher map must have the student's rank.
 """
 
+from __future__ import annotations
+
 import jax
 import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
 from jkd.distill.term import Needs, Term, TermError, same_rank
+
+Array = jax.Array
+
+
+def fitnet_loss(f_s_regressed: Array, f_t: Array, mask: Array | None = None) -> Array:
+  """FitNet hint loss ``nn.MSELoss()(r(f_s), f_t)``: the mean over all elements.
+
+  RepDistiller distiller_zoo/FitNet.py `HintLoss` (weight 100 outside). Also SimKD's loss
+  (``MSE(P(f_s), f_t)``, DefangChen/SimKD) and SRRL's ``L_sr = MSE(fc_t(pool(f_s')), z_t)``.
+  With `mask`: the per-example mean over the other axes, then the masked mean (without a mask,
+  the same as the mean over all elements).
+  """
+  losses.check_same(f_s_regressed, f_t, "fitnet_loss")
+  f_t = jax.lax.stop_gradient(f_t)
+  diff = (f_s_regressed - f_t).reshape(f_t.shape[0], -1)
+  return losses.masked_mean(jnp.mean(diff * diff, axis=-1), mask)
 
 
 def _regressor(s, t) -> heads.ConvReg:
@@ -52,7 +70,7 @@ class FitNet(Term):
       r, new = reg.apply({"params": batch.params[str(k)], "batch_stats": batch.batch_stats[str(k)]},
                          s, train=True, mutable=["batch_stats"])
       stats[str(k)] = new["batch_stats"]
-      total = total + batch.teacher_weights[k] * losses.fitnet_loss(r, f_t)
+      total = total + batch.teacher_weights[k] * fitnet_loss(r, f_t)
     return total, stats
 
 

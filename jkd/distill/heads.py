@@ -24,6 +24,12 @@ import numpy as np
 from jkd.models import layers
 
 Array = jax.Array
+
+
+# The linear heads' matmuls run at full float32 precision: on an NVIDIA GPU the default is TF32
+# (a 10-bit mantissa), which the losses on their outputs (cosines, contrastive logits, NCE
+# scores, log-sums) do not assume: their authors' PyTorch code runs these in float32.
+HIGHEST = jax.lax.Precision.HIGHEST
 _SPECS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 
@@ -82,14 +88,16 @@ def simkd_align(f_s: Array, f_t: Array) -> tuple[Array, Array]:
   return f_s, adaptive_avg_pool(f_t, f_s.shape[1:-1])
 
 
-def camkd_align(f_s: Array, t_spatial: Sequence[int]) -> Array:
+def camkd_align(f_s: Array, t_spatial: Sequence[int], pool: bool | None = None) -> Array:
   """CA-MKD's alignment of the student map to teacher k's size (`CalWeight.forward`):
   adaptive average pooling if the student's first spatial axis is at least the teacher's, else
-  (bi)linear upsampling (`F.interpolate(mode='bilinear')`, half-pixel centres, edges clamped)."""
+  (bi)linear upsampling (`F.interpolate(mode='bilinear')`, half-pixel centres, edges clamped).
+  `pool` decides the branch when given (the authors decide it on the ORIGINAL student map's
+  size even when they align an already aligned map; `jkd.distill.camkd.align`)."""
   t_spatial = tuple(t_spatial)
   if len(t_spatial) != f_s.ndim - 2:
     raise ValueError(f"camkd_align: teacher size {t_spatial} does not match the map {f_s.shape}")
-  if f_s.shape[1] >= t_spatial[0]:
+  if f_s.shape[1] >= t_spatial[0] if pool is None else pool:
     return adaptive_avg_pool(f_s, t_spatial)
   return jax.image.resize(f_s, (f_s.shape[0], *t_spatial, f_s.shape[-1]), method="linear",
                           antialias=False)
@@ -247,8 +255,9 @@ class SRRLConnector(nn.Module):
 
 def torch_linear(d_in: int, d_out: int) -> layers.Linear:
   """PyTorch's `nn.Linear(d_in, d_out)` as it initialises it: kernel and bias U(±1/sqrt(d_in))
-  (the projectors and heads of PEFD, DCD and the role-of-the-projector loss)."""
-  return layers.Linear(d_out, bias_init=layers.torch_default_bias(d_in))
+  (the projectors and heads of PEFD, DCD and the role-of-the-projector loss), its matmul at
+  full float32 precision (`HIGHEST`)."""
+  return layers.Linear(d_out, bias_init=layers.torch_default_bias(d_in), precision=HIGHEST)
 
 
 class Embed(nn.Module):
@@ -260,7 +269,8 @@ class Embed(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = x.reshape(x.shape[0], -1)
-    x = layers.Linear(self.dim, bias_init=layers.torch_default_bias(x.shape[-1]), name="linear")(x)
+    x = layers.Linear(self.dim, bias_init=layers.torch_default_bias(x.shape[-1]),
+                      precision=HIGHEST, name="linear")(x)
     ss = jnp.sum(x * x, axis=-1, keepdims=True)
     pos = ss > 0
     return jnp.where(pos, x * jax.lax.rsqrt(jnp.where(pos, ss, 1.0)), 0.0)

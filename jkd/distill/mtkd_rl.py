@@ -44,7 +44,8 @@ import jax.numpy as jnp
 
 from jkd import losses
 from jkd.distill import heads
-from jkd.distill.term import (LAST, Needs, Term, TermError, last_map, require_teacher_variables)
+from jkd.distill.term import (LAST, Example, Needs, Term, TermError, last_map,
+                              require_teacher_variables)
 from jkd.models import head as head_lib
 
 
@@ -76,9 +77,10 @@ def agent_weights(agent: dict, states: jax.Array, state_sizes: tuple[int, ...]
   """PolicyTrans.forward: (logit weights, feature weights), each (B, K), of states (B, ΣD)."""
   cos_c, kl_c, ce_c = state_columns(state_sizes)
   k = len(state_sizes)
-  h = jax.nn.relu(states @ agent["stem"])
-  head_l = jax.nn.softmax(h @ agent["logit_kernel"] + agent["logit_bias"], axis=-1)
-  head_f = jax.nn.softmax(h @ agent["feature_kernel"] + agent["feature_bias"], axis=-1)
+  dot = lambda a, b: jnp.matmul(a, b, precision=heads.HIGHEST)      # float32, not TF32
+  h = jax.nn.relu(dot(states, agent["stem"]))
+  head_l = jax.nn.softmax(dot(h, agent["logit_kernel"]) + agent["logit_bias"], axis=-1)
+  head_f = jax.nn.softmax(dot(h, agent["feature_kernel"]) + agent["feature_bias"], axis=-1)
   conf = (1.0 - jax.nn.softmax(states[:, ce_c], axis=-1)) / (k - 1)
   by_kl = jax.nn.softmax(states[:, kl_c], axis=-1)
   by_cos = jax.nn.softmax(states[:, cos_c], axis=-1)
@@ -113,8 +115,16 @@ def agent_train(agent: dict, states: jax.Array, rewards: jax.Array, count: jax.A
 
 
 def normalized_reward(reward: jax.Array) -> jax.Array:
-  """(r − mean r) / std r (unbiased, as torch's `std`), clamped to [0, 1]."""
-  z = (reward - jnp.mean(reward)) / jnp.std(reward, ddof=1)
+  """(r − mean r) / std r (unbiased, as torch's `std`), clamped to [0, 1].
+
+  Guard: when every reward of the batch is equal (std 0; or a batch of one, whose unbiased std
+  is undefined) the authors' code divides 0 by 0 (or by float rounding noise) and trains the
+  agent on NaN (or arbitrary) rewards; here those rewards are 0 (no agent update from that
+  batch). A batch whose rewards are not all equal is unchanged."""
+  std = jnp.std(reward, ddof=1)
+  # equal rewards: their float32 std is rounding noise (or 0), not a spread to normalise by
+  ok = (jnp.max(reward) > jnp.min(reward)) & (std > 0)
+  z = jnp.where(ok, (reward - jnp.mean(reward)) / jnp.where(ok, std, 1.0), 0.0)
   return jnp.clip(z, 0.0, 1.0)
 
 
@@ -255,6 +265,11 @@ class MTKDRL(Term):
                             rewards, count + 1)
     return value, {"embed": embed_stats, "head": st["head"], "agent": agent, "states": states,
                    "rewards": rewards, "count": count.astype(jnp.int32)}
+
+
+  def example(self):
+    # the agent trains after this step (agent_step 1): agent_lr changes the new agent
+    return Example(config={"hidden": 4, "agent_step": 1})
 
 
 TERM = MTKDRL()

@@ -10,6 +10,8 @@ the student, by its optimizer) and dropped at inference; the authors' fourth, ne
 not built. Several teachers: one ensemble each, Σ_k w_k L_k.
 """
 
+from __future__ import annotations
+
 import numbers
 
 import jax
@@ -18,6 +20,21 @@ import jax.numpy as jnp
 from jkd import losses
 from jkd.distill import heads
 from jkd.distill.term import Needs, Term, TermError
+
+Array = jax.Array
+
+
+def pefd_loss(f_s_projected: Array, f_t: Array, mask: Array | None = None) -> Array:
+  """PEFD ``mean_i (1 − cos(f_t,i, f̂_s,i))`` with f̂_s the projector-ensemble output (B, D).
+
+  chenyd7/PEFD helper/loops.py: the cosine has no eps (weight 25 outside). A zero vector, for
+  which the authors' code gives NaN, has cosine 0 here.
+  """
+  losses.check_same(f_s_projected, f_t, "pefd_loss")
+  f_t = jax.lax.stop_gradient(f_t)
+  a, b = f_s_projected.reshape(f_t.shape[0], -1), f_t.reshape(f_t.shape[0], -1)
+  cos = losses.safe_div(jnp.sum(a * b, axis=-1), losses.safe_norm(a, -1, False) * losses.safe_norm(b, -1, False))
+  return losses.masked_mean(1.0 - cos, mask)
 
 
 def project(params: dict, f_s: jax.Array, d_t: int) -> jax.Array:
@@ -53,7 +70,7 @@ class PEFD(Term):
 
   def loss(self, cfg, hp, batch):
     f_s = batch.student.embedding
-    per = jnp.stack([losses.pefd_loss(project(batch.params[str(i)], f_s, t.embedding.shape[-1]),
+    per = jnp.stack([pefd_loss(project(batch.params[str(i)], f_s, t.embedding.shape[-1]),
                                       t.embedding) for i, t in enumerate(batch.teachers)])
     return jnp.sum(batch.teacher_weights * per)
 

@@ -22,8 +22,7 @@ distill=True)` returns them). `teacher` picks whose classifier is reused (0-base
 
 import jax.numpy as jnp
 
-from jkd import losses
-from jkd.distill import heads
+from jkd.distill import fitnet, heads
 from jkd.distill.term import LAST, Needs, Term, TermError, last_map, require_teacher_variables
 from jkd.models import head as head_lib
 
@@ -85,7 +84,7 @@ class SimKD(Term):
     p, new = self._projector(cfg, tgt.shape[-1]).apply(
         {"params": batch.params["projector"], "batch_stats": batch.batch_stats["projector"]},
         src, train=True, mutable=["batch_stats"])
-    return losses.fitnet_loss(p, tgt), {"projector": new["batch_stats"], "head": hv}
+    return fitnet.fitnet_loss(p, tgt), {"projector": new["batch_stats"], "head": hv}
 
   def predict(self, cfg, own, student, info):
     i = int(cfg.teacher)

@@ -17,6 +17,8 @@ each teacher's classifier head, taken from the run's teacher at init. Both are d
 inference: the student predicts with its own fc.
 """
 
+from __future__ import annotations
+
 import jax
 import jax.numpy as jnp
 
@@ -24,6 +26,25 @@ from jkd import losses
 from jkd.distill import heads
 from jkd.distill.term import LAST, Needs, Term, last_map, require_teacher_variables
 from jkd.models import head as head_lib
+from jkd.distill import fitnet
+
+Array = jax.Array
+
+
+def srrl_statm_loss(f_s_connected: Array, f_t: Array, mask: Array | None = None) -> Array:
+  """SRRL feature term ``mean_b mean_c (mean_pos f_s'[b, c] − mean_pos f_t[b, c])²``.
+
+  jingyang2017/KD_SRRL distiller_zoo/AIN.py `statm_loss`: the squared L2 between the spatially
+  average-pooled connector output (B, *spatial, C) and teacher map (channels-last; the spatial
+  sizes may differ, the channels must match), averaged over channels and (masked) examples.
+  """
+  if f_s_connected.shape[0] != f_t.shape[0] or f_s_connected.shape[-1] != f_t.shape[-1]:
+    raise ValueError(f"srrl_statm_loss: student {f_s_connected.shape} and teacher {f_t.shape} need "
+                     "the same batch and channel sizes; connect the student to the teacher's channels.")
+  f_t = jax.lax.stop_gradient(f_t)
+  pool = lambda f: jnp.mean(f, axis=tuple(range(1, f.ndim - 1))) if f.ndim > 2 else f
+  diff = pool(f_s_connected) - pool(f_t)
+  return losses.masked_mean(jnp.mean(diff * diff, axis=-1), mask)
 
 
 class SRRL(Term):
@@ -56,8 +77,8 @@ class SRRL(Term):
       c, new = heads.SRRLConnector(f_t.shape[-1]).apply(
           {"params": batch.params[str(k)], "batch_stats": batch.batch_stats[str(k)]["connector"]},
           s, train=True, mutable=["batch_stats"])
-      statm = losses.srrl_statm_loss(c, f_t)
-      l_sr = losses.fitnet_loss(head.logits(hv, c), t.logits)
+      statm = srrl_statm_loss(c, f_t)
+      l_sr = fitnet.fitnet_loss(head.logits(hv, c), t.logits)
       stats[str(k)] = {"connector": new["batch_stats"], "head": hv}
       total = total + batch.teacher_weights[k] * (statm + l_sr)
     return total, stats

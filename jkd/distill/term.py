@@ -4,7 +4,8 @@ A term is one weighted summand of the KD student's objective,
 
     total = Σ_{term in loss.terms} loss.<term>.weight × term(student, teachers, labels, epoch)
 
-and one short module of `jkd.distill` (one `Term` subclass, registered in `jkd.distill.TERMS`).
+and one module of `jkd.distill` (one `Term` subclass and its math; its `TERM` is found and
+registered in `jkd.distill.TERMS` at import), or of a user's package (`jkd.distill.register`).
 
 The contract between a term and the engine:
 
@@ -25,6 +26,8 @@ The contract between a term and the engine:
   classifier) goes in `batch_stats`.
 * `loss(cfg, hp, batch)`: a pure function of one run's batch; returns the term's value, or
   `(value, new_batch_stats)` when it updates non-trainable state.
+* `example()`: a small setting (`Example`) in which every per-run key changes the objective;
+  the registry's test checks it for every registered term.
 * `predicts(cfg)` / `predict(cfg, own, student, info)`: a term that changes how the trained
   student predicts (SimKD: through its projector and the teacher's classifier) returns the
   logits from the run's term variables `own` and the student's `Outputs`; evaluation
@@ -137,6 +140,23 @@ class Batch:
     return self.labels if self.labels.ndim == 1 else jnp.argmax(self.labels, -1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """A small setting in which every per-run key of a term changes what the objective computes:
+  the registry's test (tests/test_distill_registry.py) builds it for every registered term, user
+  terms included, moves each key of `jkd.distill.per_run_keys` away from its value and requires
+  the objective's output (value, terms, new batch_stats) to change. The harness provides two
+  teachers of `ranks` (stage maps 1-3, embedding, logits, classifier variables), the training
+  step's context (indices, key, training pool, labels, `step`) and `Info`."""
+  config: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # overrides of loss.<name>
+  ranks: tuple[int, ...] = (1, 1)   # each teacher's map rank (1: signal, 2: image)
+  epoch: int = 1                    # 0-based epoch of the evaluated step (of 3)
+  step: int = 1                     # the step's index within the epoch
+  # per-run key (as `per_run_keys` names it) -> the value to move it to, where the harness's
+  # default (v / 2 + 0.37, or 0.3 for 0) is a fixed point of the term
+  others: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
 class Term:
   """Base class: a term without trainable parts that reads only logits. Subclasses override."""
   name: str = ""
@@ -178,6 +198,11 @@ class Term:
   def loss(self, cfg: mc.ConfigDict, hp: Mapping[str, Array], batch: Batch
            ) -> Array | tuple[Array, Any]:
     raise NotImplementedError
+
+  def example(self) -> Example:
+    """A setting in which each per-run key changes the objective (`Example`); the default
+    (two 1-D teachers, epoch 1, the term's defaults) suits most terms."""
+    return Example()
 
 
 def layers_key(cfg: mc.ConfigDict, key: str, name: str, allowed=(1, 2, 3)) -> tuple[int, ...]:
