@@ -214,11 +214,14 @@ def example_config(term) -> mc.ConfigDict:
   names = tuple(f"t{i}" for i in range(len(ex.ranks)))
   loss = distill.loss_defaults((term.name,))
   loss[term.name].update(dict(ex.config))
+  # the objective as a sweep over the term's per-run keys builds it (unswept, a lone term's weight
+  # of 1 is not multiplied: jkd.distill.make_objective)
+  sweep = {"loss": {term.name: {k: (loss[term.name][k],) for k in term.per_run}}}
   return mc.ConfigDict({
       "train": {"epochs": 3}, "distill": {"teachers": names},
       "teachers": {n: {"weight": 1.0 + i, "model": _teacher_model(i, r)}
                    for i, (n, r) in enumerate(zip(names, ex.ranks))},
-      "loss": loss})
+      "loss": loss, "sweep": sweep})
 
 
 def example_world(term, alpha: float = -1.0) -> dict:
