@@ -21,6 +21,7 @@ calibrated on windows the caller gives (the fold's training subjects).
 
 from __future__ import annotations
 
+import logging
 import string
 from typing import Any, Callable, Sequence
 
@@ -401,6 +402,12 @@ def quantize_int8(model_path: str, out_path: str, calibration: np.ndarray,
       b = next(self.batches, None)
       return None if b is None else {INPUT: b}
 
-  q.quantize_static(model_path, out_path, Reader(), quant_format=q.QuantFormat.QDQ,
-                    per_channel=True, activation_type=q.QuantType.QInt8,
-                    weight_type=q.QuantType.QInt8)
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.ERROR)   # its advice to pre-process (whose fused graph it fails on)
+  try:
+    q.quantize_static(model_path, out_path, Reader(), quant_format=q.QuantFormat.QDQ,
+                      per_channel=True, activation_type=q.QuantType.QInt8,
+                      weight_type=q.QuantType.QInt8)
+  finally:
+    root.setLevel(level)
