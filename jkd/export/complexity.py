@@ -36,7 +36,9 @@ CALLS = 200
 def count_flops(fn: Callable, example: np.ndarray) -> int:
   """2 x the multiply-adds of every convolution and `dot_general` of `fn` on ONE window shaped
   like `example[0]` (counted from the jaxpr; scans and loops times their trip count)."""
-  closed = jax.make_jaxpr(fn)(jnp.zeros((1, *example.shape[1:]), jnp.float32))
+  from jkd.export import plain_xla
+  with plain_xla():
+    closed = jax.make_jaxpr(fn)(jnp.zeros((1, *example.shape[1:]), jnp.float32))
   return 2 * _macs(closed.jaxpr)
 
 
@@ -62,9 +64,11 @@ def _macs(jaxpr, times: int = 1) -> int:
 
 def xla_flops(fn: Callable, example: np.ndarray) -> float | None:
   """XLA's cost analysis of `fn` compiled for one window (None where XLA gives none)."""
+  from jkd.export import plain_xla
   x = jax.ShapeDtypeStruct((1, *example.shape[1:]), jnp.float32)
   try:
-    cost = jax.jit(fn).lower(x).compile().cost_analysis()
+    with plain_xla():
+      cost = jax.jit(fn).lower(x).compile().cost_analysis()
   except Exception:  # noqa: BLE001 - a backend without cost analysis
     return None
   if isinstance(cost, (list, tuple)):

@@ -100,6 +100,28 @@ def _batch_dependent(d: int) -> bool:
   return isinstance(d, int) and d >= TRACE_BATCH and d % TRACE_BATCH == 0
 
 
+def _broadcast(x, shape, broadcast_dimensions, **_):
+  expanded = np.reshape(x, [x.shape[broadcast_dimensions.index(i)] if i in broadcast_dimensions
+                            else 1 for i in range(len(shape))])
+  return np.broadcast_to(expanded, shape)
+
+
+def _ufunc(f):
+  return lambda *args, **_: f(*args)
+
+
+_NUMPY = {**{k: _ufunc(f) for k, f in {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
+    "min": np.minimum, "neg": np.negative, "sqrt": np.sqrt, "square": np.square,
+    "rsqrt": lambda x: 1 / np.sqrt(x)}.items()},
+          "integer_pow": lambda x, y: x ** y,
+          "convert_element_type": lambda x, new_dtype, **_: x.astype(new_dtype),
+          "reshape": lambda x, new_sizes, **_: np.reshape(x, new_sizes),
+          "transpose": lambda x, permutation: np.transpose(x, permutation),
+          "squeeze": lambda x, dimensions: np.squeeze(x, tuple(dimensions)),
+          "broadcast_in_dim": _broadcast}
+
+
 def _lazy_broadcast(x: np.ndarray, params: dict) -> np.ndarray:
   """A constant broadcast to a batch-sized shape, with 1 where the batch goes (the elementwise
   ops that consume it broadcast it over the actual batch)."""
@@ -149,9 +171,11 @@ class _Converter:
       return self.run(inner, [], ins[:len(inner.invars)])
     if prim not in PRIMITIVES:
       raise Unsupported(f"the JAX primitive {prim!r} has no ONNX translation here")
-    if all(isinstance(i, np.ndarray) for i in ins):          # constant folding, by JAX itself
+    if all(isinstance(i, np.ndarray) for i in ins):          # constant folding
       if prim == "broadcast_in_dim" and any(map(_batch_dependent, params["shape"])):
         return [_lazy_broadcast(ins[0], params)]
+      if prim in _NUMPY:                         # the common ones without a dispatch per op
+        return [np.asarray(_NUMPY[prim](*ins, **params), eqn.outvars[0].aval.dtype)]
       out = eqn.primitive.bind(*[jnp.asarray(i) for i in ins], **params)
       outs = out if eqn.primitive.multiple_results else [out]
       return [np.asarray(o) for o in outs]
@@ -347,8 +371,10 @@ def to_onnx(fn: Callable, example: np.ndarray, doc: str = "") -> "onnx.ModelProt
   `logits`, the batch dimension dynamic. Raises `Unsupported` for what it cannot express."""
   if onnx is None:
     raise ImportError(EXTRA)
+  from jkd.export import plain_xla
   x = jnp.zeros((TRACE_BATCH, *example.shape[1:]), jnp.float32)
-  closed = jax.make_jaxpr(fn)(x)
+  with plain_xla():              # XLA's own convolutions, not the AVX-512 kernel's custom call
+    closed = jax.make_jaxpr(fn)(x)
   out_aval = closed.jaxpr.outvars[0].aval
   w = _Writer()
   conv = _Converter(w)
