@@ -2,11 +2,11 @@
 
 The student as `python -m jkd.export` writes it (raw windows in, the fold's normalisation inside),
 run by onnxruntime on one thread at batch 1, against the same network in PyTorch eager on one
-thread (`jkd.bench._torch_wrn`, in its own process: `jkd.bench.Reference`; with `--torch`, torch
+thread (`jkd.bench._torch_wrn`, in its own process: `jkd.bench.Reference`; `--torch`, torch
 installed), and the int8 model (static, calibrated on random windows: latency only) against the
 float one.
 
-  python -m jkd.bench export [--length=100] [--channels=40] [--classes=12] [--calls=500]
+  python -m jkd.bench export [--length=100] [--channels=40] [--classes=12] [--calls=500] [--torch]
 
 The calls alternate between the contenders, one window each, so both see the same
 (shared, noisy) machine; each figure is the median of `--calls` calls. One JSON line.
@@ -44,8 +44,8 @@ def main(argv: list[str]) -> int:
   p.add_argument("--channels", type=int, default=40, help="channels C (PAMAP2: 40)")
   p.add_argument("--classes", type=int, default=12, help="classes (PAMAP2: 12)")
   p.add_argument("--calls", type=int, default=500, help="timed calls per contender")
-  p.add_argument("--no-torch", dest="torch", action="store_false",
-                 help="skip PyTorch eager (skipped with a note when torch is not installed)")
+  p.add_argument("--torch", action="store_true",
+                 help="time PyTorch eager too (pip install torch; a note when it is missing)")
   FLAGS = p.parse_args(argv[1:])
   import jax
   import jax.numpy as jnp

@@ -46,8 +46,11 @@ class Trained:
 
   @property
   def num_params(self) -> int:
-    """Parameters evaluation uses: the student's, plus a predicting term's head (SimKD)."""
-    return int(sum(np.size(a) for a in jax.tree.leaves(self.variables["params"])))
+    """Parameters evaluation uses: the student's, plus a predicting term's (SimKD: its projector
+    and the copy of the teacher's classifier, kept among its batch statistics)."""
+    size = lambda tree: int(sum(np.size(a) for a in jax.tree.leaves(tree)))
+    own = self.variables.get("batch_stats", {}).get("distill", {})
+    return size(self.variables["params"]) + sum(size(t.get("head", {})) for t in own.values())
 
   @property
   def describe(self) -> str:

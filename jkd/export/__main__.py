@@ -20,16 +20,16 @@ import sys
 
 from absl import app, flags
 
-FLAGS = flags.DEFINE_string("workdir", None, "a jkd workdir, or a pipeline's with --stage")
-flags.DEFINE_string("stage", None, "the pipeline stage (W/<stage>)")
-flags.DEFINE_integer("run", 0, "the run index (runs.json)")
-flags.DEFINE_enum("which", "last", ["last", "best"], "the last epoch's or the best epoch's "
-                  "variables")
-flags.DEFINE_string("out", None, "the output file (.onnx, or .stablehlo with --format=stablehlo)")
-flags.DEFINE_enum("quantize", None, ["int8"], "also write FILE.int8.onnx (static, calibrated on "
-                  "the fold's training windows)")
-flags.DEFINE_enum("format", "onnx", ["onnx", "stablehlo"], "ONNX, or jax.export's serialized "
-                  "StableHLO (no extra needed)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "a jkd workdir, or a pipeline's with --stage")
+_STAGE = flags.DEFINE_string("stage", None, "the pipeline stage (W/<stage>)")
+_RUN = flags.DEFINE_integer("run", 0, "the run index (runs.json)")
+_WHICH = flags.DEFINE_enum("which", "last", ["last", "best"], "the last epoch's or the best "
+                           "epoch's variables")
+_OUT = flags.DEFINE_string("out", None, "the output file (.onnx, or with --format=stablehlo any)")
+_QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8"], "also write FILE.int8.onnx (static, "
+                              "calibrated on the fold's training windows)")
+_FORMAT = flags.DEFINE_enum("format", "onnx", ["onnx", "stablehlo"], "ONNX, or jax.export's "
+                            "serialized StableHLO (no extra needed)")
 
 
 def _fail(msg: str) -> None:
@@ -62,7 +62,7 @@ def run(workdir: str, stage: str | None, run_index: int, which: str, out: str,
             "jkd_accuracy": ex.accuracy(want, t.y_test)}
   if fmt == "stablehlo":
     with ex.plain_xla():
-      blob = ex_stablehlo(t)
+      blob = stablehlo_bytes(t)
     _write(out, blob)
     record["format"] = "stablehlo"
     record["bytes"] = len(blob)
@@ -105,7 +105,7 @@ def int8_path(out: str) -> str:
   return f"{root}.int8{ext or '.onnx'}"
 
 
-def ex_stablehlo(t) -> bytes:
+def stablehlo_bytes(t) -> bytes:
   """`jax.export` of the logits with a symbolic batch: serialized StableHLO (dependency-free;
   load with `jax.export.deserialize`)."""
   import jax
@@ -121,18 +121,25 @@ def _write(path: str, data: bytes) -> None:
   os.replace(tmp, path)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(" ".join(str(e).split()))
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}")
   import jkd.export as ex
-  if not FLAGS.value:
+  if not _WORKDIR.value:
     _fail("--workdir=W is required")
   try:
-    run(FLAGS.value, flags.FLAGS.stage, flags.FLAGS.run, flags.FLAGS.which, flags.FLAGS.out,
-        flags.FLAGS.quantize, flags.FLAGS.format)
+    run(_WORKDIR.value, _STAGE.value, _RUN.value, _WHICH.value, _OUT.value, _QUANTIZE.value,
+        _FORMAT.value)
   except ex.ExportError as e:
     _fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
