@@ -89,6 +89,14 @@ def test_onnx_round_trip_matches_jkd_and_results(w, stage):
     assert 0.0 <= q["accuracy"] <= 1.0 and q["calibration_windows"] > 0
 
 
+def test_best_epoch_export_matches_results(w):
+  stage = w / "W" / "teacher_signal"
+  rec = export_run(str(w / "W"), "teacher_signal", 0, "best", str(w / "best.onnx"),
+                   log=lambda s: None)
+  best = json.loads((stage / "results.json").read_text())["runs"][0]["best"]["accuracy"]
+  assert rec["onnx_accuracy"] == pytest.approx(best, abs=1e-9) and rec["which"] == "best"
+
+
 def test_stablehlo_format_round_trip(w):
   out = w / "signal.stablehlo"
   rec = export_run(str(w / "W"), "teacher_signal", 0, "last", str(out), fmt="stablehlo")
@@ -98,7 +106,7 @@ def test_stablehlo_format_round_trip(w):
   assert rec["format"] == "stablehlo"
 
 
-def test_user_errors_are_one_line_and_write_nothing(w, tmp_path):
+def test_user_errors_are_one_line_and_write_nothing(w, tmp_path, monkeypatch):
   W = w / "W"
   out = tmp_path / "m.onnx"
   cases = {"no stage 'student_x'": dict(workdir=str(W), stage="student_x"),
@@ -118,6 +126,10 @@ def test_user_errors_are_one_line_and_write_nothing(w, tmp_path):
     with pytest.raises(ExportError, match=want):
       export_run(kw["workdir"], kw["stage"], kw["run_index"], kw["which"], str(out))
     assert not out.exists()
+  monkeypatch.setattr(ox, "available", lambda: False)     # the export extra not installed
+  with pytest.raises(ExportError, match=r"pip install 'jkd\[export\]'"):
+    export_run(str(W), "teacher_signal", 0, "last", str(out))
+  assert not out.exists()
   p = subprocess.run([sys.executable, "-m", "jkd.export", f"--workdir={W}", "--stage=nope",
                       f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr

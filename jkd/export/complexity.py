@@ -169,7 +169,8 @@ def markdown(rows: dict[str, dict]) -> str:
       lines.append(f"| {name} | — | — | — | — | — | — | {r['error']} |")
       continue
     f, q = r.get("float"), r.get("int8")
-    size = f"{_k(f['bytes'], 1e3)} / {_k(q['bytes'], 1e3)}" if f else r.get("onnx", "—")
+    size = (f"{_k(f['bytes'], 1e3)} / {_k(q['bytes'], 1e3)}" if f
+            else "not exported" if "onnx" in r else "—")   # why: results.json
     lat = f"{f['latency_ms']:.3f} / {q['latency_ms']:.3f}" if f else "—"
     acc = f"{100 * f['accuracy']:.2f} / {100 * q['accuracy']:.2f}" if f else "—"
     ratio = "—"

@@ -183,8 +183,10 @@ class _Converter:
     shapes = [tuple(v.aval.shape) for v in eqn.invars]
     self.in_dtypes = [np.dtype(v.aval.dtype) for v in eqn.invars]
     out_aval = eqn.outvars[0].aval
-    return [getattr(self, "p_" + prim, None)(ins, shapes, params, out_aval)
-            if hasattr(self, "p_" + prim) else self.simple(prim, ins, params, out_aval)]
+    handler = getattr(self, "p_" + prim, None)
+    if handler is None:
+      return [self.simple(prim, ins, params, out_aval)]
+    return [handler(ins, shapes, params, out_aval)]
 
   def simple(self, prim: str, ins: list, params: dict, out_aval) -> str:
     if prim == "max" and len(ins) == 2:          # max(x, 0): Relu, which onnxruntime fuses
