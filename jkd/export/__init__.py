@@ -3,13 +3,13 @@
 `load(workdir, run, which)` reads a jkd workdir (a pipeline stage's `W/<stage>` included) through
 the engine's public readers (`jkd.checkpoint.restore_run`, the resolved `config.json`, the data
 source and its folds) and returns a `Trained`: its `logits(x)` maps raw windows `(B, L, C)`, as
-the data source gives them, to logits `(B, classes)` exactly as evaluation computes them: the
-fold's normalisation, the images of a 2-D model (GAF images dense, the first convolution on them:
-the same numbers as jkd's factored one), the model, and a predicting term's head (SimKD: its
-projector and the teacher's classifier, `jkd.distill.make_predict`).
-
-Export traces with `conv_impl='lax'` and without the AVX-512 convolution call
-(`JKD_CPU_CONV=0`): the same parameters and arithmetic in plain XLA operations.
+the data source gives them, to logits `(B, classes)` as evaluation computes them: the fold's
+normalisation, the images of a 2-D model (GAF images dense, the first convolution on them: the
+same numbers as jkd's factored one), the model, and a predicting term's head (SimKD: its
+projector and the teacher's classifier, `jkd.distill.make_predict`). It is what export traces:
+`conv_impl='lax'` without the AVX-512 convolution call (`JKD_CPU_CONV=0`), the same parameters in
+plain XLA operations. `engine_logits(x)` computes the same with the engine's own convolution
+kernels and GAF factors, as `jkd.train.make_evaluate` does: the reference of the export's check.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class Trained:
   run: dict                 # the runs.json entry (run, fold, seed, test_subjects, sweep)
   which: str
   variables: dict           # the run's variables (with its distillation terms' parts)
-  logits: Callable          # raw windows (B, L, C) -> logits (B, K), jittable
+  logits: Callable          # raw windows (B, L, C) -> logits (B, K), jittable: what is exported
+  engine_logits: Callable   # the same as jkd's evaluation computes them (its convolution kernels)
   num_classes: int
   x_test: np.ndarray        # the fold's test windows, raw, and labels
   y_test: np.ndarray
@@ -161,8 +162,10 @@ def load(workdir: str, run: int = 0, which: str = "last") -> Trained:
   test = folds.test[f][:folds.test_count[f]]
   train = folds.train[f][:folds.train_count[f]]
   k = int(folds.num_classes)
-  kwargs = {**config.model.kwargs.to_dict(), "conv_impl": "lax"}
-  model = jkd.models.create(config.model.name, num_classes=k, ndim=config.model.ndim, **kwargs)
+  kwargs = config.model.kwargs.to_dict()
+  model = jkd.models.create(config.model.name, num_classes=k, ndim=config.model.ndim,
+                            **{**kwargs, "conv_impl": "lax"})
+  engine = jkd.models.create(config.model.name, num_classes=k, ndim=config.model.ndim, **kwargs)
   window = tuple(windows.x.shape[1:])
   predict = _predict(config, model, k, window)
   variables = checkpoint.restore_run(workdir, run, which, distill=True)
@@ -172,14 +175,18 @@ def load(workdir: str, run: int = 0, which: str = "last") -> Trained:
   own = {n: tree.get(checkpoint.DISTILL, {}) for n, tree in variables.items()}
   model_cfg = config.model
 
-  def logits(x):
-    z = gaf.as_dense(images.image_input(model_cfg, normalize.apply(x, mean, std), x))
-    out, features = model.apply(student, z, train=False)
+  def logits(x, model=model, dense=True):
+    z = images.image_input(model_cfg, normalize.apply(x, mean, std), x)
+    out, features = model.apply(student, gaf.as_dense(z) if dense else z, train=False)
     return out if predict is None else predict(own, out, features)
+
+  def engine_logits(x):
+    """As `jkd.train.make_evaluate` computes them: the configured convolutions, GAF factors."""
+    return logits(x, engine, dense=False)
 
   used = variables if predict is not None else student
   return Trained(workdir=workdir, config=config, run=entry, which=which, variables=used,
-                 logits=logits, num_classes=k, x_test=np.asarray(windows.x[test], np.float32),
+                 logits=logits, engine_logits=engine_logits, num_classes=k, x_test=np.asarray(windows.x[test], np.float32),
                  y_test=np.asarray(windows.y[test]),
                  x_train=np.asarray(windows.x[train], np.float32), model_name=config.model.name)
 

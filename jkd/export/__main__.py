@@ -56,7 +56,8 @@ def run(workdir: str, stage: str | None, run_index: int, which: str, out: str,
   t = ex.load(d, run_index, which)
   import jax
   import numpy as np
-  want = np.asarray(jax.jit(t.logits)(t.x_test)) if len(t.x_test) else np.zeros((0, 0))
+  # The reference: the logits as jkd's evaluation computes them (its kernels, GAF factors).
+  want = np.asarray(jax.jit(t.engine_logits)(t.x_test)) if len(t.x_test) else np.zeros((0, 0))
   record = {"workdir": os.path.abspath(d), "run": t.run, "which": which, "model": t.describe,
             "parameters": t.num_params, "test_windows": int(len(t.y_test)),
             "jkd_accuracy": ex.accuracy(want, t.y_test)}
