@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a jkd workdir, or a pipeline's with --stage")
 _STAGE = flags.DEFINE_string("stage", None, "the pipeline stage (W/<stage>)")
@@ -82,11 +82,12 @@ def run(workdir: str, stage: str | None, run_index: int, which: str, out: str,
     got = ox.predict(sess, t.x_test)
     record.update(format="onnx", opset=ox.OPSET, bytes=os.path.getsize(out),
                   max_abs_logit_diff=float(np.abs(got - want).max()) if len(got) else 0.0,
+                  max_abs_logit=float(np.abs(want).max()) if len(got) else 0.0,
                   onnx_accuracy=ex.accuracy(got, t.y_test))
     log(f"{out}: {t.describe}, {record['parameters']} parameters, {record['bytes']} bytes; on the "
         f"fold's {len(t.y_test)} test windows: accuracy {100 * record['onnx_accuracy']:.2f} % "
         f"(jkd {100 * record['jkd_accuracy']:.2f} %), largest logit difference "
-        f"{record['max_abs_logit_diff']:.2e}")
+        f"{record['max_abs_logit_diff']:.2e} (largest logit {record['max_abs_logit']:.1f})")
     if quantize == "int8":
       q = int8_path(out)
       ox.quantize_int8(out, q, t.x_train)
@@ -132,6 +133,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)   # orbax's restore lines
   import jkd.export as ex
   if not _WORKDIR.value:
     _fail("--workdir=W is required")
