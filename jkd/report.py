@@ -266,8 +266,10 @@ def summary_table(full: dict[str, Any]) -> str:
 def write(workdir: str, plots: bool = True) -> dict[str, Any]:
   """Build and write W/results.json and W/report.md (and W/plots/ when matplotlib exists)."""
   full = build(workdir)
+  from jkd.export import complexity   # every stage's size, FLOPs and latency (issue 22)
+  full["complexity"] = complexity.measure(workdir)
   write_atomic(os.path.join(workdir, "results.json"), json.dumps(full, indent=1))
-  text = markdown(full)
+  text = markdown(full) + complexity.markdown(full["complexity"])
   if plots:
     from jkd import plots as plots_lib
     made = plots_lib.write(workdir, full)
