@@ -25,6 +25,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 import jkd.models  # noqa: E402
 from jkd.export import ExportError, complexity  # noqa: E402
 from jkd.export import onnx as ox  # noqa: E402
+from jkd.export import runtime  # noqa: E402
 from jkd.export.__main__ import run as export_run  # noqa: E402
 from jkd.images import image_input  # noqa: E402
 from synthetic import write_sine_windows  # noqa: E402
@@ -79,10 +80,10 @@ def test_onnx_round_trip_matches_jkd_and_results(w, stage):
   assert rec["test_windows"] > 0
   assert rec["onnx_accuracy"] == pytest.approx(_final_accuracy(w / "W" / stage), abs=1e-9)
   assert json.loads((w / f"{stage}.onnx.json").read_text())["bytes"] == os.path.getsize(out)
-  sess = ox.session(str(out))
+  sess = runtime.session(str(out))
   assert sess.get_inputs()[0].shape[0] == "batch"
   x = np.random.default_rng(0).normal(size=(3, 16, 3)).astype(np.float32)
-  assert np.allclose(ox.predict(sess, x[:1])[0], ox.predict(sess, x)[0], atol=1e-5)
+  assert np.allclose(runtime.predict(sess, x[:1])[0], runtime.predict(sess, x)[0], atol=1e-5)
   if stage == "student_kd":
     q = rec["int8"]
     assert os.path.exists(q["path"]) and q["bytes"] < rec["bytes"]
@@ -172,8 +173,8 @@ def _random_model(name, ndim=1, image="gaf", length=16, channels=3, classes=5):
 @pytest.mark.parametrize("name", ["resnet18", "resnext1d"])
 def test_resnet_and_resnext_round_trip(name):
   fn, x = _random_model(name)
-  sess = ox.session(ox.to_onnx(fn, x))
-  np.testing.assert_allclose(ox.predict(sess, x), np.asarray(jax.jit(fn)(x)), atol=1e-4)
+  sess = runtime.session(ox.to_onnx(fn, x))
+  np.testing.assert_allclose(runtime.predict(sess, x), np.asarray(jax.jit(fn)(x)), atol=1e-4)
 
 
 def test_persistence_images_are_refused():

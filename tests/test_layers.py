@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jkd.models import layers
+from jkd.models import conv, layers
 
 
 def numpy_conv1d(x, w, stride, pad, groups=1):
@@ -79,7 +79,7 @@ def conv_direct_and_xla(nd, kernel, stride, pad, size, loop, cin=4, cout=5, seed
   k = jnp.asarray(rng.normal(size=(2,) + (kernel,) * nd + (cin, cout)), jnp.float32)
   strides, padding = (stride,) * nd, ((pad, pad),) * nd
   xla = lambda x, k: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
-      x, k, strides, padding, dimension_numbers=layers._SPECS[nd])))
+      x, k, strides, padding, dimension_numbers=conv._SPECS[nd])))
   ours = lambda x, k: jnp.sum(jnp.sin(layers.conv_direct(x, k, strides, padding, loop)))
   return x, k, xla, ours
 

@@ -53,6 +53,7 @@ def main(argv: list[str]) -> int:
 
   import jkd.models
   from jkd.export import onnx as ox
+  from jkd.export import runtime
   from jkd.export import complexity, plain_xla
   if not ox.available():
     print(f"jkd.bench export: {ox.EXTRA}")
@@ -73,9 +74,9 @@ def main(argv: list[str]) -> int:
     path, qpath = os.path.join(d, "m.onnx"), os.path.join(d, "m.int8.onnx")
     with open(path, "wb") as f:
       f.write(onnx_model.SerializeToString())
-    ox.quantize_int8(path, qpath, x)
+    runtime.quantize_int8(path, qpath, x)
     out["bytes"] = {"float": os.path.getsize(path), "int8": os.path.getsize(qpath)}
-    sessions = {"onnx_float": ox.session(path), "onnx_int8": ox.session(qpath)}
+    sessions = {"onnx_float": runtime.session(path), "onnx_int8": runtime.session(qpath)}
   ref = None
   if FLAGS.torch:
     try:

@@ -34,7 +34,6 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import pickle
 import tempfile
 import warnings
 import zipfile
@@ -42,7 +41,7 @@ import zipfile
 import ml_collections
 import numpy as np
 
-from jkd.data import pamap2_parse
+from jkd.data import lab_pickle, pamap2_parse
 from jkd.data.base import DataError, Dataset, Recording
 
 SUBJECTS = tuple(range(101, 110))
@@ -201,75 +200,6 @@ def preprocess(raw: np.ndarray, opts: dict, where: str = "PAMAP2") -> tuple[np.n
 
 # ---- the lab's pickle -------------------------------------------------------------------------
 
-_RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]
-_SCALAR = np.float64(0).__reduce__()[0]
-_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy.core.multiarray", "scalar"): _SCALAR,
-    ("numpy._core.multiarray", "scalar"): _SCALAR,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _ArraysOnly(pickle.Unpickler):
-  """Unpickler that builds numpy arrays and plain containers, and refuses every other global."""
-
-  def __init__(self, file, path: str):
-    super().__init__(file, encoding="latin1")
-    self.path = path
-
-  def find_class(self, module: str, name: str):
-    if (module, name) in _PICKLE_GLOBALS:
-      return _PICKLE_GLOBALS[(module, name)]
-    if (module, name) == ("_codecs", "encode"):   # Python 3, protocol <= 2: bytes as latin-1 text
-      return self._latin1
-    raise DataError(f"{self.path}: refusing to load the global {module}.{name} from this pickle; "
-                    "only numpy arrays and plain containers are allowed (the lab's "
-                    f"{PICKLE_NAME} needs nothing else). Is this the right file?")
-
-  def _latin1(self, text, encoding: str = "utf-8") -> bytes:
-    """`_codecs.encode` as a protocol-2 pickle of `bytes` uses it (a re-save under Python 3 of
-    the lab's pickle holds it for every array's data): latin-1 text to bytes, nothing else."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-      raise DataError(f"{self.path}: refusing _codecs.encode of {type(text).__name__} with "
-                      f"encoding {encoding!r} in this pickle (a pickle of numpy arrays only "
-                      "encodes text as latin1). Is this the right file?")
-    return text.encode("latin1")
-
-
-def read_pickle(path: str, channels: int = 40) -> list[tuple[np.ndarray, np.ndarray]]:
-  """The lab's pickle: a list of per-subject (X (T, channels) float, y (T,) int) pairs, returned
-  as float32 / int64 without any further processing."""
-  try:
-    with open(path, "rb") as f:
-      obj = _ArraysOnly(f, path).load()
-  except DataError:
-    raise
-  except Exception as e:  # noqa: BLE001 -- any unpickling failure means "not that file"
-    raise DataError(f"{path} is not a readable pickle ({type(e).__name__}: {e}); expected the "
-                    f"lab's {PICKLE_NAME}, or {_DOWNLOAD}.") from e
-  if not isinstance(obj, (list, tuple)) or not all(
-      isinstance(p, (list, tuple)) and len(p) == 2 for p in obj):
-    raise DataError(f"{path}: expected a list of (X, y) pairs, one per subject, like the lab's "
-                    f"{PICKLE_NAME}; got {type(obj).__name__}.")
-  pairs = []
-  for i, (x, y) in enumerate(obj):
-    what = f"{path}, pair {i}"
-    x, y = np.asarray(x), np.asarray(y)
-    if (x.ndim != 2 or x.shape[1] != channels or y.shape != (x.shape[0],)
-        or not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number)):
-      raise DataError(f"{what}: X {x.shape} {x.dtype} and y {y.shape} {y.dtype} must be "
-                      f"(T, {channels}) numbers and (T,) labels.")
-    if not np.isfinite(x).all():
-      raise DataError(f"{what}: X holds NaN or inf; the lab's pickle is already preprocessed.")
-    if not np.array_equal(y, np.round(y)):
-      raise DataError(f"{what}: y holds non-integer labels.")
-    pairs.append((x.astype(np.float32), y.astype(np.int64)))
-  return pairs
-
-
 def _load_pickle(path: str, subjects: list[int], opts: dict) -> list[Recording]:
   changed = [k for k in _PREPROCESSING if _normal(opts[k]) != _normal(default_config()[k])]
   if changed:
@@ -277,7 +207,7 @@ def _load_pickle(path: str, subjects: list[int], opts: dict) -> list[Recording]:
                     f"{', '.join(f'config.data.{k}' for k in changed)} cannot apply; keep the "
                     "defaults or point config.data.path at the PAMAP2_Dataset (or Protocol) "
                     "folder.")
-  pairs = read_pickle(path, len(channel_names()))
+  pairs = lab_pickle.read(path, len(channel_names()), PICKLE_NAME, _DOWNLOAD)
   if len(pairs) != len(SUBJECTS):
     raise DataError(f"{path}: {len(pairs)} (X, y) pairs, expected {len(SUBJECTS)} (subjects "
                     f"{SUBJECTS[0]}..{SUBJECTS[-1]} in order).")

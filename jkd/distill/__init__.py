@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mc
 
-from jkd.config.schema import flat
 from jkd.distill.term import (LAST, Batch, Context, Example, Info, Needs, Outputs, Term,
                                TermError)
 
@@ -211,7 +210,7 @@ def make_objective(config: mc.ConfigDict) -> Callable:
   listed = [(n, TERMS[n], loss[n]) for n in loss.terms]
   epochs = int(config.train.epochs)
   models = _teacher_models(config)
-  swept = {k.removeprefix("zip.") for k, _ in flat(config.get("sweep", None) or {})}
+  swept = {k.removeprefix("zip.") for k in _leaf_keys(config.get("sweep", None) or {})}
   # One listed term at weight 1 that no sweep changes is the loss itself: it is not multiplied
   # by a traced 1.0 (the same number, but XLA would fuse and round the step differently).
   alone = (len(listed) == 1 and float(listed[0][2].weight) == 1.0
@@ -239,6 +238,15 @@ def make_objective(config: mc.ConfigDict) -> Callable:
     return total, terms, stats
 
   return objective
+
+
+def _leaf_keys(tree, prefix: str = ""):
+  """The dotted keys of a nested mapping's leaves (a config's `sweep`)."""
+  for k, v in tree.items():
+    if hasattr(v, "items") and v:
+      yield from _leaf_keys(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}"
 
 
 def _teacher_models(config: mc.ConfigDict) -> tuple:

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -42,6 +42,7 @@ def run(workdir: str, stage: str | None, run_index: int, which: str, out: str,
   """Export; returns the record written to OUT.json (ExportError on a user error)."""
   import jkd.export as ex
   from jkd.export import onnx as ox
+  from jkd.export import runtime
   if fmt == "onnx" and not ox.available():
     raise ex.ExportError(f"ONNX export needs onnx and onnxruntime: {ox.EXTRA}")
   if quantize and fmt != "onnx":
@@ -78,8 +79,8 @@ def run(workdir: str, stage: str | None, run_index: int, which: str, out: str,
                "ONNX by this converter; " if image == "pi" else "")
         raise ex.ExportError(f"{why}{e}; export --format=stablehlo instead") from None
     _write(out, model.SerializeToString())
-    sess = ox.session(out)
-    got = ox.predict(sess, t.x_test)
+    sess = runtime.session(out)
+    got = runtime.predict(sess, t.x_test)
     record.update(format="onnx", opset=ox.OPSET, bytes=os.path.getsize(out),
                   max_abs_logit_diff=float(np.abs(got - want).max()) if len(got) else 0.0,
                   max_abs_logit=float(np.abs(want).max()) if len(got) else 0.0,
@@ -90,8 +91,8 @@ def run(workdir: str, stage: str | None, run_index: int, which: str, out: str,
         f"{record['max_abs_logit_diff']:.2e} (largest logit {record['max_abs_logit']:.1f})")
     if quantize == "int8":
       q = int8_path(out)
-      ox.quantize_int8(out, q, t.x_train)
-      qgot = ox.predict(ox.session(q), t.x_test)
+      runtime.quantize_int8(out, q, t.x_train)
+      qgot = runtime.predict(runtime.session(q), t.x_test)
       record["int8"] = {"path": q, "bytes": os.path.getsize(q),
                         "accuracy": ex.accuracy(qgot, t.y_test),
                         "calibration_windows": int(len(t.x_train))}

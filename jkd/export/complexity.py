@@ -8,7 +8,7 @@ Per stage (its run 0, last epoch, as `python -m jkd.export` writes it):
   the traced function (raw window -> logits: normalisation, a GAF model's PAA and its dense
   first convolution included), the convention of compression tables; and XLA's cost analysis of
   the same function at batch 1 (`xla_flops`, which also counts elementwise operations);
-* the ONNX file's size, float and int8 (`jkd.export.onnx.quantize_int8`, calibrated on the fold's
+* the ONNX file's size, float and int8 (`jkd.export.runtime.quantize_int8`, calibrated on the fold's
   training windows), and their accuracy on the fold's test windows;
 * latency per window: onnxruntime, one thread, batch 1, median of `calls` calls after warm-up.
 
@@ -80,7 +80,8 @@ def xla_flops(fn: Callable, example: np.ndarray) -> float | None:
 def latency(path_or_model: Any, window: tuple, calls: int = CALLS) -> float:
   """Median seconds of one call on one window: onnxruntime, one thread, after 10 warm-up calls."""
   from jkd.export import onnx as ox
-  sess = ox.session(path_or_model, threads=1)
+  from jkd.export import runtime
+  sess = runtime.session(path_or_model, threads=1)
   x = np.random.default_rng(0).normal(size=(1, *window)).astype(np.float32)
   for _ in range(10):
     sess.run([ox.OUTPUT], {ox.INPUT: x})
@@ -96,6 +97,7 @@ def of_run(workdir: str, run: int = 0, which: str = "last", calls: int = CALLS) 
   """One run's row (see the module docstring); without the export extra, parameters and FLOPs."""
   import jkd.export as ex
   from jkd.export import onnx as ox
+  from jkd.export import runtime
   t = ex.load(workdir, run, which)
   row: dict[str, Any] = {"model": t.describe, "run": run, "which": which,
                          "parameters": t.num_params}
@@ -114,13 +116,13 @@ def of_run(workdir: str, run: int = 0, which: str = "last", calls: int = CALLS) 
     path, qpath = os.path.join(d, "m.onnx"), os.path.join(d, "m.int8.onnx")
     with open(path, "wb") as f:
       f.write(model.SerializeToString())
-    ox.quantize_int8(path, qpath, t.x_train[:256])
+    runtime.quantize_int8(path, qpath, t.x_train[:256])
     window = tuple(t.x_train.shape[1:])
     for key, p in (("float", path), ("int8", qpath)):
-      sess = ox.session(p)
+      sess = runtime.session(p)
       row[key] = {"bytes": os.path.getsize(p),
                   "latency_ms": 1e3 * latency(p, window, calls),
-                  "accuracy": ex.accuracy(ox.predict(sess, t.x_test), t.y_test)}
+                  "accuracy": ex.accuracy(runtime.predict(sess, t.x_test), t.y_test)}
   return row
 
 
