@@ -62,7 +62,7 @@ def trained(tmp_path_factory):
   workdir = str(root / "w")
   config = _config(data)
   mp = pytest.MonkeyPatch()
-  mp.setattr(experiment, "PROGRESS_SECONDS", 0.0)    # a progress line after every (1-step) chunk
+  mp.setattr(loop, "PROGRESS_SECONDS", 0.0)    # a progress line after every (1-step) chunk
   import io
   import contextlib
   out = io.StringIO()

@@ -1,12 +1,14 @@
-"""A distillation term from the user's own module (`python -m jkd.main --import=MODULE`): it trains,
-sweeps and is checked like a built-in, the workdir records the import, so resuming and
-`--mode=report` find it again without the flag, and a module that cannot be imported is one line,
-exit status 2."""
+"""A distillation term from the user's own module (`python -m jkd.main --import=MODULE`), the one
+docs/extending.md shows: it trains, sweeps and is checked like a built-in; the workdir records the
+import, so resuming and `--mode=report` find it again without the flag; a module that cannot be
+imported is one line, exit status 2."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -14,32 +16,12 @@ from synthetic import write_sine_windows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The user's module: one term, outside jkd, registered at import.
-TERMS = '''
-import jax.numpy as jnp
 
-from jkd.distill import Term, TermError, register
+def _docs_module() -> str:
+  """The user's module: docs/extending.md's first python block (one term, registered at import)."""
+  text = open(os.path.join(REPO, "docs", "extending.md")).read()
+  return textwrap.dedent(re.search(r"```python\n(.*?)```", text, re.S).group(1))
 
-
-class LogitMSE(Term):
-  """Mean |difference|^power of the student's and the teachers' logits, scaled."""
-  name = "logit_mse"
-  defaults = {"weight": 1.0, "scale": 1.0, "power": 2}
-  per_run = ("weight", "scale")
-  ranges = {"scale": "> 0"}
-
-  def check(self, cfg, teachers, student, epochs):
-    if cfg.power not in (1, 2):
-      raise TermError(f"loss.logit_mse.power={cfg.power!r} must be 1 or 2")
-
-  def loss(self, cfg, hp, batch):
-    zs = batch.student.logits
-    per = jnp.stack([jnp.mean(jnp.abs(zs - t.logits) ** cfg.power) for t in batch.teachers])
-    return hp["scale"] * jnp.sum(batch.teacher_weights * per)
-
-
-register(LogitMSE())
-'''
 
 CONFIG = '''
 import jkd.data
@@ -54,8 +36,8 @@ def get_config():
   c.teachers.signal.model.name = "wrn10_1"
   c.stages.student_scratch.model.name = "wrn10_1"
   del c.stages["teacher_image"]
-  c.stages.student_kd = pipeline.kd_stage(c, ("signal",), ("ce", "logit_mse"))
-  c.stages.student_kd.sweep = {"loss": {"logit_mse": {"weight": (0.5, 2.0)}}}
+  c.stages.student_kd = pipeline.kd_stage(c, ("signal",), ("ce", "xyz"))
+  c.stages.student_kd.sweep = {"loss": {"xyz": {"weight": (0.5, 2.0)}}}
   return c
 '''
 
@@ -69,7 +51,7 @@ def _main(cwd, *args):
 def user(tmp_path_factory):
   """The user's directory (their module and config), a trained workdir and its first output."""
   home = tmp_path_factory.mktemp("user")
-  (home / "my_terms.py").write_text(TERMS)
+  (home / "my_terms.py").write_text(_docs_module())
   (home / "cfg.py").write_text(CONFIG)
   write_sine_windows(home / "d.npz", [8, 8, 8])
   args = ["--import=my_terms", f"--config={home / 'cfg.py'}", f"--workdir={home / 'W'}",
@@ -83,13 +65,13 @@ def test_an_imported_term_trains_and_sweeps_like_a_built_in(user):
   home, _ = user
   w = home / "W"
   lines = [json.loads(line) for line in (w / "student_kd" / "metrics.jsonl").read_text().splitlines()]
-  assert all("logit_mse" in r["train"] and r["train"]["logit_mse"] > 0 for r in lines)
-  points = {r["sweep"]["loss.logit_mse.weight"] for r in lines}
+  assert all("xyz" in r["train"] and r["train"]["xyz"] > 0 for r in lines)
+  points = {r["sweep"]["loss.xyz.weight"] for r in lines}
   assert points == {0.5, 2.0}
-  # the weight really scales the term's part of the total: total = ce + weight * logit_mse
+  # the weight really scales the term's part of the total: total = ce + weight * xyz
   for r in lines:
     t = r["train"]
-    assert t["loss"] == pytest.approx(t["ce"] + r["sweep"]["loss.logit_mse.weight"] * t["logit_mse"],
+    assert t["loss"] == pytest.approx(t["ce"] + r["sweep"]["loss.xyz.weight"] * t["xyz"],
                                       rel=1e-4)
   for path in (w / "config.json", w / "student_kd" / "config.json"):
     assert json.loads(path.read_text())["imports"] == ["my_terms"]
@@ -107,12 +89,12 @@ def test_the_workdir_finds_its_imports_again(user):
 
 @pytest.mark.parametrize("extra,expected", [
     (["--import=no_such_terms"], ["--import=no_such_terms", "No module named"]),
-    (["--import=my_terms", "--config.stages.student_kd.loss.logit_mse.scale=0"],
-     ["loss.logit_mse.scale", "> 0"]),
-    (["--import=my_terms", "--config.stages.student_kd.loss.logit_mse.power=3"],
-     ["loss.logit_mse.power=3", "must be 1 or 2"]),
+    (["--import=my_terms", "--config.stages.student_kd.loss.xyz.temperature=0"],
+     ["loss.xyz.temperature", "> 0"]),
+    (["--import=my_terms", "--config.stages.student_kd.loss.xyz.layers=(4,)"],
+     ["loss.xyz.layers=(4,)", "name stages among 1, 2, 3"]),
     (["--import=my_terms",
-      '--config.stages.student_kd.sweep={"loss": {"logit_mse": {"weight": [1.0], "scale": [1.0, 2.0]}, "sp": {"weight": [1.0, 2.0]}}}'],
+      '--config.stages.student_kd.sweep={"loss": {"xyz": {"weight": [1.0, 2.0]}, "sp": {"weight": [1.0, 2.0]}}}'],
      ["sweep.loss.sp.weight", "not in stages.student_kd.loss.terms"]),
 ], ids=["missing_module", "range", "term_check", "sweep_unlisted_term"])
 def test_wrong_imports_and_term_settings_stop_before_training(user, tmp_path, extra, expected):

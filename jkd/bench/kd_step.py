@@ -42,6 +42,7 @@ import ml_collections as mc
 import jkd.data
 import jkd.models
 from jkd.bench import Reference, _epoch
+from jkd import config as config_lib
 from jkd import distill, images, parallel, pipeline
 from jkd import setup as setup_lib
 from jkd import teachers as teachers_lib
@@ -74,7 +75,7 @@ def stage_config(a: argparse.Namespace, method: str = "lab", image: str = "gaf")
     if a.teacher_conv_impl:
       with cfg.unlocked():
         cfg.teachers[name].model.kwargs.conv_impl = a.teacher_conv_impl
-  pipeline.check_stage(cfg)
+  config_lib.validate(cfg)
   return cfg
 
 

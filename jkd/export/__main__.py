@@ -20,16 +20,21 @@ import sys
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a jkd workdir, or a pipeline's with --stage")
-_STAGE = flags.DEFINE_string("stage", None, "the pipeline stage (W/<stage>)")
-_RUN = flags.DEFINE_integer("run", 0, "the run index (runs.json)")
-_WHICH = flags.DEFINE_enum("which", "last", ["last", "best"], "the last epoch's or the best "
-                           "epoch's variables")
-_OUT = flags.DEFINE_string("out", None, "the output file (.onnx, or with --format=stablehlo any)")
-_QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8"], "also write FILE.int8.onnx (static, "
-                              "calibrated on the fold's training windows)")
-_FORMAT = flags.DEFINE_enum("format", "onnx", ["onnx", "stablehlo"], "ONNX, or jax.export's "
-                            "serialized StableHLO (no extra needed)")
+def _define_flags() -> dict:
+  """The command's flags, defined only when it runs (importing `run` defines none)."""
+  return {
+      "workdir": flags.DEFINE_string("workdir", None, "a jkd workdir, or a pipeline's with --stage"),
+      "stage": flags.DEFINE_string("stage", None, "the pipeline stage (W/<stage>)"),
+      "run": flags.DEFINE_integer("run", 0, "the run index (runs.json)"),
+      "which": flags.DEFINE_enum("which", "last", ["last", "best"], "the last epoch's or the "
+                                 "best epoch's variables"),
+      "out": flags.DEFINE_string("out", None, "the output file (.onnx, or with "
+                                 "--format=stablehlo any)"),
+      "quantize": flags.DEFINE_enum("quantize", None, ["int8"], "also write FILE.int8.onnx "
+                                    "(static, calibrated on the fold's training windows)"),
+      "format": flags.DEFINE_enum("format", "onnx", ["onnx", "stablehlo"], "ONNX, or "
+                                  "jax.export's serialized StableHLO (no extra needed)"),
+  }
 
 
 def _fail(msg: str) -> None:
@@ -131,19 +136,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(" ".join(str(e).split()))
 
 
-def main(argv):
+def main(argv, f: dict) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)   # orbax's restore lines
   import jkd.export as ex
-  if not _WORKDIR.value:
+  if not f["workdir"].value:
     _fail("--workdir=W is required")
   try:
-    run(_WORKDIR.value, _STAGE.value, _RUN.value, _WHICH.value, _OUT.value, _QUANTIZE.value,
-        _FORMAT.value)
+    run(f["workdir"].value, f["stage"].value, f["run"].value, f["which"].value, f["out"].value,
+        f["quantize"].value, f["format"].value)
   except ex.ExportError as e:
     _fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  _flags = _define_flags()
+  app.run(lambda argv: main(argv, _flags), flags_parser=parse_flags)
