@@ -17,6 +17,7 @@ import contextlib
 import io
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -74,6 +75,7 @@ def d(tmp_path_factory):
   with zipfile.ZipFile(root / "nopickle.pth.tar", "w") as z:
     z.writestr("archive/version", "3\n")
   (root / "a_file").write_text("not a directory\n")
+  shutil.copy(os.path.join(REPO, "tests", "fixtures", "wrn10_2_1d.pth.tar"), root / "wrn10_2.pth.tar")
   return str(root)
 
 
@@ -142,6 +144,38 @@ CASES = [
     ("teacher_source_missing_pth", ["--config=configs/demo.py",
                                     "--config.teachers.image.source={d}/img_f{fold}.pth.tar"],
      ["teachers.image.source", "img_f0.pth.tar (fold 0, seed 1234) does not exist"]),
+    ("teacher_which", ["--config=configs/demo.py", "--config.teachers.signal.which=first"],
+     ["teachers.signal.which='first'", "last, best"]),
+    ("teacher_epoch_negative", ["--config=configs/demo.py", "--config.teachers.signal.epoch=-1"],
+     ["teachers.signal.epoch=-1", ">= 0"]),
+    ("teacher_source_at_unknown", ["--config=configs/demo.py", "--config.teachers.signal.source=@nope"],
+     ["teachers.signal.source='@nope'", "names another declared teacher"]),
+    ("teacher_image_size_zero", ["--config=configs/demo.py",
+                                 "--config.teachers.image.model.image_size=0"],
+     ["teachers.image.model.image_size=0", ">= 1"]),
+    ("teacher_image_unknown", ["--config=configs/demo.py", "--config.teachers.image.model.image=png"],
+     ["teachers.image.model.image='png'", "gaf, pi"]),
+    ("teacher_model_kwargs", ["--config=configs/demo.py",
+                              '--config.teachers.signal.model.kwargs={"dropot": 0.1}'],
+     ["teachers.signal.model.kwargs", "dropot"]),
+    ("teacher_pth_wrong_architecture", ["--config=configs/demo.py",
+                                        "--config.teachers.signal.source={d}/wrn10_2.pth.tar"],
+     ["teachers.signal", "wrn10_2.pth.tar holds wrn10_2", "the config says wrn16_1"]),
+    ("pi_spread_negative", ["--config=configs/demo.py", "--config.teachers.image.model.image=pi",
+                            "--config.teachers.image.model.pi.spread=-0.1"],
+     ["teachers.image.model.pi.spread=-0.1", ">= 0"]),
+    ("pi_threshold_negative", ["--config=configs/demo.py", "--config.teachers.image.model.image=pi",
+                               "--config.teachers.image.model.pi.threshold=-1"],
+     ["teachers.image.model.pi.threshold=-1.0", ">= 0"]),
+    ("pi_birth_range_reversed", ["--config=configs/demo.py", "--config.teachers.image.model.image=pi",
+                                 "--config.teachers.image.model.pi.birth_range=(1.0,-1.0)"],
+     ["teachers.image.model.pi.birth_range=(1.0, -1.0)", "low < high"]),
+    ("student_image_size_zero", ["--config.model.ndim=2", "--config.model.image_size=0"],
+     ["model.image_size=0", ">= 1"]),
+    ("import_missing", ["--import=no_such_terms_module"],
+     ["--import=no_such_terms_module", "No module named", "PYTHONPATH"]),
+    ("term_unknown_alone", ["--config.loss.terms=('ce','kd')"],
+     ["'kd' reads teachers", "trains alone"]),
     ("kd_teacher_undeclared", ["--config=configs/demo.py",
                                "--config.stages.student_kd.distill.teachers=('signal','nope')"],
      ["'nope'", "not declared"]),
