@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -160,11 +160,16 @@ def _init_variables(s: setup_lib.Setup) -> Any:
 
 
 def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
-          runs_per_fold: int = 0) -> dict:
+          runs_per_fold: int = 0, stop: int | None = None,
+          start_from: Callable[[setup_lib.Setup], tuple[int, Any, dict]] | None = None) -> dict:
   """Train every run (resuming from the newest checkpoint), write results; returns them.
 
   A config with a `distill` section trains a distillation stage (`jkd.setup.build`);
-  `runs_per_fold`: see there. The config and the workdir were checked (`jkd.preflight`)."""
+  `runs_per_fold`: see there. The config and the workdir were checked (`jkd.preflight`).
+  `stop`: train only the first `stop` epochs of the `train.epochs` schedule (checkpointed at
+  `stop`; results after `stop` epochs). `start_from(setup) -> (epoch, state, meta)`: where a
+  workdir without checkpoints starts (a search's rung continuing the survivors of the previous
+  one, `jkd.search`), instead of fresh runs."""
   t_setup = time.time()
   s = setup_lib.build(config, runs_per_fold, _log)
   workdir_lib.prepare(config, workdir, overwrite)
@@ -172,6 +177,7 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     metrics_lib.write_atomic(os.path.join(workdir, "runs.json"),
                              json.dumps(_runs_json(s), indent=1))
   E, B = config.train.epochs, config.train.batch_size
+  end = E if stop is None else stop
   _log(f"{s.real} runs ({len(s.folds.train)} folds x {len(config_lib.seeds(config))} seeds x "
        f"{s.real // (len(s.folds.train) * len(config_lib.seeds(config)))} sweep points) on "
        f"{s.mesh.size} device(s) in {jax.process_count()} process(es); {s.num_batches} steps of "
@@ -182,6 +188,8 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, keep_epochs=keep)
   start = 0
   restored = checkpoint.restore_latest(mngr, s.abstract_state())
+  if restored is None and start_from is not None:
+    restored = start_from(s)
   if restored is not None:
     start, state, meta = restored
     tracker.load(meta["tracker"])
@@ -190,11 +198,11 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     state = s.init_state(_init_variables(s) if config.train.init_from else None)
   log.truncate(start)
   board = (tensorboard_lib.Board(workdir, start)
-           if tensorboard_lib.enabled(config) and parallel.is_writer() and start < E else None)
-  progress, durations = _Progress(s, E), []
-  if start < E:
+           if tensorboard_lib.enabled(config) and parallel.is_writer() and start < end else None)
+  progress, durations = _Progress(s, end), []
+  if start < end:
     _log(f"compiling the {s.num_runs}-run training step (first epoch includes compilation) ...")
-  for e in range(start, E):
+  for e in range(start, end):
     t_epoch = time.time()
     progress.start(e)
     state, terms = s.train_epoch.run(state, s.data, s.inputs, e, pacer=progress.pacer,
@@ -214,7 +222,7 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     for i in np.flatnonzero(newly[:s.real]):
       _log(f"run {i} ({s.runs[i].describe()}) stopped: non-finite loss or gradient in epoch "
            f"{e + 1}; its last good state is kept, other runs continue")
-    if (e + 1) % config.train.checkpoint_every == 0 or e + 1 == E or e + 1 in keep:
+    if (e + 1) % config.train.checkpoint_every == 0 or e + 1 in (E, end) or e + 1 in keep:
       checkpoint.save(mngr, e + 1, state, {"epoch": e + 1, "tracker": tracker.to_json()})
     samples = float(host["terms"]["steps"][:s.real].sum()) * B
     now = time.time()
@@ -230,10 +238,10 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     loss = host["terms"]["loss"][:s.real][alive].mean() if alive.any() else float("nan")
     _log(f"epoch {e + 1}/{E}  train loss {loss:.4f}  test acc {acc.mean():.4f} "
          f"[{acc.min():.3f}, {acc.max():.3f}]  {sum(durations):.0f}s elapsed, ETA "
-         f"{per_epoch * (E - e - 1):.0f}s, {samples / (now - t_epoch):.0f} samples/s")
+         f"{per_epoch * (end - e - 1):.0f}s, {samples / (now - t_epoch):.0f} samples/s")
   mngr.wait_until_finished()
   mngr.close()
-  res = _write_outputs(workdir, s, tracker, E)
+  res = _write_outputs(workdir, s, tracker, end)
   _log(results_lib.table(res))
   return res
 

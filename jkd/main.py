@@ -213,6 +213,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   import jkd.data
   from jkd import loop, parallel, pipeline, preflight, results   # after flags: jax starts here
+  from jkd import search
   parallel.initialize(_COORD.value, _NPROC.value, _PID.value)
   if _MODE.value == "report":
     from jkd import report
@@ -236,6 +237,8 @@ def main(argv: list[str]) -> None:
     # Past the preflight every error is a bug: it keeps its traceback.
     if pipeline.is_pipeline(config):
       pipeline.run(config, _WORKDIR.value, _OVERWRITE.value)
+    elif search.is_search(config) and _MODE.value == "train":
+      search.run(config, _WORKDIR.value, _OVERWRITE.value)
     elif _MODE.value == "eval":
       loop.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value, _WHICH.value)
     else:

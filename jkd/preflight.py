@@ -25,6 +25,7 @@ import ml_collections as mc
 import jkd.data
 from jkd import config as config_lib
 from jkd import convert, distill, parallel, pipeline, setup, teachers, tensorboard
+from jkd import search
 from jkd import workdir as workdir_lib
 from jkd.data import folds as folds_lib
 
@@ -51,6 +52,8 @@ def run(config: mc.ConfigDict, workdir: str, *, mode: str = "train", overwrite: 
     with _in_stage(name):
       config_lib.validate(view)
       tensorboard.check(view)
+      if search.is_search(view):
+        search.check(view)
   if mode == "eval":
     workdir_lib.check_checkpoints(workdir, step)
   elif not is_pipeline:
@@ -64,7 +67,7 @@ def run(config: mc.ConfigDict, workdir: str, *, mode: str = "train", overwrite: 
   # The CPU is split as the training will split it (`jkd.setup.build`), before anything below
   # starts the backend: XLA:CPU's numbers depend on the device count.
   parallel.use_cpu_devices(len(counts) * max(
-      len(config_lib.sweep_points(v)) * len(config_lib.seeds(v)) for _, v in views))
+      search.num_points(v) * len(config_lib.seeds(v)) for _, v in views))
   for name, view in views:
     with _in_stage(name):
       config_lib.check_fit(view, windows.x.shape[2], windows.x.shape[1], counts)

@@ -1,0 +1,317 @@
+"""A search trained as programs of runs: every point of a rung in ONE program, survivors continuing.
+
+`run(config, workdir)` draws `search.points` points through an Optuna study (ask/tell; the study
+lives in `workdir/search.db`, or in `search.storage` shared by several jobs: each job's trials
+carry its workdir), then trains rung after rung:
+
+  W/rung0/   every point x seed x fold, epochs 0 .. rungs[0]       (a jkd workdir, `jkd.loop`)
+  W/rung1/   the best 1/eta of them, from their rung0 checkpoints, epochs rungs[0] .. rungs[1]
+  ...        the last rung ends at train.epochs
+
+A rung's program holds only its points' runs (the compute shrinks) and continues each run's whole
+state (optimiser, best-epoch variables, the host's record) from the previous rung's checkpoint; the
+LR schedule is that of train.epochs and a run's batches depend on (seed, epoch, step) only, so a
+point's epochs are exactly the first epochs of a plain run of that point.
+
+After each rung the points are ranked by validation accuracy (mean over folds and seeds of the
+rung's last epoch): `select` reads nothing else. Test accuracies are recorded (search.csv,
+search.json) and reported, never ranked. Optuna's SuccessiveHalvingPruner is asynchronous (a trial
+reporting first is compared with fewer others), so the synchronous rule of a program that trains
+every point together is ours (`survivors`); the pruned and finished trials are told to the study,
+with their rung values as intermediate values.
+
+A killed search resumes: the trials are in the study, a rung whose results.json is complete is not
+retrained, and a rung cut short resumes from its own newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+import ml_collections as mc
+import numpy as np
+
+from jkd import config as config_lib
+from jkd import metrics as metrics_lib
+from jkd.search import space as space_lib
+
+OWNER = "jkd_workdir"     # trial user attr: the workdir whose search drew the trial
+POINT = "jkd_point"       # trial user attr: the point (dotted key -> value)
+
+
+def require_optuna() -> Any:
+  try:
+    import optuna   # noqa: PLC0415
+  except ImportError:
+    raise config_lib.ConfigError("a search needs Optuna, the optional extra 'search': "
+                                 "pip install -e '.[search]'") from None
+  return optuna
+
+
+def storage_url(config: mc.ConfigDict, workdir: str) -> str:
+  return config.search.storage or f"sqlite:///{os.path.join(os.path.abspath(workdir), 'search.db')}"
+
+
+def _sampler(optuna: Any, s: mc.ConfigDict) -> Any:
+  import warnings   # noqa: PLC0415
+  if s.sampler == "random":
+    return optuna.samplers.RandomSampler(seed=s.seed)
+  if s.sampler == "qmc":
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")   # experimental
+      return optuna.samplers.QMCSampler(seed=s.seed, scramble=True, warn_independent_sampling=False)
+  return optuna.samplers.TPESampler(seed=s.seed)
+
+
+def open_study(config: mc.ConfigDict, workdir: str) -> Any:
+  optuna = require_optuna()
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  return optuna.create_study(storage=storage_url(config, workdir), study_name=config.search.study,
+                             sampler=_sampler(optuna, config.search), direction="maximize",
+                             load_if_exists=True)
+
+
+def _mine(study: Any, workdir: str) -> list:
+  owner = os.path.abspath(workdir)
+  return sorted((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(OWNER) == owner),
+                key=lambda t: t.number)
+
+
+def draw(study: Any, config: mc.ConfigDict, workdir: str) -> list:
+  """This workdir's trials (drawing the missing ones): `search.points` distinct points."""
+  optuna = require_optuna()
+  dims = space_lib.dims(config)
+  mine = _mine(study, workdir)
+  seen = {tuple(sorted(t.user_attrs[POINT].items())) for t in mine}
+  tries = 0
+  while len(mine) < config.search.points:
+    trial = study.ask()
+    point = space_lib.suggest(trial, dims)
+    key = tuple(sorted(point.items()))
+    if key in seen:   # an int/choice space drew a point again: it would train twice
+      study.tell(trial, state=optuna.trial.TrialState.FAIL)
+      tries += 1
+      if tries > 100 * config.search.points:
+        raise config_lib.ConfigError(f"search.points={config.search.points}: the space holds "
+                                     f"fewer distinct points ({len(seen)} drawn); lower it")
+      continue
+    seen.add(key)
+    trial.set_user_attr(OWNER, os.path.abspath(workdir))
+    trial.set_user_attr(POINT, point)
+    mine = _mine(study, workdir)
+  return mine[:config.search.points]
+
+
+def rung_config(config: mc.ConfigDict, points: list[dict[str, float]]) -> mc.ConfigDict:
+  """The experiment of one rung: `points` as the zipped sweep, no search section."""
+  d = config.to_dict()
+  d.pop("search")
+  cfg = mc.ConfigDict(d)
+  zipped = mc.ConfigDict()
+  for key in points[0]:
+    space_lib.set_key(zipped, key, [p[key] for p in points])
+  cfg.sweep = mc.ConfigDict({config_lib.ZIP: zipped})
+  return cfg
+
+
+def per_point(res: dict, num_points: int, per: int, split: str) -> np.ndarray:
+  """(num_points,) mean `split` accuracy of the last epoch over each point's runs (folds x seeds;
+  program order: run // per), over the runs that did not fail (nan if none)."""
+  out = np.full(num_points, np.nan)
+  for p in range(num_points):
+    accs = [(r["final"]["val"] if split == "val" else r["final"])["accuracy"] for r in res["runs"]
+            if r["run"] // per == p and r["status"] == "ok"]
+    if accs:
+      out[p] = float(np.mean(accs))
+  return out
+
+
+def survivors(val: np.ndarray, eta: int) -> list[int]:
+  """The points (indices into `val`) that continue: the best max(1, n // eta) by validation
+  accuracy; ties go to the earlier point; a nan (every run failed) ranks last."""
+  keep = max(1, len(val) // eta)
+  order = sorted(range(len(val)), key=lambda i: (-(val[i] if not math.isnan(val[i]) else -1), i))
+  return sorted(order[:keep])
+
+
+def select(val: np.ndarray, finished: list[int]) -> int:
+  """The chosen point: the highest validation accuracy among the points trained to the end (ties:
+  the earlier point)."""
+  return min(finished, key=lambda i: (-(val[i] if not math.isnan(val[i]) else -1), i))
+
+
+def _start_from(prev_dir: str, step: int, keep: list[int]) -> Callable:
+  """`jkd.loop.train`'s `start_from`: the runs `keep` (run indices of the previous rung's program)
+  restored from its checkpoint after `step`, in the new program's order (its padding copies its
+  first run, as `jkd.runs.pad` does)."""
+  def start(s):
+    import jax   # noqa: PLC0415
+    import orbax.checkpoint as ocp   # noqa: PLC0415
+    from jkd import checkpoint, parallel   # noqa: PLC0415
+    idx = np.array(keep + [keep[0]] * (s.num_runs - len(keep)))
+    with checkpoint.manager(prev_dir, async_writes=False) as mngr:
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      old = len(meta["tracker"]["best_epoch"])
+      here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((old, *a.shape[1:]), a.dtype,
+                                                         sharding=here), s.abstract_state())
+      restored = checkpoint.restore_latest(mngr, like, step)
+    if restored is None:
+      raise FileNotFoundError(f"{prev_dir}: no checkpoint after epoch {step} to continue from")
+    _, state, meta = restored
+    state = parallel.shard_runs(jax.tree.map(lambda a: np.asarray(a)[idx], state), s.mesh)
+    tracker = {k: np.asarray(v)[idx].tolist() for k, v in meta["tracker"].items()}
+    return step, state, {"epoch": step, "tracker": tracker}
+  return start
+
+
+def _rung_done(rdir: str, cfg: mc.ConfigDict, stop: int) -> dict | None:
+  from jkd import workdir as workdir_lib   # noqa: PLC0415
+  path = os.path.join(rdir, "results.json")
+  if not os.path.isfile(path):
+    return None
+  workdir_lib.check_workdir(cfg, rdir, False)   # the same points: else the search changed
+  with open(path) as f:
+    res = json.load(f)
+  return res if res.get("epochs_done") == stop else None
+
+
+def clear(config: mc.ConfigDict, workdir: str) -> None:
+  """--overwrite: the rungs and the search's outputs (and its SQLite study, if in the workdir)."""
+  if not os.path.isdir(workdir):
+    return
+  for name in os.listdir(workdir):
+    p = os.path.join(workdir, name)
+    if name.startswith("rung") and os.path.isdir(p):
+      shutil.rmtree(p)
+    elif name in ("search.csv", "search.json") or (name == "search.db"
+                                                    and not config.search.storage):
+      os.remove(p)
+
+
+def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
+        log: Callable[[str], None] = print) -> dict:
+  """Search (see the module docstring); writes search.csv and search.json; returns the summary.
+  The config was checked (`jkd.preflight`, `jkd.search.check`)."""
+  from jkd import loop   # noqa: PLC0415 - imports jax
+  from jkd import workdir as workdir_lib   # noqa: PLC0415
+  optuna = require_optuna()
+  t0 = time.time()
+  if overwrite:
+    clear(config, workdir)
+  workdir_lib.prepare(config, workdir, overwrite)
+  study = open_study(config, workdir)
+  trials = draw(study, config, workdir)
+  points = [dict(t.user_attrs[POINT]) for t in trials]
+  P, seeds = len(points), len(config_lib.seeds(config))
+  stops = space_lib.rungs(config)
+  eta = int(config.search.halving.eta)
+  val = np.full(P, np.nan)
+  test = np.full(P, np.nan)
+  epochs = np.zeros(P, np.int64)
+  alive, prev, spent, folds, last_res = list(range(P)), None, 0, 0, None
+  for k, stop in enumerate(stops):
+    rdir = os.path.join(workdir, f"rung{k}")
+    cfg = rung_config(config, [points[i] for i in alive])
+    res = _rung_done(rdir, cfg, stop)
+    if res is None:
+      start = None if prev is None else _start_from(*prev)
+      log(f"search: rung {k + 1}/{len(stops)}: {len(alive)} point(s), epochs "
+          f"{stops[k - 1] if k else 0}..{stop}")
+      res = loop.train(cfg, rdir, runs_per_fold=P * seeds, stop=stop, start_from=start)
+    else:
+      log(f"search: rung {k + 1}/{len(stops)} is trained ({rdir}); not retraining it")
+    per = len(res["runs"]) // len(alive)
+    folds = per // seeds
+    v = per_point(res, len(alive), per, "val")
+    val[alive] = v
+    test[alive] = per_point(res, len(alive), per, "test")   # recorded, never ranked
+    epochs[alive] = stop
+    spent += len(alive) * per * (stop - (stops[k - 1] if k else 0))
+    for j, i in enumerate(alive):
+      t = trials[i]
+      if stop not in t.intermediate_values and t.state == optuna.trial.TrialState.RUNNING:
+        optuna.trial.Trial(study, t._trial_id).report(float(v[j]), stop)
+    last_res = res
+    if k + 1 < len(stops):
+      keep = survivors(v, eta)
+      for j, i in enumerate(alive):
+        if j not in keep and trials[i].state == optuna.trial.TrialState.RUNNING:
+          study.tell(trials[i].number, state=optuna.trial.TrialState.PRUNED)
+      prev = (rdir, stop, [j * per + r for j in keep for r in range(per)])
+      alive = [alive[j] for j in keep]
+  for i in alive:
+    if trials[i].state == optuna.trial.TrialState.RUNNING:
+      study.tell(trials[i].number, float(val[i]) if not math.isnan(val[i]) else None,
+                 state=None if not math.isnan(val[i]) else optuna.trial.TrialState.FAIL)
+  chosen = select(val, alive)
+  summary = _summary(config, points, val, test, epochs, chosen, last_res, spent,
+                     P * seeds * folds * stops[-1], stops, time.time() - t0)
+  write(workdir, summary)
+  log(table(summary))
+  return summary
+
+
+def _key(point: dict) -> str:
+  return " ".join(f"{k}={v:g}" for k, v in sorted(point.items()))   # as jkd.report keys a point
+
+
+def _summary(config, points, val, test, epochs, chosen, res, spent, full, stops, seconds) -> dict:
+  from jkd import report   # noqa: PLC0415
+  winner = points[chosen]
+  entry = next(e for e in res["summary"] if e["sweep"] == winner)
+  acc = {w: {**entry[w]["accuracy"], "lab_pm": report.lab_pm(res, _key(winner), w)}
+         for w in ("final", "best")}
+  rows = [{"point": i, **points[i], "epochs": int(epochs[i]), "pruned": bool(epochs[i] < stops[-1]),
+           "val_accuracy": _f(val[i]), "test_accuracy": _f(test[i]), "chosen": i == chosen}
+          for i in range(len(points))]
+  return {"selected_by": "val", "keys": list(winner), "rungs": stops,
+          "eta": int(config.search.halving.eta) if len(stops) > 1 else None,
+          "sampler": config.search.sampler, "points": rows, "chosen": chosen, "winner": winner,
+          "winner_test_accuracy": acc, "run_epochs": int(spent),
+          "run_epochs_without_halving": int(full), "seconds": seconds}
+
+
+def _f(x: float) -> float | None:
+  return None if math.isnan(x) else float(x)
+
+
+def write(workdir: str, summary: dict) -> None:
+  """search.csv (one row per point) and search.json, atomically."""
+  keys = summary["keys"]
+  cols = ["point", *keys, "epochs", "pruned", "val_accuracy", "test_accuracy", "chosen"]
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+  w.writeheader()
+  for row in summary["points"]:
+    w.writerow({c: row[c] for c in cols})
+  metrics_lib.write_atomic(os.path.join(workdir, "search.csv"), buf.getvalue())
+  metrics_lib.write_atomic(os.path.join(workdir, "search.json"), json.dumps(summary, indent=1))
+
+
+def table(summary: dict) -> str:
+  """The points by validation accuracy, then the winner's test accuracy and the compute spent."""
+  keys = summary["keys"]
+  lines = [" ".join([f"{'point':>5}", *(f"{k:>22}" for k in keys), f"{'epochs':>6}",
+                     f"{'val acc':>8}", f"{'test acc':>8}"])]
+  rows = sorted(summary["points"], key=lambda r: (-(r["val_accuracy"] or -1), r["point"]))
+  pct = lambda x: "—" if x is None else f"{100 * x:.2f}"
+  for r in rows:
+    lines.append(" ".join([f"{r['point']:>5}", *(f"{r[k]:>22.6g}" for k in keys),
+                           f"{r['epochs']:>6}", f"{pct(r['val_accuracy']):>8}",
+                           f"{pct(r['test_accuracy']):>8}"]) + ("  <- chosen" if r["chosen"] else ""))
+  a = summary["winner_test_accuracy"]
+  w = " ".join(f"{k}={v:.6g}" for k, v in summary["winner"].items())
+  lines.append(f"chosen on validation accuracy: point {summary['chosen']} ({w}); its test accuracy "
+               f"final {100 * a['final']['mean']:.2f} ± {100 * a['final']['lab_pm']:.2f}, best-epoch "
+               f"{100 * a['best']['mean']:.2f} ± {100 * a['best']['lab_pm']:.2f} (lab ±)")
+  lines.append(f"run-epochs spent: {summary['run_epochs']} (every point to the end: "
+               f"{summary['run_epochs_without_halving']})")
+  return "\n".join(lines)
