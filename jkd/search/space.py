@@ -154,7 +154,8 @@ def _as_search(msg: str) -> str:
   """A sweep check's message about the probe, in the search's words."""
   msg = msg.replace(f"sweep.{config_lib.ZIP}.", "search.space.").replace("sweep.", "search.space.")
   return (msg.replace("drop the sweep", "drop it from search.space")
-          .replace("sweep points", "search points"))
+          .replace("sweep points", "search points").replace("set --config.sweep accordingly",
+                                                              "narrow the range in search.space"))
 
 
 def rungs(config: mc.ConfigDict) -> list[int]:
