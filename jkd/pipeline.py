@@ -34,6 +34,7 @@ import ml_collections as mc
 
 from jkd import config as config_lib
 from jkd import distill, report, teachers
+from jkd import search
 
 SCRATCH = "student_scratch"
 SECTIONS = ("train", "optim", "loss", "augment")
@@ -210,6 +211,8 @@ def stage_config(config: mc.ConfigDict, name: str, workdir: str) -> mc.ConfigDic
     merged["model"] = _merge(shared["model"], config.stages[SCRATCH].to_dict().get("model", {}))
     merged["loss"] = stage["loss"]
     merged["sweep"] = stage["sweep"]
+    if stage.get("search", {}).get("space"):
+      merged["search"] = stage["search"]
     d = stage["distill"]
     if d["init_from_scratch"]:
       merged["train"]["init_from"] = os.path.abspath(os.path.join(workdir, SCRATCH))
@@ -271,8 +274,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   # The CPU is split once, for the stage with the most runs (every stage has the same folds), so
   # each stage runs on the same devices whether the pipeline started fresh or resumed: XLA:CPU's
   # float results depend on how many devices the process has.
-  runs_per_fold = max(len(config_lib.sweep_points(c)) * len(config_lib.seeds(c))
-                      for c in cfgs.values())
+  runs_per_fold = max(search.num_points(c) * len(config_lib.seeds(c)) for c in cfgs.values())
   trained: set[str] = set()
   for n in names:
     d = os.path.join(workdir, n)
@@ -288,7 +290,10 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     why = {"new": "training", "partial": "resuming", "changed": "config changed: retraining",
            "done": f"retraining ({', '.join(sorted(stale))} retrained)"}[st]
     log(f"[{n}] {why} -> {d}")
-    loop.train(cfgs[n], d, overwrite=fresh, runs_per_fold=runs_per_fold)
+    if search.is_search(cfgs[n]):
+      search.run(cfgs[n], d, overwrite=fresh, runs_per_fold=runs_per_fold, log=log)
+    else:
+      loop.train(cfgs[n], d, overwrite=fresh, runs_per_fold=runs_per_fold)
     trained.add(n)
   if not parallel.is_writer():
     return report.build(workdir)

@@ -269,7 +269,8 @@ def write(workdir: str, plots: bool = True) -> dict[str, Any]:
   from jkd.export import complexity   # every stage's size, FLOPs and latency (issue 22)
   full["complexity"] = complexity.measure(workdir)
   write_atomic(os.path.join(workdir, "results.json"), json.dumps(full, indent=1))
-  text = markdown(full) + complexity.markdown(full["complexity"])
+  from jkd.search import halving as search_halving
+  text = markdown(full) + search_halving.markdown(workdir) + complexity.markdown(full["complexity"])
   if plots:
     from jkd import plots as plots_lib
     made = plots_lib.write(workdir, full)

@@ -128,6 +128,10 @@ def test_winner_equals_a_plain_run(env):
   ra, rb = last(os.path.join(env["w"], "rung2", "metrics.jsonl")), last(
       os.path.join(plain, "metrics.jsonl"))
   assert [r["epoch"] for r in ra] == [3, 3] and ra == rb   # train loss, test and val, bit for bit
+  # W/results.json and W/metrics.jsonl: the winner's runs over every rung, as the plain run's
+  assert strip(_json(env["w"], "results.json")["runs"]) == strip(b)
+  every = lambda path: [json.loads(l) for l in open(path)]
+  assert every(os.path.join(env["w"], "metrics.jsonl")) == every(os.path.join(plain, "metrics.jsonl"))
   assert s["winner_test_accuracy"]["final"]["mean"] == pytest.approx(
       sum(r["final"]["accuracy"] for r in b) / len(b))
 

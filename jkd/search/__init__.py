@@ -30,6 +30,7 @@ def num_points(config: mc.ConfigDict) -> int:
   return len(config_lib.sweep_points(config))
 
 
-def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False) -> dict:
+def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False, runs_per_fold: int = 0,
+        log=print) -> dict:
   from jkd.search import halving   # noqa: PLC0415
-  return halving.run(config, workdir, overwrite)
+  return halving.run(config, workdir, overwrite, runs_per_fold=runs_per_fold, log=log)

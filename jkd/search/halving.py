@@ -196,7 +196,7 @@ def clear(config: mc.ConfigDict, workdir: str) -> None:
       os.remove(p)
 
 
-def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
+def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False, runs_per_fold: int = 0,
         log: Callable[[str], None] = print) -> dict:
   """Search (see the module docstring); writes search.csv and search.json; returns the summary.
   The config was checked (`jkd.preflight`, `jkd.search.check`)."""
@@ -217,6 +217,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   test = np.full(P, np.nan)
   epochs = np.zeros(P, np.int64)
   alive, prev, spent, folds, last_res = list(range(P)), None, 0, 0, None
+  history = []   # per rung: (its workdir, its points, runs per point)
   for k, stop in enumerate(stops):
     rdir = os.path.join(workdir, f"rung{k}")
     cfg = rung_config(config, [points[i] for i in alive])
@@ -225,7 +226,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
       start = None if prev is None else _start_from(*prev)
       log(f"search: rung {k + 1}/{len(stops)}: {len(alive)} point(s), epochs "
           f"{stops[k - 1] if k else 0}..{stop}")
-      res = loop.train(cfg, rdir, runs_per_fold=P * seeds, stop=stop, start_from=start)
+      res = loop.train(cfg, rdir, runs_per_fold=max(P * seeds, runs_per_fold), stop=stop, start_from=start)
     else:
       log(f"search: rung {k + 1}/{len(stops)} is trained ({rdir}); not retraining it")
     per = len(res["runs"]) // len(alive)
@@ -240,6 +241,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
       if stop not in t.intermediate_values and t.state == optuna.trial.TrialState.RUNNING:
         optuna.trial.Trial(study, t._trial_id).report(float(v[j]), stop)
     last_res = res
+    history.append((rdir, list(alive), per))
     if k + 1 < len(stops):
       keep = survivors(v, eta)
       for j, i in enumerate(alive):
@@ -255,8 +257,63 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   summary = _summary(config, points, val, test, epochs, chosen, last_res, spent,
                      P * seeds * folds * stops[-1], stops, time.time() - t0)
   write(workdir, summary)
+  write_winner(workdir, history, chosen, summary)
   log(table(summary))
   return summary
+
+
+def write_winner(workdir: str, history: list, chosen: int, summary: dict) -> None:
+  """The chosen point's runs as a jkd workdir's outputs in `workdir` (results.json, runs.json,
+  metrics.jsonl over every rung it trained in): what a plain run of that point writes, so a
+  pipeline's report (`jkd.report`) reads a search stage as any other; results.json also holds
+  the search's summary under `search`."""
+  from jkd import results as results_lib   # noqa: PLC0415
+  records, res = [], None
+  for rdir, alive, per in history:
+    if chosen not in alive:
+      break
+    j = alive.index(chosen)
+    mine = lambda i: j * per <= i < (j + 1) * per
+    with open(os.path.join(rdir, "metrics.jsonl")) as f:
+      records += [{**r, "run": r["run"] - j * per} for r in map(json.loads, f) if mine(r["run"])]
+    with open(os.path.join(rdir, "results.json")) as f:
+      res = json.load(f)
+    with open(os.path.join(rdir, "runs.json")) as f:
+      runs = [{**r, "run": r["run"] - j * per} for r in json.load(f) if mine(r["run"])]
+  picked = [{**r, "run": r["run"] - j * per} for r in res["runs"] if mine(r["run"])]
+  out = results_lib.build(picked, epochs_done=res["epochs_done"], experiment=res["experiment"],
+                          selected_by=res["best_selected_by"])
+  out["search"] = {k: summary[k] for k in ("chosen", "winner", "winner_test_accuracy",
+                                           "run_epochs", "run_epochs_without_halving", "rungs")}
+  metrics_lib.write_atomic(os.path.join(workdir, "metrics.jsonl"),
+                           "".join(json.dumps(r) + "\n" for r in records))
+  metrics_lib.write_atomic(os.path.join(workdir, "runs.json"), json.dumps(runs, indent=1))
+  results_lib.write(workdir, out)
+
+
+def markdown(workdir: str) -> str:
+  """The report's section on every searched stage of a pipeline workdir ('' if none)."""
+  out = []
+  for name in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []:
+    path = os.path.join(workdir, name, "search.json")
+    if not os.path.isfile(path):
+      continue
+    with open(path) as f:
+      s = json.load(f)
+    a = s["winner_test_accuracy"]
+    w = ", ".join(f"{k}={v:.4g}" for k, v in s["winner"].items())
+    out.append(f"| {name} | {len(s['points'])} | {w} | "
+               f"{100 * a['final']['mean']:.2f} ± {100 * a['final']['lab_pm']:.2f} | "
+               f"{100 * a['best']['mean']:.2f} ± {100 * a['best']['lab_pm']:.2f} | "
+               f"{s['run_epochs']} / {s['run_epochs_without_halving']} |")
+  if not out:
+    return ""
+  return "\n".join(["", "## Searches (chosen on validation accuracy; test never read)", "",
+                    "Each searched stage's rows above are its chosen point's runs; every point is "
+                    "in W/<stage>/search.csv. Test accuracy with the lab's ±.", "",
+                    "| stage | points | chosen | final test acc | best-epoch test acc | "
+                    "run-epochs (search / every point to the end) |", "|---|---|---|---|---|---|",
+                    *out]) + "\n"
 
 
 def _key(point: dict) -> str:
