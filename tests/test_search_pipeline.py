@@ -1,0 +1,80 @@
+"""A pipeline whose KD stage searches (`stages.student_kd.search`) through `python -m jkd.main`:
+the teachers and the scratch student train once, the KD stage trains its points with halving, its
+results.json holds the chosen point's runs, search.csv every point, report.md the winner; a rerun
+skips every stage. Tiny: 4 subjects, 2 folds (one validation subject each), 4 points."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from synthetic import write_sine_windows
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = '''
+import jkd.data
+from jkd import pipeline, search
+
+
+def get_config():
+  c = pipeline.base(jkd.data.default_config("windows"))
+  c.data.num_folds = 2
+  c.data.num_val_subjects = 1
+  c.model.name = "wrn10_1"
+  c.train.epochs = 2
+  c.train.batch_size = 8
+  c.train.eval_batch_size = 32
+  c.train.checkpoint_every = 2
+  c.optim.schedule = "constant"
+  c.teachers.signal.model.name = "wrn10_1"
+  c.teachers.image.model.name = "wrn10_1"
+  c.teachers.image.model.image_size = 8
+  c.stages.student_scratch.model.name = "wrn10_1"
+  kd = c.stages.student_kd
+  pipeline.lab_loss(kd.loss, lam=0.9, alpha=0.5, beta=100.0)
+  kd.search = search.default_config(points=4, sampler="qmc", seed=1)
+  kd.search.space = {"loss": {"ce": {"weight": ("simplex",)}, "kd": {"weight": ("simplex",),
+                     "temperature": ("log", 1, 8)}, "alpha": ("uniform", 0, 1),
+                     "sp": {"weight": ("log", 10, 200)}}}
+  kd.search.halving.rungs = (1,)
+  kd.search.halving.eta = 2
+  return c
+'''
+
+
+def _main(tmp):
+  p = subprocess.run([sys.executable, "-m", "jkd.main", f"--config={tmp / 'cfg.py'}",
+                      f"--workdir={tmp / 'W'}", f"--config.data.path={tmp / 'd.npz'}"],
+                     cwd=REPO, capture_output=True, text=True, timeout=900,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  return p.stdout
+
+
+def test_pipeline_searches_its_kd_stage(tmp_path):
+  (tmp_path / "cfg.py").write_text(CONFIG)
+  write_sine_windows(tmp_path / "d.npz", [10, 12, 8, 14])
+  out = _main(tmp_path)
+  w = tmp_path / "W"
+  with open(w / "student_kd" / "search.csv") as f:
+    rows = list(csv.DictReader(f))
+  keys = ["loss.ce.weight", "loss.kd.weight", "loss.kd.temperature", "loss.alpha",
+          "loss.sp.weight"]
+  assert len(rows) == 4 and all(k in rows[0] for k in keys)
+  for r in rows:
+    assert abs(float(r["loss.ce.weight"]) + float(r["loss.kd.weight"]) - 1) < 1e-9
+  assert sorted(int(r["epochs"]) for r in rows) == [1, 1, 2, 2]
+  chosen = [r for r in rows if r["chosen"] == "True"]
+  assert len(chosen) == 1 and chosen[0]["epochs"] == "2"
+  finished = [r for r in rows if r["epochs"] == "2"]
+  assert chosen[0]["val_accuracy"] == max((r["val_accuracy"] for r in finished), key=float)
+  full = json.loads((w / "results.json").read_text())
+  kd = full["stages"]["student_kd"]
+  assert len(kd["runs"]) == 2                       # the chosen point's 2 folds
+  assert kd["runs"][0]["sweep"] == {k: float(chosen[0][k]) for k in keys}
+  assert [len(json.load(open(w / "student_kd" / f"rung{k}" / "runs.json"))) for k in (0, 1)] == [8, 4]
+  md = (w / "report.md").read_text()
+  assert "## Searches" in md and "| student_kd | 4 |" in md
+  again = _main(tmp_path)
+  assert again.count("skipped") == 4 and "compiling" not in again
