@@ -128,6 +128,9 @@ def check_structure(config: mc.ConfigDict) -> None:
   if config.sweep.to_dict():
     raise config_lib.ConfigError("sweep: a pipeline sweeps inside a distillation stage; set "
                                  "stages.<stage>.sweep (e.g. stages.student_kd.sweep)")
+  if "search" in config:
+    raise config_lib.ConfigError("search: a pipeline searches inside a distillation stage; set "
+                                 "stages.<stage>.search (e.g. stages.student_kd.search)")
   if SCRATCH not in config.stages:
     raise config_lib.ConfigError(f"stages.{SCRATCH} is missing: the pipeline needs the student "
                                  "trained from scratch (its baseline)")
@@ -139,6 +142,9 @@ def check_structure(config: mc.ConfigDict) -> None:
     if not is_kd and not is_teacher and name != SCRATCH:
       raise config_lib.ConfigError(f"stages.{name} is neither teacher_<name>, {SCRATCH} nor a "
                                    "distillation stage (a `distill` section)")
+    if "search" in st and not is_kd:
+      raise config_lib.ConfigError(f"stages.{name}.search: only a distillation stage searches "
+                                   "(its teachers and scratch student are trained once)")
     if "model" in st and name != SCRATCH:
       raise config_lib.ConfigError(
           f"stages.{name}.model: a teacher's model is teachers.<name>.model and the KD student "

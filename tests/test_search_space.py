@@ -154,3 +154,38 @@ def test_survivors_and_select_read_validation_only():
   assert halving.survivors(val[:2], 3) == [1]         # at least one
   assert halving.select(val, [0, 3, 4]) == 4
   assert halving.select(val, [2, 5]) == 5             # a failed point ranks last
+
+
+def test_pipeline_search_only_in_a_kd_stage(data, tmp_path):
+  from jkd import pipeline
+  c = pipeline.base(jkd.data.default_config("windows"))
+  c.data.path = data
+  c.search = search.default_config()
+  _refused(c, tmp_path, "stages.<stage>.search")
+  del c.search
+  c.stages.student_scratch.search = search.default_config()
+  _refused(c, tmp_path, "stages.student_scratch.search", "only a distillation stage")
+
+
+DRAW = """
+import sys
+import ml_collections as mc
+from jkd.search import halving, space
+c = mc.ConfigDict({"search": space.default_config(points=5, sampler="tpe", storage=sys.argv[1]),
+                   "sweep": {}})
+c.search.space = {"optim": {"lr": ("log", 1e-3, 0.1)}}
+halving.draw(halving.open_study(c, sys.argv[2]), c, sys.argv[2])
+"""
+
+
+def test_two_processes_share_one_study(tmp_path):
+  """Two jobs on one storage URL: one study, each job its own points (its workdir on its trials)."""
+  url = f"sqlite:///{tmp_path / 'shared.db'}"
+  c = mc.ConfigDict({"search": space.default_config(storage=url)})
+  halving.open_study(c, str(tmp_path))   # created once, before the jobs race
+  jobs = [subprocess.Popen([sys.executable, "-c", DRAW, url, str(tmp_path / f"job{i}")])
+          for i in range(2)]
+  assert [p.wait(timeout=120) for p in jobs] == [0, 0]
+  trials = optuna.load_study(study_name="jkd", storage=url).get_trials()
+  owners = [t.user_attrs[halving.OWNER] for t in trials]
+  assert sorted(owners) == sorted([str(tmp_path / "job0")] * 5 + [str(tmp_path / "job1")] * 5)
