@@ -68,7 +68,7 @@ def test_a_valid_space_passes(data, tmp_path):
     ({"optim": {"lr": ("normal", 0, 1)}}, ("kind one of",)),
     ({"optim": {"lr": ("simplex",)}}, ("at least two keys",)),
     ({"optim": {"momentum": ("uniform", 0.5, 1.5)}}, ("search.space.optim.momentum",)),
-    ({"optim": {"lr": ("choice", 0.1, 0.2), "momentum": ("int", 0, 1)}}, ("holds 4 distinct",)),
+    ({"optim": {"lr": ("choice", 0.1, 0.2), "warmup_epochs": ("int", 0, 1)}}, ("holds 4 distinct",)),
 ])
 def test_space_errors(data, tmp_path, space_, words):
   _refused(_config(data, space_), tmp_path, *words)

@@ -126,12 +126,6 @@ def check(config: mc.ConfigDict) -> None:
                                  "select on test")
   rungs(config)
   ds = dims(config)
-  if all(d.kind in ("int", "choice") for d in ds):
-    size = math.prod(len(d.args) if d.kind == "choice" else int(d.args[1]) - int(d.args[0]) + 1
-                     for d in ds)
-    if size < s.points:
-      raise config_lib.ConfigError(f"search.points={s.points}: the space holds {size} distinct "
-                                   "points; lower search.points (or sweep them all)")
   # The per-run rule and the keys' ranges, exactly as a sweep of each range's ends is checked.
   probe = mc.ConfigDict(config.to_dict())
   probe.sweep = mc.ConfigDict({config_lib.ZIP: {}})
@@ -145,6 +139,12 @@ def check(config: mc.ConfigDict) -> None:
     config_lib.validate(probe)
   except config_lib.ConfigError as e:
     raise config_lib.ConfigError(_as_search(str(e))) from None
+  if all(d.kind in ("int", "choice") for d in ds):
+    size = math.prod(len(d.args) if d.kind == "choice" else int(d.args[1]) - int(d.args[0]) + 1
+                     for d in ds)
+    if size < s.points:
+      raise config_lib.ConfigError(f"search.points={s.points}: the space holds {size} distinct "
+                                   "points; lower search.points (or sweep them all)")
 
 
 def set_key(tree: mc.ConfigDict, key: str, value: Any) -> None:
