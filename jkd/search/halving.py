@@ -226,7 +226,8 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False, runs_per_f
       start = None if prev is None else _start_from(*prev)
       log(f"search: rung {k + 1}/{len(stops)}: {len(alive)} point(s), epochs "
           f"{stops[k - 1] if k else 0}..{stop}")
-      res = loop.train(cfg, rdir, runs_per_fold=max(P * seeds, runs_per_fold), stop=stop, start_from=start)
+      res = loop.train(cfg, rdir, runs_per_fold=max(P * seeds, runs_per_fold), stop=stop,
+                       start_from=start)
     else:
       log(f"search: rung {k + 1}/{len(stops)} is trained ({rdir}); not retraining it")
     per = len(res["runs"]) // len(alive)
