@@ -7,12 +7,13 @@ draws 27 points with Optuna's TPE sampler from the lab's λ (the ce/kd weights (
 simplex), α (the two teachers' split), β (the SP weight, log-uniform) and T (log-uniform), and
 trains them with successive halving: all 27 for 1 epoch, the best 9 on validation accuracy for a
 second, the best 3 to epoch 5 as the scratch student (each rung one program of its points x 5
-folds; the survivors continue from their checkpoints). One subject of each fold's training subjects validates: the
-choice reads validation accuracy only, test accuracy is reported. W/student_kd/search.csv holds
-every point; W/report.md the chosen one. With the KD stage at 4 epochs it took 8 min 55 s wall on
-a 2-core CPU shared with other jobs (load ~9; 354 s user CPU, 5.5 GB peak RSS): the 135-run first
-rung runs the teachers forward in every step (their cached outputs would not fit distill.cache_gb).
-At 5 epochs (this file) it has not been timed.
+folds; the survivors continue from their checkpoints). One of each fold's training subjects
+validates: the choice reads validation accuracy only, test accuracy is reported.
+W/student_kd/search.csv holds every point; W/report.md the chosen one.
+
+With the KD stage at 4 epochs it took 8 min 55 s wall on a 2-core CPU shared with other jobs
+(load ~9; 354 s user CPU, 5.5 GB peak RSS): the 135-run first rung runs the teachers forward in
+every step (their cached outputs would not fit distill.cache_gb).
 """
 
 import os

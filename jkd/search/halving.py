@@ -364,12 +364,14 @@ def table(summary: dict) -> str:
   for r in rows:
     lines.append(" ".join([f"{r['point']:>5}", *(f"{r[k]:>22.6g}" for k in keys),
                            f"{r['epochs']:>6}", f"{pct(r['val_accuracy']):>8}",
-                           f"{pct(r['test_accuracy']):>8}"]) + ("  <- chosen" if r["chosen"] else ""))
+                           f"{pct(r['test_accuracy']):>8}"])
+                 + ("  <- chosen" if r["chosen"] else ""))
   a = summary["winner_test_accuracy"]
   w = " ".join(f"{k}={v:.6g}" for k, v in summary["winner"].items())
-  lines.append(f"chosen on validation accuracy: point {summary['chosen']} ({w}); its test accuracy "
-               f"final {100 * a['final']['mean']:.2f} ± {100 * a['final']['lab_pm']:.2f}, best-epoch "
-               f"{100 * a['best']['mean']:.2f} ± {100 * a['best']['lab_pm']:.2f} (lab ±)")
+  lines.append(f"chosen on validation accuracy: point {summary['chosen']} ({w}); its test "
+               f"accuracy final {100 * a['final']['mean']:.2f} ± "
+               f"{100 * a['final']['lab_pm']:.2f}, best-epoch {100 * a['best']['mean']:.2f} ± "
+               f"{100 * a['best']['lab_pm']:.2f} (lab ±)")
   lines.append(f"run-epochs spent: {summary['run_epochs']} (every point to the end: "
                f"{summary['run_epochs_without_halving']})")
   return "\n".join(lines)
