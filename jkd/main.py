@@ -216,6 +216,16 @@ def _check_stage_dir(stage_dir: str, name: str, view) -> None:
 
 
 def _preflight(config, workdir: str) -> None:
+  """A table config (`jkd.columns`): every column as a pipeline in W/<column>/."""
+  from jkd import columns   # noqa: PLC0415
+  if columns.is_table(config):
+    for key, _, c in columns.expand(config):
+      _preflight_one(c, os.path.join(workdir, columns.dirname(key)))
+    return
+  _preflight_one(config, workdir)
+
+
+def _preflight_one(config, workdir: str) -> None:
   """Everything the inputs alone show to be wrong, before anything is written or trained: the
   config's values (a pipeline's every stage), the workdir, the data, the folds against the batch
   sizes and augmentations. The windows stay loaded for the training (`jkd.data.keep_loaded`)."""
@@ -258,13 +268,15 @@ def main(argv: list[str]) -> None:
   from jkd import convert, experiment, parallel, results   # after flags: jax starts here
   parallel.initialize(_COORD.value, _NPROC.value, _PID.value)
   if _MODE.value == "report":
-    from jkd import report
+    from jkd import columns, paper_table, report
     try:
-      if report.is_pipeline_workdir(_WORKDIR.value):
+      if columns.is_table_workdir(_WORKDIR.value):
+        print(paper_table.console(paper_table.write(_WORKDIR.value)))
+      elif report.is_pipeline_workdir(_WORKDIR.value):
         print(report.summary_table(report.write(_WORKDIR.value)))
       else:
         print(results.table(results.read(_WORKDIR.value)))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, columns.TableError) as e:
       _fail(str(e))
     return
   if _CONFIG.value is None:
@@ -277,7 +289,10 @@ def main(argv: list[str]) -> None:
   try:
     with jkd.data.keep_loaded():
       _preflight(_CONFIG.value, _WORKDIR.value)
-      if pipeline.is_pipeline(_CONFIG.value):
+      from jkd import columns
+      if columns.is_table(_CONFIG.value):
+        columns.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
+      elif pipeline.is_pipeline(_CONFIG.value):
         pipeline.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
       elif _MODE.value == "eval":
         experiment.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value, _WHICH.value)

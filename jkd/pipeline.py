@@ -301,8 +301,10 @@ def _workdir_pairs(src: str, seeds: list[int]) -> list[tuple[int, int]] | None:
 
 
 def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
-        log: Callable[[str], None] = print) -> dict:
-  """Train every stage that needs it, then write the report; returns W/results.json's content."""
+        log: Callable[[str], None] = print, retrained: set[str] = frozenset()) -> dict:
+  """Train every stage that needs it, then write the report; returns W/results.json's content.
+  `retrained`: stages trained elsewhere in this command (a table's shared stages, `jkd.columns`):
+  their dependents retrain as if this run had trained them."""
   from jkd import experiment, parallel   # jax starts here
   _check(config)
   names = stages_to_run(config)
@@ -315,12 +317,15 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     from jkd.metrics import write_atomic
     write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     write_atomic(os.path.join(workdir, "stages.json"), json.dumps(names))
+    import jkd.data   # the class names, for the figures (loaded already by the preflight)
+    write_atomic(os.path.join(workdir, "classes.json"),
+                 json.dumps([str(c) for c in jkd.data.load(config.data).classes]))
   # The CPU is split once, for the stage with the most runs (every stage has the same folds), so
   # each stage runs on the same devices whether the pipeline started fresh or resumed: XLA:CPU's
   # float results depend on how many devices the process has.
   runs_per_fold = max(len(config_lib.sweep_points(c)) * len(config_lib.seeds(c))
                       for c in cfgs.values())
-  trained: set[str] = set()
+  trained: set[str] = set(retrained)
   for n in names:
     d = os.path.join(workdir, n)
     st, stale = status(d, cfgs[n]), dependencies(config, n) & trained
