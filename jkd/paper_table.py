@@ -2,7 +2,8 @@
 
 Rows are the methods in the lab's order and grouping (docs/protocol.md §8–9): teachers, the
 student from scratch, then the distillation stages by their number of teachers (one, two,
-three), each group in the pipeline's stage order, a row per sweep point (the three-teacher weight
+three), each group in the lab's order (`LABELS`; other stages after, in the pipeline's order),
+a row per sweep point (the three-teacher weight
 triples). Columns are the table's columns (teacher architectures, window sizes, label sets).
 
 A cell is the best-epoch test accuracy (%), mean over folds of the trial means, ± the lab's
@@ -144,8 +145,10 @@ def build(workdir: str, cols: list[dict] | None = None) -> dict[str, Any]:
         cells.setdefault(rid, {})[col["key"]] = _cell(
             res, s, base, report.is_kd_stage(name))
   order = {g: i for i, g in enumerate(GROUPS)}
-  rank = {r["id"]: i for i, r in enumerate(rows)}
-  rows.sort(key=lambda r: (order.get(r["group"], len(GROUPS)), r["group"], rank[r["id"]]))
+  lab = {s: i for i, s in enumerate(LABELS)}   # the lab's row order; other stages after, in
+  rank = {r["id"]: i for i, r in enumerate(rows)}   # pipeline order (stages.json)
+  rows.sort(key=lambda r: (order.get(r["group"], len(GROUPS)), r["group"],
+                           lab.get(r["stage"], len(lab)), rank[r["id"]]))
   _mark(rows, cols, cells)
   sel = _selected_by(workdir, cols)
   return {"columns": cols, "rows": rows, "cells": cells, "alpha": ALPHA,

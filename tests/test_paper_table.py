@@ -28,9 +28,10 @@ def _acc(col, stage, point, fold, trial):
   return a
 
 
-# out of the lab's order on purpose: the two-teacher row before the one-teacher row
-STAGES = [("teacher_signal", 0, 1), ("student_scratch", 0, 1), ("gaf_signal", 2, 1),
-          ("kd_signal", 1, 1), ("three", 3, 2)]
+# out of the lab's order on purpose (as ConfigDict sorts them): two teachers before one, the
+# scratch student before the teacher
+STAGES = [("gaf_signal", 2, 1), ("kd_signal", 1, 1), ("student_scratch", 0, 1),
+          ("teacher_signal", 0, 1), ("three", 3, 2)]
 
 
 @pytest.fixture
