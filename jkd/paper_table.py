@@ -317,6 +317,11 @@ def console(full: dict) -> str:
     out.append(f"{r['label']:<{width}}" + "".join(cells))
   out.append("best-epoch acc % ± lab spread; * best student of the column; "
              f"{MARK} gain over scratch p < {ALPHA:g} (paired t-test over folds)")
+  from jkd import provenance   # noqa: PLC0415
+  for g in full["provenance"]["stages"][:3]:
+    lines = provenance.lines(g["provenance"])
+    if lines:
+      out.append("trained by: " + "; ".join(line[2:] for line in lines[:3]))
   return "\n".join(out)
 
 
