@@ -182,7 +182,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   if saved:
     log(f"table: {len(cols)} columns; {saved} stage(s) shared with an earlier column train once: "
         + "; ".join(f"{k}: {', '.join(s)}" for k, s in shared.items() if s))
-  retrained: set[str] = set()
+  retrained: set[tuple[str, str]] = set()   # (owner column, stage)
   for key, label, c in cols:
     d = os.path.join(workdir, dirname(key))
     log(f"== column {label} -> {d}")
@@ -192,9 +192,9 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     for n in owned:
       cfg = pipeline.stage_config(c, n, d)
       if pipeline.status(os.path.join(d, n), cfg) != "done":
-        retrained.add(n)
+        retrained.add((key, n))
     pipeline.run(c, d, overwrite=overwrite, log=log,
-                 retrained={n for n in retrained if n in shared[key]})
+                 retrained={n for n, o in shared[key].items() if (o, n) in retrained})
   if not parallel.is_writer():
     return {}
   full = paper_table.write(workdir)
