@@ -24,7 +24,7 @@ def get_config():
   config.data.step = 100             # non-overlapping 2 s windows
   config.data.num_folds = 5          # 2 subjects per fold: 5 paired folds for the gains' tests
   config.model.name = "wrn10_1"
-  config.train.epochs = 6
+  config.train.epochs = 4
   config.train.batch_size = 64
   config.train.checkpoint_every = 100
   config.optim.lr = 0.05
@@ -33,7 +33,7 @@ def get_config():
                teacher_model={"name": "wrn10_1"})
   config.teachers.signal.model.name = "wrn16_1"
   for t in ("signal", "gaf", "pi"):
-    config.stages[f"teacher_{t}"].train.epochs = 15
+    config.stages[f"teacher_{t}"].train.epochs = 10
   for name in ("wrn16_1", "wrn10_1"):
     d, k = name[3:].split("_")
     columns.add(config, name, f"signal WRN{d}-{k}", {"teachers.signal.model.name": name})

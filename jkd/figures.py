@@ -127,7 +127,7 @@ def gains(table: dict, path: str, plt) -> list[str]:
         half = 0.0
       ax.errorbar(m, yy, xerr=half, fmt="o", ms=4, color=colour, ecolor=colour, lw=1.3,
                   capsize=2, zorder=3)
-    ax.set_title(col["label"] or "gain", fontsize=10)
+    ax.set_title(col["label"], fontsize=10)
     ax.set_xlabel("gain over scratch (pp)", fontsize=9)
     ax.grid(axis="x", color="0.9", lw=0.6, zorder=0)
     ax.tick_params(labelsize=8)
