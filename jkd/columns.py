@@ -17,10 +17,12 @@ set of overrides of that config (dotted keys, as on the command line):
                       that column's stage directory; the stage trains once
   W/table.md, table.csv, table.tex, results.json, plots/   the paper's table (`jkd.paper_table`)
 
-Sharing is decided on the resolved stage configs (`jkd.pipeline.stage_config`) of teacher and
-scratch stages, which hold no paths. A distillation stage's config names its teachers' and its
-initialisation's directories (per column), so distillation stages are not shared: in the lab's
-tables every column changes every teacher (PAMAP2) or the data (GENEActiv), so none repeats.
+Sharing is decided on the resolved stage configs (`jkd.pipeline.stage_config`); a distillation
+stage's config names its teachers' and its initialisation's directories, compared as the
+directories of the columns that train them (`jkd.pipeline.status` resolves the links): the demo
+table's columns change the signal teacher only, so its GAF and PI teachers, its scratch student
+and the rows taught by the GAF or PI teacher alone train once. In the lab's tables every column
+changes every teacher (PAMAP2) or the data (GENEActiv): only the scratch student repeats.
 
 Columns are not trained as one program. Teachers of different widths or depths are different
 programs; columns of different windows are different data; only the distillation stages of
@@ -127,17 +129,21 @@ def expand(config: mc.ConfigDict) -> list[tuple[str, str, mc.ConfigDict]]:
 
 def shared_stages(cols: list[tuple[str, str, mc.ConfigDict]], workdir: str
                   ) -> dict[str, dict[str, str]]:
-  """column key -> {stage: the earlier column whose identical stage it uses}. Only teacher and
-  scratch stages (their configs hold no paths) are compared."""
+  """column key -> {stage: the earlier column whose identical stage it uses}. Stages are compared
+  on their resolved configs, with the directories of the stages they read (teachers, the scratch
+  student) replaced by those of the columns that train them: a distillation stage whose teachers
+  and initialisation are shared, and whose own config is the same, is shared too."""
   owners: dict[tuple[str, str], str] = {}
   out: dict[str, dict[str, str]] = {}
   for key, _, c in cols:
     out[key] = {}
+    d = os.path.join(workdir, dirname(key))
     for n in pipeline.stages_to_run(c):
-      if n in pipeline.kd_stages(c):
-        continue
-      cfg = pipeline.stage_config(c, n, os.path.join(workdir, dirname(key)))
-      sig = (n, config_lib.to_json(cfg))
+      text = config_lib.to_json(pipeline.stage_config(c, n, d))
+      for dep, owner in out[key].items():   # the stages it reads, where they are trained
+        text = text.replace(json.dumps(os.path.abspath(os.path.join(d, dep))),
+                            json.dumps(os.path.abspath(os.path.join(workdir, dirname(owner), dep))))
+      sig = (n, text)
       if sig in owners:
         out[key][n] = owners[sig]
       else:

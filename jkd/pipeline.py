@@ -254,12 +254,26 @@ def _stored(stage_dir: str, name: str) -> Any:
     return json.load(f)
 
 
+def _resolved(cfg: dict) -> dict:
+  """A stage config (JSON) with the stage directories it reads resolved through symlinks: a
+  table's column reads a stage shared with another column through a link (`jkd.columns`)."""
+  real = lambda p: os.path.realpath(p) if isinstance(p, str) and os.path.isabs(p) else p
+  cfg = json.loads(json.dumps(cfg))
+  if cfg.get("train", {}).get("init_from"):
+    cfg["train"]["init_from"] = real(cfg["train"]["init_from"])
+  for spec in (cfg.get("teachers") or {}).values():
+    if isinstance(spec, dict) and spec.get("source"):
+      spec["source"] = real(spec["source"])
+  return cfg
+
+
 def status(stage_dir: str, cfg: mc.ConfigDict) -> str:
   """'new', 'partial' (resumable), 'done' (complete results for this config) or 'changed'."""
   stored = _stored(stage_dir, "config.json")
   if stored is None:
     return "new"
-  if not config_lib.same_experiment(stored, json.loads(config_lib.to_json(cfg))):
+  new = json.loads(config_lib.to_json(cfg))
+  if not config_lib.same_experiment(_resolved(stored), _resolved(new)):
     return "changed"
   res = _stored(stage_dir, "results.json")
   return "done" if res and res.get("epochs_done") == cfg.train.epochs else "partial"

@@ -34,6 +34,8 @@ def get_config():
   c.teachers.signal.model.name = "wrn10_1"
   c.stages.student_scratch.model.name = "wrn10_1"
   c.stages.student_kd.distill.teachers = ("signal",)
+  pipeline.add_teacher(c, "other", {"name": "wrn10_1", "ndim": 1})   # the same in both columns
+  pipeline.add_kd_stage(c, "kd_other", ("other",))
   columns.add(c, "narrow", "WRN10-1", {"teachers.signal.model.name": "wrn10_1"})
   columns.add(c, "wide", "WRN10-2", {"teachers.signal.model.name": "wrn10_2"})
   return c
@@ -57,8 +59,8 @@ def test_lab_tables_expand_into_their_columns_and_share_the_scratch_student():
   assert not any(columns.shared_stages(g, "/w").values())     # other data: nothing repeats
   d = columns.expand(_cfg("configs/demo_table.py"))
   assert len(d) == 2
-  assert columns.shared_stages(d, "/w")["wrn10_1"] == {
-      "teacher_gaf": "wrn16_1", "teacher_pi": "wrn16_1", "student_scratch": "wrn16_1"}
+  assert columns.shared_stages(d, "/w")["wrn10_1"] == {   # the rows the signal teacher is not in
+      s: "wrn16_1" for s in ("teacher_gaf", "teacher_pi", "student_scratch", "kd_gaf", "kd_pi")}
 
 
 @pytest.mark.parametrize("overrides,expected", [
@@ -117,9 +119,11 @@ def test_two_column_table_end_to_end(tmp_path):
           f"--config.data.path={tmp_path / 'd.npz'}"]
   p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-  assert p.stdout.count("[student_scratch] training") == 1            # shared: trained once
-  assert os.path.islink(w / "wide" / "student_scratch")
-  assert p.stdout.count("[teacher_signal] training") == 2
+  for stage in ("student_scratch", "teacher_other", "kd_other"):     # shared: trained once
+    assert p.stdout.count(f"[{stage}] training") == 1, stage
+    assert os.path.islink(w / "wide" / stage)
+  for stage in ("teacher_signal", "student_kd"):
+    assert p.stdout.count(f"[{stage}] training") == 2, stage
   for name in ("table.md", "table.csv", "table.tex", "results.json", "table.json"):
     assert (w / name).exists(), name
   table = (w / "table.md").read_text()
