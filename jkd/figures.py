@@ -199,7 +199,7 @@ def curves(workdir: str, table: dict, path: str, plt) -> list[str]:
   from matplotlib.ticker import MaxNLocator   # noqa: PLC0415
   fig, axes = plt.subplots(len(panels), len(cols), figsize=(1.0 + 3.3 * len(cols) + 2.6,
                                                              0.4 + 2.3 * len(panels)),
-                           sharex=True, squeeze=False)
+                           sharex="row", squeeze=False)   # teachers train longer than students
   for i, (title, stages) in enumerate(panels):
     for j, col in enumerate(cols):
       ax = axes[i][j]
@@ -225,8 +225,7 @@ def curves(workdir: str, table: dict, path: str, plt) -> list[str]:
         ax.set_title(col["label"], fontsize=10)
       if j == 0:
         ax.set_ylabel(f"{title}\ntest acc (%)", fontsize=9)
-      if i == len(panels) - 1:
-        ax.set_xlabel("epoch", fontsize=9)
+      ax.set_xlabel("epoch" if i == len(panels) - 1 else "", fontsize=9)
     axes[i][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
   fig.suptitle("Learning curves: test accuracy, mean over folds and trials", fontsize=10)
   fig.tight_layout()
