@@ -195,9 +195,12 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     # Shared stages this column trains (or resumes) also count as retrained for the columns that
     # use them, so those retrain their distillation stages that depend on them.
     owned = {n for k, s in shared.items() for n, o in s.items() if o == key}
-    for n in owned:
-      cfg = pipeline.stage_config(c, n, d)
-      if pipeline.status(os.path.join(d, n), cfg) != "done":
+    for n in pipeline.stages_to_run(c):   # dependencies first
+      if n not in owned:
+        continue
+      deps = {(shared[key].get(p, key), p) for p in pipeline.dependencies(c, n)}
+      if (pipeline.status(os.path.join(d, n), pipeline.stage_config(c, n, d)) != "done"
+          or deps & retrained):
         retrained.add((key, n))
     pipeline.run(c, d, overwrite=overwrite, log=log,
                  retrained={n for n, o in shared[key].items() if (o, n) in retrained})

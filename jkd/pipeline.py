@@ -318,7 +318,7 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
         log: Callable[[str], None] = print, retrained: set[str] = frozenset()) -> dict:
   """Train every stage that needs it, then write the report; returns W/results.json's content.
   `retrained`: stages trained elsewhere in this command (a table's shared stages, `jkd.columns`):
-  their dependents retrain as if this run had trained them."""
+  up to date themselves, their dependents retrain as if this run had trained them."""
   from jkd import experiment, parallel   # jax starts here
   _check(config)
   names = stages_to_run(config)
@@ -343,6 +343,8 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
   for n in names:
     d = os.path.join(workdir, n)
     st, stale = status(d, cfgs[n]), dependencies(config, n) & trained
+    if n in retrained:   # trained in this command already, after its dependencies
+      stale = set()
     if st == "done" and not stale:
       log(f"[{n}] results for this config exist in {d}: skipped")
       continue

@@ -121,6 +121,7 @@ def test_two_column_table_end_to_end(tmp_path):
   assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
   for stage in ("student_scratch", "teacher_other", "kd_other"):     # shared: trained once
     assert p.stdout.count(f"[{stage}] training") == 1, stage
+    assert f"[{stage}] retraining" not in p.stdout, stage
     assert os.path.islink(w / "wide" / stage)
   for stage in ("teacher_signal", "student_kd"):
     assert p.stdout.count(f"[{stage}] training") == 2, stage
