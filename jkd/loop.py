@@ -92,7 +92,8 @@ def _results(s: setup_lib.Setup, tracker: results_lib.Tracker, epochs_done: int)
 def _write_outputs(workdir: str, s: setup_lib.Setup, tracker: results_lib.Tracker, epochs_done: int) -> dict:
   res = _results(s, tracker, epochs_done)
   if parallel.is_writer():
-    results_lib.write(workdir, res)
+    from jkd import provenance   # noqa: PLC0415
+    results_lib.write(workdir, {**res, "provenance": provenance.collect()})
     tmp = os.path.join(workdir, f"confusion.tmp{os.getpid()}.npz")
     np.savez(tmp, **{k: v[:s.real] for k, v in tracker.a.items() if v.ndim == 3})
     os.replace(tmp, os.path.join(workdir, "confusion.npz"))

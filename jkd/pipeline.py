@@ -244,21 +244,37 @@ def _stored(stage_dir: str, name: str) -> Any:
     return json.load(f)
 
 
+def _resolved(cfg: dict) -> dict:
+  """A stage config (JSON) with the stage directories it reads resolved through symlinks: a
+  table's column reads a stage shared with another column through a link (`jkd.columns`)."""
+  real = lambda p: os.path.realpath(p) if isinstance(p, str) and os.path.isabs(p) else p
+  cfg = json.loads(json.dumps(cfg))
+  if cfg.get("train", {}).get("init_from"):
+    cfg["train"]["init_from"] = real(cfg["train"]["init_from"])
+  for spec in (cfg.get("teachers") or {}).values():
+    if isinstance(spec, dict) and spec.get("source"):
+      spec["source"] = real(spec["source"])
+  return cfg
+
+
 def status(stage_dir: str, cfg: mc.ConfigDict) -> str:
   """'new', 'partial' (resumable), 'done' (complete results for this config) or 'changed'."""
   stored = _stored(stage_dir, "config.json")
   if stored is None:
     return "new"
-  if not config_lib.same_experiment(stored, json.loads(config_lib.to_json(cfg))):
+  new = json.loads(config_lib.to_json(cfg))
+  if not config_lib.same_experiment(_resolved(stored), _resolved(new)):
     return "changed"
   res = _stored(stage_dir, "results.json")
   return "done" if res and res.get("epochs_done") == cfg.train.epochs else "partial"
 
 
 def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, retrained: set[str] = frozenset()) -> dict:
   """Train every stage that needs it, then write the report; returns W/results.json's content.
-  The pipeline, its stages and their teachers were checked (`jkd.preflight`)."""
+  The pipeline, its stages and their teachers were checked (`jkd.preflight`). `retrained`: stages
+  trained elsewhere in this command (a table's shared stages, `jkd.columns`): up to date
+  themselves, their dependents retrain as if this run had trained them."""
   from jkd import loop, parallel   # jax starts here
   from jkd.workdir import WorkdirError
   names = stages_to_run(config)
@@ -268,15 +284,20 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
     from jkd.metrics import write_atomic
     write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     write_atomic(os.path.join(workdir, "stages.json"), json.dumps(names))
+    import jkd.data   # the class names, for the figures (loaded already by the preflight)
+    write_atomic(os.path.join(workdir, "classes.json"),
+                 json.dumps([str(c) for c in jkd.data.load(config.data).classes]))
   # The CPU is split once, for the stage with the most runs (every stage has the same folds), so
   # each stage runs on the same devices whether the pipeline started fresh or resumed: XLA:CPU's
   # float results depend on how many devices the process has.
   runs_per_fold = max(len(config_lib.sweep_points(c)) * len(config_lib.seeds(c))
                       for c in cfgs.values())
-  trained: set[str] = set()
+  trained: set[str] = set(retrained)
   for n in names:
     d = os.path.join(workdir, n)
     st, stale = status(d, cfgs[n]), dependencies(config, n) & trained
+    if n in retrained:   # trained in this command already, after its dependencies
+      stale = set()
     if st == "done" and not stale:
       log(f"[{n}] results for this config exist in {d}: skipped")
       continue

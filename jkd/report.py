@@ -165,7 +165,8 @@ def build(workdir: str) -> dict[str, Any]:
   stages = read_stages(workdir)
   if not stages:
     raise FileNotFoundError(f"no stage results under {workdir}; train the pipeline first")
-  return {"stages": stages, "kd_gain": kd_gain(stages)}
+  from jkd import provenance   # noqa: PLC0415
+  return {"stages": stages, "kd_gain": kd_gain(stages), "provenance": provenance.collect()}
 
 
 # ----------------------------------------------------------------------------- report.md
@@ -235,7 +236,29 @@ def markdown(full: dict[str, Any]) -> str:
       t = "—" if math.isnan(g["t"]) else f"{g['t']:.2f}"
       lines.append(f"| {g['stage']} | {g['sweep'] or '—'} | {g['which']} {g['metric']} | {g['n']} | "
                    f"{_num(g['mean'], scale=100):s} | {_num(g['std'])} | {t} | {_p(g['p'])} |")
+  lines += _provenance_lines(stages, full.get("provenance"))
   return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(stages: dict[str, dict], now: dict | None) -> list[str]:
+  """What trained the stages (each stage's `provenance`, grouped when several differ) and what
+  wrote this report."""
+  from jkd import provenance   # noqa: PLC0415
+  groups: dict[str, list[str]] = {}
+  recorded = {}
+  for name, res in stages.items():
+    key = json.dumps(res.get("provenance"), sort_keys=True)
+    groups.setdefault(key, []).append(name)
+    recorded[key] = res.get("provenance")
+  out = ["", "## Provenance", ""]
+  for key, names in groups.items():
+    head = "Trained by" if len(groups) == 1 else f"Stages {', '.join(names)} trained by"
+    body = provenance.lines(recorded[key]) or ["- not recorded (results written before jkd "
+                                               "recorded provenance)"]
+    out += [f"{head}:", "", *body, ""]
+  if now:
+    out += ["Report written by:", "", *provenance.lines(now)]
+  return out
 
 
 def _lab(res: dict, s: dict) -> str:
