@@ -3,20 +3,21 @@
 
   python -m jkd.main --config=configs/demo_table.py --workdir=W
 
-The rows of configs/pamap_table.py (`jkd.tables`): signal, GAF and persistence-image teachers
+The rows of configs/pamap_table.py (`jkd.pipeline.tables`): signal, GAF and persistence-image teachers
 trained once; the student from scratch; single-teacher KD from each; DCD and "projection" from
 the signal teacher; PI + signal and GAF + signal (base, annealing, annealing + SP); three teachers
 with EBKD, CA-MKD and MTKD-RL weights and with the lab's weight triples (base, annealing,
 annealing + SP). Small models and images (WRN10-1 students,
 16 x 16 images), 5 folds of 2 subjects, one trial, non-overlapping windows, a few epochs: numbers
-to see every row work, not to cite. Two columns (`jkd.columns`), the signal teacher's
+to see every row work, not to cite. Two columns (`jkd.pipeline.columns`), the signal teacher's
 architecture, WRN16-1 and WRN10-1, as the lab's table has one per teacher architecture; the GAF
 and PI teachers and the scratch student are the same in both and train once. W/table.md (.csv,
 .tex) is the paper's table, W/plots/ its figures.
 """
 
 import jkd.data
-from jkd import columns, pipeline, tables
+from jkd.pipeline import columns, tables
+from jkd import pipeline
 
 
 def get_config():

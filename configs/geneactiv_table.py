@@ -1,17 +1,18 @@
 """The lab's GENEActiv results tables in one command: columns 7 classes × 1000 samples, 7 × 500
-and 14 × 500 (`jkd.columns`; `:7,1000` etc. keeps one column).
+and 14 × 500 (`jkd.pipeline.columns`; `:7,1000` etc. keeps one column).
 
   python -m jkd.main --config=configs/geneactiv_table.py --workdir=W --config.data.path=DIR
 
 The rows of configs/pamap_table.py plus the single-teacher baselines of the GENEActiv tables,
-each from the signal teacher with its authors' weights (`jkd.tables`: AT, SP, DKD, DIST, RKD,
+each from the signal teacher with its authors' weights (`jkd.pipeline.tables`: AT, SP, DKD, DIST, RKD,
 PKT, FitNet, CRD, SimKD, SRRL, PEFD), ESKD and full KD (the lab's KD from a WRN16-3 signal
 teacher at its best-accuracy and at its last checkpoint; `eskd_epoch=N` below takes the
 checkpoint after epoch N instead, Cho & Hariharan's early stop), and AVER from GAF + signal. β = 700 (the lab's GENEActiv SP weight); 5 subject-grouped folds x 3 trials, 200 epochs.
 """
 
 import jkd.data
-from jkd import columns, pipeline, tables
+from jkd.pipeline import columns, tables
+from jkd import pipeline
 
 COLUMNS = ((7, 1000), (7, 500), (14, 500))
 

@@ -212,18 +212,21 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   import jkd.data
-  from jkd import columns, loop, parallel, pipeline, preflight, results   # jax starts here
+  from jkd.pipeline import columns
+  from jkd.engine import loop, parallel, results
+  from jkd import pipeline, preflight   # jax starts here
   parallel.initialize(_COORD.value, _NPROC.value, _PID.value)
   if _MODE.value == "report":
-    from jkd import paper_table, report
+    from jkd import report
+    from jkd.report import paper_table, workdirs
     try:
-      if columns.is_table_workdir(_WORKDIR.value):
+      if workdirs.is_table_workdir(_WORKDIR.value):
         print(paper_table.console(paper_table.write(_WORKDIR.value)))
       elif report.is_pipeline_workdir(_WORKDIR.value):
         print(report.summary_table(report.write(_WORKDIR.value)))
       else:
         print(results.table(results.read(_WORKDIR.value)))
-    except (FileNotFoundError, columns.TableError) as e:
+    except (FileNotFoundError, workdirs.TableError) as e:
       _fail(str(e))
     return
   config = _CONFIG.value

@@ -16,7 +16,7 @@ import numpy as np
 CLASSES = ["rope jumping", "lying", "sitting", "standing", "walking", "running", "cycling"]
 WEIGHTS = ((.2, .2, .6), (.2, .3, .5), (.3, .2, .5), (.3, .3, .4))
 
-# (stage, number of teachers or 0, sweep points): the 21 stages of jkd.tables, 30 rows.
+# (stage, number of teachers or 0, sweep points): the 21 stages of jkd.pipeline.tables, 30 rows.
 STAGES = [("teacher_signal", 0, 1), ("teacher_gaf", 0, 1), ("teacher_pi", 0, 1),
           ("student_scratch", 0, 1), ("kd_signal", 1, 1), ("kd_gaf", 1, 1), ("kd_pi", 1, 1),
           ("dcd", 1, 1), ("projection", 1, 1), ("pi_signal", 2, 1), ("pi_signal_ann", 2, 1),

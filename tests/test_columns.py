@@ -1,4 +1,4 @@
-"""A table's columns (`jkd.columns`): expansion of the lab's table configs, which stages run once,
+"""A table's columns (`jkd.pipeline.columns`): expansion of the lab's table configs, which stages run once,
 the one-line errors (exit 2), and a tiny two-column table end to end through `python -m
 jkd.main` (shared scratch student trained once, table files, provenance, `--mode=report`)."""
 
@@ -13,13 +13,14 @@ import table_setup
 from synthetic import write_sine_windows
 from test_user_errors import run as run_main
 
-from jkd import columns
+from jkd.pipeline import columns
 from jkd import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = '''
 import jkd.data
-from jkd import columns, pipeline
+from jkd.pipeline import columns
+from jkd import pipeline
 
 
 def get_config():

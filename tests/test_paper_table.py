@@ -1,4 +1,4 @@
-"""The paper's table (`jkd.paper_table`) and its figures (`jkd.figures`) from hand-made results:
+"""The paper's table (`jkd.report.paper_table`) and its figures (`jkd.report.figures`) from hand-made results:
 cells (best-epoch accuracy ± the lab's spread, final and std), rows in the lab's groups, bold
 best student per column, † where the paired test over folds finds a gain, the footnote; figures
 at table scale (30 rows x 4 columns) as PNG and PDF."""
@@ -10,7 +10,7 @@ import os
 import pytest
 
 import table_setup
-from jkd import paper_table
+from jkd.report import paper_table
 
 SCRATCH = (0.80, 0.82, 0.84)
 EXTRA = {"kd_signal": (0.021, 0.019, 0.020), "gaf_signal": (0.05, -0.04, 0.01)}
@@ -87,7 +87,7 @@ def test_console_table(table):
 
 def test_figures_at_table_scale(tmp_path):
   pytest.importorskip("matplotlib")
-  w = table_setup.make(tmp_path / "W")          # the 21 stages of jkd.tables: 30 rows, 4 columns
+  w = table_setup.make(tmp_path / "W")          # the 21 stages of jkd.pipeline.tables: 30 rows, 4 columns
   full = paper_table.write(w)
   assert len(full["rows"]) == 30 and len(full["columns"]) == 4
   made = sorted(os.listdir(os.path.join(w, "plots")))

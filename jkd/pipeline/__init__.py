@@ -2,7 +2,7 @@
 
 A config with a `stages` section is a pipeline (`jkd.main` dispatches it here):
 
-  teachers.<name>        every teacher (`jkd.teachers`: model, source, which, epoch, weight); one
+  teachers.<name>        every teacher (`jkd.engine.teachers`: model, source, which, epoch, weight); one
                          with source '' is trained by the stage teacher_<name> -> W/teacher_<name>/
   stages.teacher_<name>  what that teacher's stage changes of the shared sections (optional)
   stages.student_scratch the student with CE only (the baseline, and the lab's "annealing"
@@ -33,7 +33,8 @@ from typing import Any, Callable
 import ml_collections as mc
 
 from jkd import config as config_lib
-from jkd import distill, report, teachers
+from jkd import distill, report
+from jkd.engine import teachers
 
 SCRATCH = "student_scratch"
 SECTIONS = ("train", "optim", "loss", "augment")
@@ -246,7 +247,7 @@ def _stored(stage_dir: str, name: str) -> Any:
 
 def _resolved(cfg: dict) -> dict:
   """A stage config (JSON) with the stage directories it reads resolved through symlinks: a
-  table's column reads a stage shared with another column through a link (`jkd.columns`)."""
+  table's column reads a stage shared with another column through a link (`jkd.pipeline.columns`)."""
   real = lambda p: os.path.realpath(p) if isinstance(p, str) and os.path.isabs(p) else p
   cfg = json.loads(json.dumps(cfg))
   if cfg.get("train", {}).get("init_from"):
@@ -273,15 +274,15 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
         log: Callable[[str], None] = print, retrained: set[str] = frozenset()) -> dict:
   """Train every stage that needs it, then write the report; returns W/results.json's content.
   The pipeline, its stages and their teachers were checked (`jkd.preflight`). `retrained`: stages
-  trained elsewhere in this command (a table's shared stages, `jkd.columns`): up to date
+  trained elsewhere in this command (a table's shared stages, `jkd.pipeline.columns`): up to date
   themselves, their dependents retrain as if this run had trained them."""
-  from jkd import loop, parallel   # jax starts here
-  from jkd.workdir import WorkdirError
+  from jkd.engine import loop, parallel   # jax starts here
+  from jkd.engine.workdir import WorkdirError
   names = stages_to_run(config)
   cfgs = {n: stage_config(config, n, workdir) for n in names}
   if parallel.is_writer():
     os.makedirs(workdir, exist_ok=True)
-    from jkd.metrics import write_atomic
+    from jkd.engine.metrics import write_atomic
     write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     write_atomic(os.path.join(workdir, "stages.json"), json.dumps(names))
     import jkd.data   # the class names, for the figures (loaded already by the preflight)

@@ -1,6 +1,6 @@
 """Figures of a results table (matplotlib, the optional `plot` extra), each as PNG and PDF.
 
-`write(workdir, table)` draws, from a table as `jkd.paper_table.build` returns it (one column for
+`write(workdir, table)` draws, from a table as `jkd.report.paper_table.build` returns it (one column for
 a single pipeline) and the stage workdirs' metrics.jsonl and confusion.npz, into W/plots/:
 
 * `gains`: per column a panel; per student row its best-epoch accuracy gain over the student from
@@ -14,7 +14,7 @@ a single pipeline) and the stage workdirs' metrics.jsonl and confusion.npz, into
   scratch student and of the column's best student, with the data source's class names.
 
 This module draws only: it reads the table it is given and the files of the stage workdirs, and
-imports nothing else of jkd (`jkd.report` and `jkd.paper_table` call it). `write` returns the
+imports nothing else of jkd (`jkd.report` and `jkd.report.paper_table` call it). `write` returns the
 files made, or [] without matplotlib.
 """
 

@@ -15,7 +15,7 @@ set of overrides of that config (dotted keys, as on the command line):
   W/<key>/<stage>     for a stage whose resolved config is the same in an earlier column (the
                       scratch student when the columns change only the teachers): a symlink to
                       that column's stage directory; the stage trains once
-  W/table.md, table.csv, table.tex, results.json, plots/   the paper's table (`jkd.paper_table`)
+  W/table.md, table.csv, table.tex, results.json, plots/   the paper's table (`jkd.report.paper_table`)
 
 Sharing is decided on the resolved stage configs (`jkd.pipeline.stage_config`); a distillation
 stage's config names its teachers' and its initialisation's directories, compared as the
@@ -45,13 +45,7 @@ import ml_collections as mc
 
 from jkd import config as config_lib
 from jkd import pipeline
-
-TABLE_JSON = "table.json"
-
-
-class TableError(ValueError):
-  """A report over workdirs that do not form one table."""
-
+from jkd.report.workdirs import TABLE_JSON, TableError, read_columns, is_table_workdir  # noqa: F401
 
 def is_table(config: mc.ConfigDict) -> bool:
   return "columns" in config and len(config.columns) > 0
@@ -169,11 +163,12 @@ def _link(workdir: str, key: str, stage: str, owner: str, log: Callable[[str], N
 def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
         log: Callable[[str], None] = print) -> dict:
   """Train every cell (each column a pipeline, shared stages once), then write the table."""
-  from jkd import paper_table, parallel   # noqa: PLC0415
+  from jkd.report import paper_table
+  from jkd.engine import parallel   # noqa: PLC0415
   cols = expand(config)
   shared = shared_stages(cols, workdir)
   if parallel.is_writer():
-    from jkd.metrics import write_atomic   # noqa: PLC0415
+    from jkd.engine.metrics import write_atomic   # noqa: PLC0415
     os.makedirs(workdir, exist_ok=True)
     write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     write_atomic(os.path.join(workdir, TABLE_JSON), json.dumps({
@@ -213,56 +208,6 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
 
 
 # ----------------------------------------------------------------------------- reading
-
-def read_columns(workdir: str) -> list[dict[str, Any]]:
-  """The columns of a table workdir: W/table.json's, or (a directory of pipeline workdirs trained
-  separately, e.g. one per machine) every subdirectory holding stages.json, by name. TableError
-  when there are none or when they hold different tables."""
-  path = os.path.join(workdir, TABLE_JSON)
-  if os.path.exists(path):
-    with open(path) as f:
-      cols = json.load(f)["columns"]
-  elif os.path.isdir(workdir):
-    cols = [{"key": n, "label": n, "dir": n, "overrides": None} for n in sorted(os.listdir(workdir))
-            if os.path.isfile(os.path.join(workdir, n, "stages.json"))]
-  else:
-    cols = []
-  if not cols:
-    raise FileNotFoundError(f"{workdir} holds no table (no {TABLE_JSON} and no pipeline workdirs "
-                            "in its subdirectories); train a table config first")
-  ref = None
-  for c in cols:
-    d = os.path.join(workdir, c["dir"])
-    if not os.path.isfile(os.path.join(d, "stages.json")):
-      raise FileNotFoundError(f"column {c['label']}: {d} holds no pipeline (no stages.json); "
-                              "train the table first")
-    with open(os.path.join(d, "stages.json")) as f:
-      stages = json.load(f)
-    data = _data_name(d)
-    if ref is None:
-      ref = (c, stages, data)
-    elif (stages, data) != ref[1:]:
-      what = (f"data {ref[2]} vs {data}" if data != ref[2] else "stages " + ", ".join(
-          sorted(set(stages) ^ set(ref[1]))) if set(stages) != set(ref[1]) else "stage order")
-      raise TableError(f"{d} and {os.path.join(workdir, ref[0]['dir'])} hold different tables "
-                       f"({what}); a table's columns must have the same rows and data source")
-  return cols
-
-
-def _data_name(d: str) -> str | None:
-  path = os.path.join(d, "config.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f).get("data", {}).get("name")
-
-
-def is_table_workdir(workdir: str) -> bool:
-  if os.path.exists(os.path.join(workdir, TABLE_JSON)):
-    return True
-  return os.path.isdir(workdir) and not os.path.exists(os.path.join(workdir, "stages.json")) and any(
-      os.path.isfile(os.path.join(workdir, n, "stages.json")) for n in os.listdir(workdir))
-
 
 __all__ = ["add", "expand", "is_table", "shared_stages", "run", "read_columns",
            "is_table_workdir", "TableError", "dirname"]

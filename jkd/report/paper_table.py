@@ -1,4 +1,4 @@
-"""The paper's table of a table workdir (`jkd.columns`): W/table.md, table.csv, table.tex, results.json.
+"""The paper's table of a table workdir (`jkd.pipeline.columns`): W/table.md, table.csv, table.tex, results.json.
 
 Rows are the methods in the lab's order and grouping (docs/protocol.md §8–9): teachers, the
 student from scratch, then the distillation stages by their number of teachers (one, two,
@@ -7,13 +7,13 @@ a row per sweep point (the three-teacher weight
 triples). Columns are the table's columns (teacher architectures, window sizes, label sets).
 
 A cell is the best-epoch test accuracy (%), mean over folds of the trial means, ± the lab's
-spread (`jkd.report.lab_pm`: population std of the fold values / √(folds·trials − 1), as the lab
+spread (`jkd.report.stats.lab_pm`: population std of the fold values / √(folds·trials − 1), as the lab
 prints it). table.md and table.csv add the final-epoch accuracy and the honest std (population,
 over folds and trials). In each column the best student (teachers aside) is bold, and † marks a
 row whose best-epoch gain over the student from scratch is significant (two-sided paired t-test
-over the folds, `jkd.report.paired_test`, p < 0.05), as the footnote says. table.tex is a booktabs
-`tabular` to `\\input` inside a `table` environment. Provenance (`jkd.provenance`) of the stages
-follows table.md. `write` also draws W/plots/ (`jkd.figures`).
+over the folds, `jkd.report.stats.paired_test`, p < 0.05), as the footnote says. table.tex is a booktabs
+`tabular` to `\\input` inside a `table` environment. Provenance (`jkd.engine.provenance`) of the stages
+follows table.md. `write` also draws W/plots/ (`jkd.report.figures`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from jkd import columns as columns_lib
-from jkd import report
-from jkd.metrics import write_atomic
+from jkd.report import stats, workdirs
+from jkd.engine.metrics import write_atomic
 
 ALPHA = 0.05
 MARK = "†"
@@ -70,7 +69,7 @@ def _num_teachers(stage_dir: str) -> int:
 def group_of(stage: str, stage_dir: str) -> str:
   if stage.startswith("teacher_"):
     return "Teachers"
-  if stage == report.SCRATCH:
+  if stage == workdirs.SCRATCH:
     return "Student"
   n = _num_teachers(stage_dir)
   return GROUPS[1 + n] if n <= 3 else f"{n} teachers"
@@ -101,15 +100,15 @@ def label_of(stage: str, sweep: dict) -> str:
 
 def _cell(res: dict, summary: dict, base_folds: dict[int, float] | None, is_student: bool
           ) -> dict[str, Any]:
-  key = report._sweep_key(summary["sweep"])
-  folds = report.per_fold(res, "best", "accuracy").get(key, {})
+  key = stats.sweep_key(summary["sweep"])
+  folds = stats.per_fold(res, "best", "accuracy").get(key, {})
   b, f = summary["best"]["accuracy"], summary["final"]["accuracy"]
   cell = {"best": b["mean"], "best_std": b["std"], "final": f["mean"], "final_std": f["std"],
-          "lab_pm": report.lab_pm(res, key), "folds": {str(k): v for k, v in folds.items()},
+          "lab_pm": stats.lab_pm(res, key), "folds": {str(k): v for k, v in folds.items()},
           "runs": summary["runs"] - summary["failed"], "gain": None}
   if base_folds is not None and is_student:
     common = sorted(set(base_folds) & set(folds))
-    t = report.paired_test(np.array([base_folds[k] for k in common]),
+    t = stats.paired_test(np.array([base_folds[k] for k in common]),
                            np.array([folds[k] for k in common]))
     cell["gain"] = {**t, "folds": {str(k): folds[k] - base_folds[k] for k in common}}
   return cell
@@ -121,29 +120,29 @@ def build_dir(workdir: str) -> dict[str, Any]:
 
 
 def build(workdir: str, cols: list[dict] | None = None) -> dict[str, Any]:
-  """Rows, columns and cells of a table workdir (raises FileNotFoundError, columns.TableError)."""
-  from jkd import provenance   # noqa: PLC0415
-  cols = columns_lib.read_columns(workdir) if cols is None else cols
+  """Rows, columns and cells of a table workdir (raises FileNotFoundError, workdirs.TableError)."""
+  from jkd.engine import provenance   # noqa: PLC0415
+  cols = workdirs.read_columns(workdir) if cols is None else cols
   rows: list[dict[str, Any]] = []
   cells: dict[str, dict[str, Any]] = {}
   prov: dict[str, Any] = {}
   for ci, col in enumerate(cols):
     d = os.path.join(workdir, col["dir"])
-    stages = report.read_stages(d)
+    stages = workdirs.read_stages(d)
     base = None
-    if report.SCRATCH in stages:
-      base = next(iter(report.per_fold(stages[report.SCRATCH], "best", "accuracy").values()), None)
+    if workdirs.SCRATCH in stages:
+      base = next(iter(stats.per_fold(stages[workdirs.SCRATCH], "best", "accuracy").values()), None)
     for name, res in stages.items():
       prov.setdefault(json.dumps(res.get("provenance"), sort_keys=True), []).append(
           f"{col['label']}/{name}")
       for s in res["summary"]:
-        rid = name + (f" {report._sweep_key(s['sweep'])}" if s["sweep"] else "")
+        rid = name + (f" {stats.sweep_key(s['sweep'])}" if s["sweep"] else "")
         if ci == 0:
           rows.append({"id": rid, "stage": name, "sweep": s["sweep"],
                        "label": label_of(name, s["sweep"]),
                        "group": group_of(name, os.path.join(d, name))})
         cells.setdefault(rid, {})[col["key"]] = _cell(
-            res, s, base, report.is_kd_stage(name))
+            res, s, base, workdirs.is_kd_stage(name))
   order = {g: i for i, g in enumerate(GROUPS)}
   lab = {s: i for i, s in enumerate(LABELS)}   # the lab's row order; other stages after, in
   rank = {r["id"]: i for i, r in enumerate(rows)}   # pipeline order (stages.json)
@@ -160,7 +159,7 @@ def build(workdir: str, cols: list[dict] | None = None) -> dict[str, Any]:
 
 def _selected_by(workdir: str, cols: list[dict]) -> str:
   d = os.path.join(workdir, cols[0]["dir"])
-  stages = report.read_stages(d)
+  stages = workdirs.read_stages(d)
   return next(iter(stages.values()))["best_selected_by"] if stages else "test"
 
 
@@ -205,7 +204,7 @@ def footnote(full: dict, tex: bool = False) -> str:
 
 
 def markdown(full: dict) -> str:
-  from jkd import provenance   # noqa: PLC0415
+  from jkd.engine import provenance   # noqa: PLC0415
   cols = full["columns"]
   lines = ["# Results table", "", "| group | method | " + " | ".join(c["label"] for c in cols) + " |",
            "|---|---|" + "---|" * len(cols)]
@@ -254,7 +253,7 @@ def csv_text(full: dict) -> str:
       g = c.get("gain") or {}
       num = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else (
           f"{100 * v:.4f}")
-      w.writerow([r["group"], r["label"], r["stage"], report._sweep_key(r["sweep"]), col["label"],
+      w.writerow([r["group"], r["label"], r["stage"], stats.sweep_key(r["sweep"]), col["label"],
                   num(c["best"]), num(c["lab_pm"]), num(c["best_std"]), num(c["final"]),
                   num(c["final_std"]), c["runs"], num(g.get("mean")), num(g.get("std")),
                   "" if not g or math.isnan(g["p"]) else f"{g['p']:.4g}",
@@ -317,7 +316,7 @@ def console(full: dict) -> str:
     out.append(f"{r['label']:<{width}}" + "".join(cells))
   out.append("best-epoch acc % ± lab spread; * best student of the column; "
              f"{MARK} gain over scratch p < {ALPHA:g} (paired t-test over folds)")
-  from jkd import provenance   # noqa: PLC0415
+  from jkd.engine import provenance   # noqa: PLC0415
   for g in full["provenance"]["stages"][:3]:
     lines = provenance.lines(g["provenance"])
     if lines:
@@ -330,7 +329,7 @@ def write(workdir: str, plots: bool = True) -> dict:
   full = build(workdir)
   text = markdown(full)
   if plots:
-    from jkd import figures   # noqa: PLC0415
+    from jkd.report import figures   # noqa: PLC0415
     made = figures.write(workdir, full)
     text += "\n" + ("## Figures\n\n" + "\n".join(
         f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in made if p.endswith(".png"))

@@ -1,6 +1,6 @@
 """Figures of a pipeline workdir (matplotlib, the optional `plot` extra): W/plots/*.png and *.pdf.
 
-A pipeline is drawn as a table of one column (`jkd.paper_table.build_dir`, `jkd.figures`):
+A pipeline is drawn as a table of one column (`jkd.report.paper_table.build_dir`, `jkd.report.figures`):
 
 * `gains`: every distillation stage's best-epoch accuracy gain over student_scratch, mean with a
   95 % interval and the per-fold differences, grouped by number of teachers, a line at zero;
@@ -18,5 +18,5 @@ from typing import Any
 
 def write(workdir: str, full: dict[str, Any]) -> list[str]:
   del full   # the figures read the stage workdirs themselves
-  from jkd import figures, paper_table   # noqa: PLC0415
+  from jkd.report import figures, paper_table   # noqa: PLC0415
   return figures.write(workdir, paper_table.build_dir(workdir))
