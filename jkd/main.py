@@ -212,17 +212,22 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   import jkd.data
-  from jkd import loop, parallel, pipeline, preflight, results   # after flags: jax starts here
+  from jkd.pipeline import columns
+  from jkd.engine import loop, parallel, results
+  from jkd import pipeline, preflight   # jax starts here
   from jkd import search
   parallel.initialize(_COORD.value, _NPROC.value, _PID.value)
   if _MODE.value == "report":
     from jkd import report
+    from jkd.report import paper_table, workdirs
     try:
-      if report.is_pipeline_workdir(_WORKDIR.value):
+      if workdirs.is_table_workdir(_WORKDIR.value):
+        print(paper_table.console(paper_table.write(_WORKDIR.value)))
+      elif report.is_pipeline_workdir(_WORKDIR.value):
         print(report.summary_table(report.write(_WORKDIR.value)))
       else:
         print(results.table(results.read(_WORKDIR.value)))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, workdirs.TableError) as e:
       _fail(str(e))
     return
   config = _CONFIG.value
@@ -235,7 +240,9 @@ def main(argv: list[str]) -> None:
     except preflight.USER_ERRORS as e:
       _fail(str(e))
     # Past the preflight every error is a bug: it keeps its traceback.
-    if pipeline.is_pipeline(config):
+    if columns.is_table(config):
+      columns.run(config, _WORKDIR.value, _OVERWRITE.value)
+    elif pipeline.is_pipeline(config):
       pipeline.run(config, _WORKDIR.value, _OVERWRITE.value)
     elif search.is_search(config) and _MODE.value == "train":
       search.run(config, _WORKDIR.value, _OVERWRITE.value)

@@ -8,7 +8,9 @@
 * the stages' workdirs (a stage trained under another config is refused unless `--overwrite`);
 * the data (loaded once and kept for the training: `jkd.data.keep_loaded`) against the configs:
   a full batch in every fold, augmentation channels that exist;
-* the teachers' sources: every fold's and seed's file or run, the architecture a lab file holds.
+* the teachers' sources: every fold's and seed's file or run, the architecture a lab file holds;
+* a table config's columns (`jkd.pipeline.columns`): each override names a key, no two columns alike, and
+  every column checked as the pipeline it is.
 
 Each problem raises one of `USER_ERRORS` with a one-line message; `jkd.main` prints it and exits
 with status 2. Whatever is raised after the preflight passed is a bug, shown with its traceback.
@@ -24,18 +26,30 @@ import ml_collections as mc
 
 import jkd.data
 from jkd import config as config_lib
-from jkd import convert, distill, parallel, pipeline, setup, teachers, tensorboard
+from jkd.pipeline import columns
+from jkd import convert, distill, pipeline
 from jkd import search
-from jkd import workdir as workdir_lib
+from jkd.engine import parallel, setup, teachers, tensorboard
+from jkd.engine import workdir as workdir_lib
+from jkd.report import workdirs
 from jkd.data import folds as folds_lib
 
 USER_ERRORS = (config_lib.ConfigError, workdir_lib.WorkdirError, jkd.data.DataError,
-               FileNotFoundError, convert.CheckpointError)
+               FileNotFoundError, convert.CheckpointError, workdirs.TableError)
 
 
 def run(config: mc.ConfigDict, workdir: str, *, mode: str = "train", overwrite: bool = False,
         step: int | None = None) -> None:
-  """Raise a `USER_ERRORS` error for the first problem the inputs alone show; write nothing."""
+  """Raise a `USER_ERRORS` error for the first problem the inputs alone show; write nothing.
+  A table config (`jkd.pipeline.columns`) is checked column by column, each a pipeline in W/<column>/."""
+  if columns.is_table(config):
+    if mode == "eval":
+      raise config_lib.ConfigError("--mode=eval evaluates one stage: pass --workdir=W/<column>/"
+                                   "<stage> and that stage's config")
+    workdir_lib.check_path(workdir)
+    for key, _, c in columns.expand(config):
+      run(c, os.path.join(workdir, columns.dirname(key)), mode=mode, overwrite=overwrite)
+    return
   workdir_lib.check_path(workdir)
   is_pipeline = pipeline.is_pipeline(config)
   if is_pipeline:
@@ -64,7 +78,7 @@ def run(config: mc.ConfigDict, workdir: str, *, mode: str = "train", overwrite: 
       _check_stage_dir(os.path.join(workdir, name), name, view)
   windows = jkd.data.load(config.data)
   counts = folds_lib.train_counts(windows.subject, config.data)
-  # The CPU is split as the training will split it (`jkd.setup.build`), before anything below
+  # The CPU is split as the training will split it (`jkd.engine.setup.build`), before anything below
   # starts the backend: XLA:CPU's numbers depend on the device count.
   parallel.use_cpu_devices(len(counts) * max(
       search.num_points(v) * len(config_lib.seeds(v)) for _, v in views))

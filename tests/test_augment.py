@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jkd import augment
+from jkd.engine import augment
 
 B, L, C, K = 6, 40, 7, 3
 

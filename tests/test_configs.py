@@ -9,7 +9,8 @@ import pytest
 
 import jkd.data
 from jkd import config as config_lib
-from jkd import pipeline, tables
+from jkd.pipeline import columns, tables
+from jkd import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -21,9 +22,12 @@ def test_config_and_its_stages_pass_the_checks(path, tmp_path):
   if not pipeline.is_pipeline(config):
     config_lib.validate(config)
     return
-  pipeline.check_structure(config)
-  for name in pipeline.stages_to_run(config):
-    config_lib.validate(pipeline.stage_config(config, name, str(tmp_path)))
+  # a table config (jkd.pipeline.columns): every column's every stage
+  views = [c for _, _, c in columns.expand(config)] if columns.is_table(config) else [config]
+  for c in views:
+    pipeline.check_structure(c)
+    for name in pipeline.stages_to_run(c):
+      config_lib.validate(pipeline.stage_config(c, name, str(tmp_path)))
 
 
 def test_the_table_configs_have_every_row():

@@ -26,7 +26,7 @@ def test_windows_source_drops_unlabelled_and_orders_by_subject(tmp_path):
   np.testing.assert_array_equal(w.x, x[[1, 3, 0, 4]].astype(np.float32))
   assert w.y.tolist() == [0, 2, 1, 1] and w.subject.tolist() == [3, 3, 7, 7]
   assert w.x.dtype == np.float32
-  assert w.x.ctypes.data % 64 == 0  # the devices use the windows in place (jkd.parallel.aligned)
+  assert w.x.ctypes.data % 64 == 0  # the devices use the windows in place (jkd.engine.parallel.aligned)
 
 
 def test_windows_source_default_names(tmp_path):

@@ -71,7 +71,7 @@ def test_make_windows_matches_a_per_window_loop(rule, monkeypatch):
   np.testing.assert_array_equal(y, ry)
   np.testing.assert_array_equal(subject, rs)
   assert x.dtype == np.float32 and x.flags.c_contiguous
-  assert x.ctypes.data % 64 == 0  # the devices use the windows in place (jkd.parallel.aligned)
+  assert x.ctypes.data % 64 == 0  # the devices use the windows in place (jkd.engine.parallel.aligned)
   # ordered by subject, then recording (source order within a subject)
   assert np.all(np.diff(subject) >= 0)
 

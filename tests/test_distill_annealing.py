@@ -13,22 +13,13 @@ from jkd.distill import Outputs, annealing
 from jkd.distill import Context
 
 from distill_setup import kd_config, per_run_hp
-
-RTOL, ATOL = 2e-5, 1e-6
-
-
-def _rng(seed: int = 0) -> np.random.Generator:
-  return np.random.default_rng(seed)
+from numpy_ref import rng as _rng, close as _close
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
   z = z.astype(np.float64)
   m = z.max(-1, keepdims=True)
   return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
-
-
-def _close(a, b, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
 
 
 def test_annealing_phi_schedule_hand_values():

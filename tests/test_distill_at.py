@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 
 from jkd.distill import at
-
-RTOL, ATOL = 2e-5, 1e-6
-
-
-def _rng(seed: int = 0) -> np.random.Generator:
-  return np.random.default_rng(seed)
-
-
-def _close(a, b, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
+from numpy_ref import rng as _rng, close as _close
 
 
 def _j(fs):

@@ -12,6 +12,7 @@ from jkd.distill import Context
 
 from distill_setup import (FB, as_np, bn_train, conv, feature_world, head_features, head_logits,
                            kd_config, per_run_hp, pool, relu)
+from numpy_ref import f32 as _f32, np_log_softmax
 
 B, K = 6, 3
 
@@ -19,16 +20,6 @@ B, K = 6, 3
 def _close(a, b, rtol=2e-5, atol=1e-6):
   np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol,
                              atol=atol)
-
-
-def _f32(*arrays):
-  return [jnp.asarray(np.asarray(a, np.float32)) for a in arrays]
-
-
-def np_log_softmax(z):
-  z = np.asarray(z, np.float64)
-  m = z.max(-1, keepdims=True)
-  return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
 
 
 def np_camkd_weights(zt, y):

@@ -12,17 +12,12 @@ from jkd import distill
 from jkd.distill import Outputs, crd
 
 from distill_setup import FB as B, FN as N, as_np, contrast, crd_np, feature_world
-
-RTOL, ATOL = 2e-5, 1e-6
+from numpy_ref import ATOL, RTOL, f32 as _f32
 
 
 def _close(a, b, rtol=RTOL, atol=ATOL):
   np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol,
                              atol=atol)
-
-
-def _f32(*arrays):
-  return [jnp.asarray(np.asarray(a, np.float32)) for a in arrays]
 
 
 def np_crd_nce(x, n_data, eps=1e-7):

@@ -14,11 +14,11 @@ import pytest
 
 from jkd import config as config_lib
 from jkd import distill
-from jkd import runs as runs_lib
-from jkd import setup as setup_lib
-from jkd import state as state_lib
-from jkd import teachers as teachers_lib
-from jkd import train as train_lib
+from jkd.engine import runs as runs_lib
+from jkd.engine import setup as setup_lib
+from jkd.engine import state as state_lib
+from jkd.engine import teachers as teachers_lib
+from jkd.engine import train as train_lib
 from jkd.distill import Outputs, TermError, dcd
 from jkd.models import layers
 

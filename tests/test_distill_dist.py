@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jkd.distill import dist
-
-RTOL, ATOL = 2e-5, 1e-6
-
-
-def _rng(seed: int) -> np.random.Generator:
-  return np.random.default_rng(seed)
-
-
-def _close(a, b, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
-
-
-def _f32(*arrays):
-  return [jnp.asarray(np.asarray(a, np.float32)) for a in arrays]
-
-
-def np_log_softmax(z):
-  z = np.asarray(z, np.float64)
-  m = z.max(-1, keepdims=True)
-  return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
-
-
-def np_softmax(z):
-  return np.exp(np_log_softmax(z))
+from numpy_ref import rng as _rng, close as _close, f32 as _f32, np_softmax
 
 
 def np_pearson(a, b, eps=1e-8):

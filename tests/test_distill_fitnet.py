@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jkd.distill import fitnet
-
-RTOL, ATOL = 2e-5, 1e-6
-
-
-def _rng(seed: int) -> np.random.Generator:
-  return np.random.default_rng(seed)
-
-
-def _close(a, b, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
-
-
-def _f32(*arrays):
-  return [jnp.asarray(np.asarray(a, np.float32)) for a in arrays]
+from numpy_ref import rng as _rng, close as _close, f32 as _f32
 
 
 def test_fitnet_loss_matches_numpy():

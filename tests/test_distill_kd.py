@@ -14,35 +14,7 @@ from jkd.distill import Outputs, kd
 from jkd.distill import Context
 
 from distill_setup import kd_config, per_run_hp
-
-RTOL, ATOL = 2e-5, 1e-6
-
-
-def _rng(seed: int) -> np.random.Generator:
-  return np.random.default_rng(seed)
-
-
-def _close(a, b, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
-
-
-def _f32(*arrays):
-  return [jnp.asarray(np.asarray(a, np.float32)) for a in arrays]
-
-
-def np_log_softmax(z):
-  z = np.asarray(z, np.float64)
-  m = z.max(-1, keepdims=True)
-  return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
-
-
-def np_softmax(z):
-  return np.exp(np_log_softmax(z))
-
-
-def np_kl_rows(p_t, log_p_t, log_p_s):
-  """Σ_c p_t (log p_t − log p_s) per row; entries with p_t == 0 contribute 0 (torch kl_div)."""
-  return np.sum(np.where(p_t > 0, p_t * (log_p_t - log_p_s), 0.0), -1)
+from numpy_ref import rng as _rng, close as _close, f32 as _f32, np_log_softmax, np_softmax, np_kl_rows, np_kd as _np_kd
 
 
 def np_ebkd_weights(zt):
@@ -104,14 +76,6 @@ def _log_softmax(z):
   z = z.astype(np.float64)
   m = z.max(-1, keepdims=True)
   return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
-
-
-def _np_kd(zs, zt, T, reduction="batchmean"):
-  lps, lpt = _log_softmax(zs / T), _log_softmax(zt / T)
-  kl = np.sum(np.exp(lpt) * (lpt - lps), -1)
-  if reduction == "mean":
-    kl = kl / zs.shape[-1]
-  return T * T * np.mean(kl)
 
 
 def _dual(lam, alpha, temperature, reduction="mean"):

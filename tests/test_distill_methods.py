@@ -13,13 +13,14 @@ import ml_collections as mc
 import numpy as np
 import pytest
 
-from jkd import checkpoint, distill
+from jkd.engine import checkpoint
+from jkd import distill
 from jkd import config as config_lib
-from jkd import runs as runs_lib
-from jkd import setup as setup_lib
-from jkd import state as state_lib
-from jkd import teachers as teachers_lib
-from jkd import train as train_lib
+from jkd.engine import runs as runs_lib
+from jkd.engine import setup as setup_lib
+from jkd.engine import state as state_lib
+from jkd.engine import teachers as teachers_lib
+from jkd.engine import train as train_lib
 from jkd.models import layers
 
 from distill_setup import (FB as B, TinyWRN, as_np, feature_world, head_logits, log_softmax, pool,

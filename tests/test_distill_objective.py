@@ -1,6 +1,5 @@
 """The KD student's objective (`jkd.distill`): the listed terms, weighted, against numpy formulas."""
 
-import jax
 import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np

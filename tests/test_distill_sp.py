@@ -9,24 +9,7 @@ import numpy as np
 import pytest
 
 from jkd.distill import sp
-
-RTOL, ATOL = 2e-5, 1e-6
-
-
-def _rng(seed: int = 0) -> np.random.Generator:
-  return np.random.default_rng(seed)
-
-
-def _close(a, b, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
-
-
-def _np_gram(f, normalize=True):
-  q = f.reshape(f.shape[0], -1).astype(np.float64)
-  g = q @ q.T
-  if normalize:
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-  return g
+from numpy_ref import rng as _rng, close as _close, np_gram as _np_gram
 
 
 def _np_sp(student, teachers, weights):

@@ -1,7 +1,6 @@
 """SRRL (`jkd.distill.srrl`): its pooled-feature term against numpy, and the term (statm plus the
 teacher's classifier on the connected map) against numpy."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -9,15 +8,12 @@ from jkd.distill import srrl
 
 from distill_setup import (FB as B, as_np, bn_train, conv, feature_world, head_features,
                            head_logits, relu)
+from numpy_ref import f32 as _f32
 
 
 def _close(a, b, rtol=2e-5, atol=1e-6):
   np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol,
                              atol=atol)
-
-
-def _f32(*arrays):
-  return [jnp.asarray(np.asarray(a, np.float32)) for a in arrays]
 
 
 def test_srrl_statm_matches_numpy():

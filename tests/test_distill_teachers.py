@@ -10,9 +10,10 @@ import ml_collections as mc
 import numpy as np
 import pytest
 
-from jkd import augment, convert, distill, images, teachers
-from jkd import train as train_lib
-from jkd.runs import Run
+from jkd.engine import augment, teachers
+from jkd import convert, distill, images
+from jkd.engine import train as train_lib
+from jkd.engine.runs import Run
 from jkd.distill import Context
 
 FIXTURES = Path(__file__).parent / "fixtures"

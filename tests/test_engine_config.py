@@ -9,8 +9,8 @@ import pytest
 import jax
 
 from jkd import config as config_lib
-from jkd import runs as runs_lib
-from jkd import setup
+from jkd.engine import runs as runs_lib
+from jkd.engine import setup
 from synthetic import write_sine_windows
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from jkd import metrics, results
+from jkd.engine import metrics, results
 
 
 def _confusion(y, p, k):

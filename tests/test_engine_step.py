@@ -9,9 +9,9 @@ import pytest
 
 from jkd import config as config_lib
 from jkd import distill
-from jkd import runs as runs_lib
-from jkd import state as state_lib
-from jkd import train as train_lib
+from jkd.engine import runs as runs_lib
+from jkd.engine import state as state_lib
+from jkd.engine import train as train_lib
 from jkd.models import layers
 
 K, B, L, C = 3, 8, 8, 2

@@ -1,4 +1,4 @@
-"""An epoch cut into chunks of steps (`jkd.train.EpochProgram.run`, what the progress lines need)
+"""An epoch cut into chunks of steps (`jkd.engine.train.EpochProgram.run`, what the progress lines need)
 is bit-identical to the epoch in one call, whatever the chunks; the pacer sizes them from the
 measured step time."""
 
@@ -10,9 +10,9 @@ import pytest
 
 from jkd import config as config_lib
 from jkd import distill
-from jkd import runs as runs_lib
-from jkd import state as state_lib
-from jkd import train as train_lib
+from jkd.engine import runs as runs_lib
+from jkd.engine import state as state_lib
+from jkd.engine import train as train_lib
 from jkd.models import layers
 
 K, B, L, C, STEPS = 3, 8, 8, 2, 7

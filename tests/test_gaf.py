@@ -1,4 +1,4 @@
-"""jkd.gaf.gramian_angular_field matches pyts' GramianAngularField and hand-computed fields."""
+"""jkd.images.gaf.gramian_angular_field matches pyts' GramianAngularField and hand-computed fields."""
 
 import ast
 import os
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pyts.utils import segmentation
 
-from jkd import gaf
-from jkd.gaf import gramian_angular_field, output_size, paa_bounds, paa_matrix
+from jkd.images import gaf
+from jkd.images.gaf import gramian_angular_field, output_size, paa_bounds, paa_matrix
 
 # pyts' own fields (importing pyts.image takes a minute of numba compiles); see the script there.
 FIXTURE = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "gaf_pyts.npz"))

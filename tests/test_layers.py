@@ -148,7 +148,7 @@ def test_unknown_activation_and_conv_impl_are_clear_errors():
 @pytest.mark.parametrize("kernel,stride,pad", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (7, 2, 3),
                                                (3, 1, 0)])
 def test_conv_of_gaf_factors_equals_conv_of_the_images(method, kernel, stride, pad):
-  from jkd import gaf
+  from jkd.images import gaf
   x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 30, 5)), jnp.float32)
   factors = gaf.gaf_factors(x, 13, method=method)
   images = gaf.gramian_angular_field(x, 13, method=method)
@@ -163,7 +163,7 @@ def test_conv_of_gaf_factors_equals_conv_of_the_images(method, kernel, stride, p
 
 
 def test_conv_of_gaf_factors_vmapped_over_runs_equals_each_run():
-  from jkd import gaf
+  from jkd.images import gaf
   x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 2, 20, 4)), jnp.float32)   # 3 runs
   conv = layers.Conv(5, 3, 2, 1, impl="loop")
   keys = jax.random.split(jax.random.PRNGKey(0), 3)

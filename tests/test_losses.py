@@ -11,22 +11,13 @@ import numpy as np
 import pytest
 
 from jkd import losses
-
-RTOL, ATOL = 2e-5, 1e-6
-
-
-def _rng(seed: int = 0) -> np.random.Generator:
-  return np.random.default_rng(seed)
+from numpy_ref import rng as _rng, close as _close, np_kd as _np_kd, np_gram as _np_gram
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
   z = z.astype(np.float64)
   m = z.max(-1, keepdims=True)
   return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
-
-
-def _close(a, b, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,14 +95,6 @@ def test_focal_loss_matches_numpy_and_reduces_to_ce():
 # KD
 
 
-def _np_kd(zs, zt, T, reduction="batchmean"):
-  lps, lpt = _log_softmax(zs / T), _log_softmax(zt / T)
-  kl = np.sum(np.exp(lpt) * (lpt - lps), -1)
-  if reduction == "mean":
-    kl = kl / zs.shape[-1]
-  return T * T * np.mean(kl)
-
-
 def test_kd_loss_matches_numpy_and_mean_is_batchmean_over_k():
   rng = _rng(4)
   zs, zt = (rng.normal(size=(6, 12)).astype(np.float32) * 3 for _ in range(2))
@@ -175,14 +158,6 @@ def test_kd_loss_standardize_matches_lab_tda_kd_term():
 
 # ------------------------------------------------------------------------------------------------
 # Batch similarity (SP's Gram matrices)
-
-
-def _np_gram(f, normalize=True):
-  q = f.reshape(f.shape[0], -1).astype(np.float64)
-  g = q @ q.T
-  if normalize:
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-  return g
 
 
 def test_gram_matches_numpy():

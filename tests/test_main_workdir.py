@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from jkd import checkpoint, results
+from jkd.engine import checkpoint, results
 from synthetic import write_sine_windows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,7 +141,7 @@ def test_six_devices_in_two_processes_equal_one(w):
 
 
 def test_restore_run_eval_mode_and_damaged_checkpoint(w, tmp_path):
-  from jkd import loop
+  from jkd.engine import loop
   from jkd.config import load_file
   res = _results(w["base"])
   v = checkpoint.restore_run(w["base"], (2, 1234))

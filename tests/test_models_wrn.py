@@ -251,7 +251,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 
 def test_2d_wrn_gives_the_same_outputs_on_gaf_factors_as_on_the_images():
-  from jkd import gaf
+  from jkd.images import gaf
   x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 12, 3)), jnp.float32)
   model = models.create("wrn10_1", num_classes=4, ndim=2)
   images = gaf.gramian_angular_field(x, 8)

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jkd import config as config_lib
-from jkd import optim
+from jkd.engine import optim
 
 
 def _cfg(**kw):

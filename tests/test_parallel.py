@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from jkd import parallel
+from jkd.engine import parallel
 
 
 def test_cpu_devices_one_per_run_up_to_the_cap_then_fewest_runs_per_device_least_padding():

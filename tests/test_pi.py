@@ -1,4 +1,4 @@
-"""jkd.pi.persistence_image equals the lab's ripser + persim pipeline (docs/persistence_images.md).
+"""jkd.images.pi.persistence_image equals the lab's ripser + persim pipeline (docs/persistence_images.md).
 
 The oracle, `lab_images`, calls ripser and persim exactly as the lab's notebook does: per window
 and channel a scipy sparse matrix with the values on the diagonal and max(x_i, x_{i+1}) on
@@ -23,7 +23,8 @@ from scipy import sparse
 from scipy.stats import norm
 
 from jkd import config as config_lib
-from jkd import convert, gaf, images, pi
+from jkd import convert, images
+from jkd.images import gaf, pi
 from jkd.models import create
 
 ripser = pytest.importorskip("ripser")
@@ -292,7 +293,7 @@ def test_image_input_gaf_pi_and_signals():
 
 
 def test_train_model_input_makes_pis_from_the_raw_windows():
-  from jkd import train
+  from jkd.engine import train
   config = config_lib.base()
   config.model.update(ndim=2, image="pi", image_size=16)
   raw = jnp.asarray(random_windows(1, 3, seed=4)[:2], jnp.float32)

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
 
-from jkd import augment, config as config_lib, train as train_lib
-from jkd import state as state_lib
+from jkd.engine import augment, train as train_lib
+from jkd import config as config_lib
+from jkd.engine import state as state_lib
 from jkd.data import normalize
 import jkd.models
 

@@ -108,12 +108,13 @@ def test_pipeline_resumed_after_its_teachers_gives_the_same_numbers(trained):
 def test_plots_of_every_stage_when_matplotlib_is_installed(trained):
   pytest.importorskip("matplotlib")
   w = trained[0] / "W"
-  stages = ("teacher_signal", "teacher_image", "student_scratch", "student_kd")
   names = sorted(os.listdir(w / "plots"))
-  assert names == sorted(["curves.png", "folds.png", *(f"confusion_{s}.png" for s in stages)])
+  assert names == sorted(f"{n}.{e}" for n in ("gains", "curves", "confusion") for e in ("png", "pdf"))
   for name in names:
-    assert (w / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"](plots/{name})" in (w / "report.md").read_text()
+    if name.endswith(".png"):
+      assert (w / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+      assert f"](plots/{name})" in (w / "report.md").read_text()
+  assert json.loads((w / "classes.json").read_text())   # the class names the confusion shows
 
 
 def test_second_run_skips_and_changed_student_reuses_teachers(trained):

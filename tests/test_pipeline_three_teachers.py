@@ -82,14 +82,14 @@ def test_three_teachers_trained_once_and_distilled_in_one_program(trained):
 
 def test_eskd_teacher_is_the_early_checkpoint(trained):
   w, _ = trained
-  from jkd import checkpoint, teachers
+  from jkd.engine import checkpoint, teachers
   import ml_collections as mc
   assert checkpoint.steps(str(w / "teacher_signal")) == [1, 2]   # 1 kept beyond keep_checkpoints
   cfg = mc.ConfigDict(json.loads((w / "eskd" / "config.json").read_text()))
   spec = cfg.teachers.signal_early
   assert (spec.source, spec.epoch) == (str(w / "teacher_signal"), 1)
   (t,) = teachers.build(cfg, num_classes=3)
-  from jkd.runs import Run
+  from jkd.engine.runs import Run
   got = teachers.load(t, [Run(0, 1, 1234, {})], [(2,), (1,), (3,)], 3)
   early = checkpoint.restore_runs(str(w / "teacher_signal"), [1], step=1)
   last = checkpoint.restore_runs(str(w / "teacher_signal"), [1])
@@ -101,7 +101,7 @@ def test_eskd_teacher_is_the_early_checkpoint(trained):
 
 def test_trainable_parts_are_checkpointed_but_not_part_of_the_student(trained):
   w, _ = trained
-  from jkd import checkpoint
+  from jkd.engine import checkpoint
   raw = checkpoint._restore_raw(str(w / "eskd"), None)
   reg = raw["params"]["distill"]["fitnet"]["0"]
   assert jax.tree.leaves(reg) and all(np.asarray(a).shape[0] == 3 for a in jax.tree.leaves(reg))
@@ -114,7 +114,7 @@ def test_trainable_parts_are_checkpointed_but_not_part_of_the_student(trained):
 
 def test_the_mtkd_rl_agent_trains_in_the_run_state(trained):
   w, _ = trained
-  from jkd import checkpoint
+  from jkd.engine import checkpoint
   full = json.loads((w / "results.json").read_text())
   assert all(r["status"] == "ok" for r in full["stages"]["three_rl"]["runs"])
   raw = checkpoint._restore_raw(str(w / "three_rl"), None)

@@ -10,8 +10,8 @@ import pytest
 import jkd.models
 from jkd import config as config_lib
 from jkd import distill, pipeline
-from jkd import state as state_lib
-from jkd import train as train_lib
+from jkd.engine import state as state_lib
+from jkd.engine import train as train_lib
 
 import jkd.data
 

@@ -15,8 +15,8 @@ pytest.importorskip("tensorboardX")
 
 import jkd.data
 from jkd import config as config_lib
-from jkd import loop
-from jkd import tensorboard as tb
+from jkd.engine import loop
+from jkd.engine import tensorboard as tb
 
 from synthetic import write_sine_windows
 

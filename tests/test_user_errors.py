@@ -399,7 +399,7 @@ def test_subprocess_exit_status_2(argv, expected, d, tmp_path):
 # -- what must work: a data source switched by override takes that source's keys and defaults
 
 def _parsed(argv, monkeypatch, target):
-  """Run main with `target` ('jkd.loop.train' or 'jkd.pipeline.run') replaced by a
+  """Run main with `target` ('jkd.engine.loop.train' or 'jkd.pipeline.run') replaced by a
   recorder; returns (exit status, stderr, the config it got)."""
   got = {}
 
@@ -420,7 +420,7 @@ def test_switching_source_takes_its_keys_and_defaults(d, tmp_path, monkeypatch):
   code, err, config = _parsed(["--config=configs/watch.py", f"--workdir={w}",
                                "--config.data.name=windows", f"--config.data.path={d}/w.npz",
                                "--config.data.ignore_label=2", "--config.train.batch_size=8"],
-                              monkeypatch, "jkd.loop.train")
+                              monkeypatch, "jkd.engine.loop.train")
   assert code == 0, err
   assert config.data.name == "windows" and config.data.ignore_label == 2
   assert config.data.path == f"{d}/w.npz"

@@ -1,6 +1,6 @@
 """What the train-step and kd-step benchmarks share: device placement, synthetic runs, timing.
 
-Both time the real epoch program (`jkd.train.make_train_epoch`) on random windows, with runs
+Both time the real epoch program (`jkd.engine.train.make_train_epoch`) on random windows, with runs
 spread over devices as `jkd.main` does.
 """
 
@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkd import parallel
-from jkd import runs as runs_lib
-from jkd import state as state_lib
-from jkd import train as train_lib
+from jkd.engine import parallel
+from jkd.engine import runs as runs_lib
+from jkd.engine import state as state_lib
+from jkd.engine import train as train_lib
 
 
 def add_devices_flag(p: argparse.ArgumentParser) -> None:

@@ -4,8 +4,8 @@ epoch in one call, on synthetic data.
   python -m jkd.bench epoch-chunks --model=wrn16_1 --runs=4 --batch=64 --length=100 \
       --channels=6 --classes=7 --steps=60 --chunk=6 --repeats=7 [--devices=0]
 
-`jkd.train.EpochProgram` runs steps lo..hi-1 of an epoch in one compiled program for any chunk,
-and `jkd.main` cuts each epoch into chunks of about 5 s (`jkd.train.Pacer`), syncing the host
+`jkd.engine.train.EpochProgram` runs steps lo..hi-1 of an epoch in one compiled program for any chunk,
+and `jkd.main` cuts each epoch into chunks of about 5 s (`jkd.engine.train.Pacer`), syncing the host
 after each. Here the same program trains two copies of the same runs, one epoch in one call and
 one epoch in `steps / chunk` calls, alternating for `repeats` rounds after a warm-up. Prints one
 JSON line: `one_s` and `chunked_s` (median epochs), `ratio` = chunked / one (1.0 = no cost),
@@ -30,8 +30,8 @@ import jkd.models
 from jkd.bench import _epoch
 from jkd import config as config_lib
 from jkd import distill
-from jkd import parallel
-from jkd import train as train_lib
+from jkd.engine import parallel
+from jkd.engine import train as train_lib
 
 
 class _Every:

@@ -1,4 +1,4 @@
-"""Speed of `jkd.gaf.gramian_angular_field` against pyts, the memory floor, and a conv consuming it.
+"""Speed of `jkd.images.gaf.gramian_angular_field` against pyts, the memory floor, and a conv consuming it.
 
     python -m jkd.bench gaf --batch=128 --length=100 --channels=40 --size=64 --repeats=10 \
         [--method=summation] [--no-pyts]
@@ -8,13 +8,13 @@ Times (median ms over `repeats`, after a warm-up call):
   pyts: `pyts.image.GramianAngularField` on the same data as `(C * B, L)` float64 (one call for
     every channel; the transposition to channels-last is not counted);
   jkd_reuse: the same field made batch after batch into the previous batch's memory
-    (`jkd.gaf.image_batches`, the buffer donated), as a loop exporting images would;
+    (`jkd.images.gaf.image_batches`, the buffer donated), as a loop exporting images would;
   copy: `np.copy` of a float32 array the size of the output (the memory-bandwidth floor with a
     fresh output), copyto: `np.copyto` into an existing one (the floor when memory is reused);
   stem: a 3x3 conv stem `Conv(16, 3, padding=1)` (gemm and lax impls) on the field, with the field
     computed inside the same jit (`fused`) or in a separate jit and handed over (`split`), and the
     conv alone on a ready field (`conv_only`).
-  stem_factors: the same stem on the field's rank-2 factors (`jkd.gaf.gaf_factors`, what jkd's
+  stem_factors: the same stem on the field's rank-2 factors (`jkd.images.gaf.gaf_factors`, what jkd's
     2-D models receive), factors computed in the same jit; the images are never built.
 `fused_materializes_field` says whether the compiled fused program still holds a `(B, S, S, C)`
 buffer, i.e. whether XLA computed the field where the conv consumes it (False) or not (True).
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkd.gaf import gaf_factors, gramian_angular_field, image_batches
+from jkd.images.gaf import gaf_factors, gramian_angular_field, image_batches
 from jkd.bench import median_ms
 from jkd.models.layers import Conv
 

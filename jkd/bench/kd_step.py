@@ -11,11 +11,11 @@ signal and GAF teachers, `(1 − λ)·CE + λ·KD + β·SP` over the three stage
 of `jkd.distill.TERMS` trained as `CE + term` from the signal teacher (`--teachers` changes
 that) with the term's authors' defaults; several names (comma-separated) are timed one after
 another in this process, each beside plain KD (`kd` is added first when missing), and each line
-carries `vs_kd` = its step time / KD's. Everything runs through `jkd.train.make_train_epoch`,
-`jkd.distill.make_objective` and `jkd.teachers.make_guide` on PAMAP2-shaped random windows (100 x
+carries `vs_kd` = its step time / KD's. Everything runs through `jkd.engine.train.make_train_epoch`,
+`jkd.distill.make_objective` and `jkd.engine.teachers.make_guide` on PAMAP2-shaped random windows (100 x
 40, 12 classes) with random teacher variables. By default every teacher runs forward in the step
 (the image teacher on GAF images computed in the step); `--cached` feeds outputs precomputed by
-`jkd.teachers.make_cache_fn`, as the stage does when no augmentation is active. `--image=pi`
+`jkd.engine.teachers.make_cache_fn`, as the stage does when no augmentation is active. `--image=pi`
 gives the image teacher persistence images (made in the step from the raw windows).
 
 Prints one JSON line per method: `compile_s` (lowering + XLA compile of the R-run epoch of
@@ -43,10 +43,11 @@ import jkd.data
 import jkd.models
 from jkd.bench import Reference, _epoch
 from jkd import config as config_lib
-from jkd import distill, images, parallel, pipeline
-from jkd import setup as setup_lib
-from jkd import teachers as teachers_lib
-from jkd import train as train_lib
+from jkd import distill, images, pipeline
+from jkd.engine import parallel
+from jkd.engine import setup as setup_lib
+from jkd.engine import teachers as teachers_lib
+from jkd.engine import train as train_lib
 
 
 def stage_config(a: argparse.Namespace, method: str = "lab", image: str = "gaf") -> mc.ConfigDict:

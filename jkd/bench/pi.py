@@ -1,4 +1,4 @@
-"""Speed of `jkd.pi.persistence_image` against the lab's ripser + persim path, and the first conv.
+"""Speed of `jkd.images.pi.persistence_image` against the lab's ripser + persim path, and the first conv.
 
     python -m jkd.bench pi --batch=128 --length=100 --channels=40 --size=64 --repeats=5 \
         [--lab_windows=4] [--no-lab] [--no-stem]
@@ -9,7 +9,7 @@ the lab's cost grows with). Times are medians over `repeats` after a warm-up cal
 one process:
 
   jkd: the jitted images `(B, L, C) -> (B, S, S, C)` float32, until `block_until_ready`
-    (`jkd_ungrouped`: the whole batch at once instead of in groups of `jkd.pi._CPU_GROUP`
+    (`jkd_ungrouped`: the whole batch at once instead of in groups of `jkd.images.pi._CPU_GROUP`
     windows on a CPU);
   lab: the notebook's loop (scipy sparse matrix, `ripser(..., maxdim=0, distance_matrix=True)`,
     its filters, legacy `persim.PersImage(...).transform`, division by the max) on the first
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkd import gaf, pi
+from jkd.images import gaf, pi
 from jkd.bench import median_ms
 from jkd.models.layers import Conv
 

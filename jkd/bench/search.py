@@ -44,7 +44,8 @@ def _config(points: int, epochs: int, folds: int):
 
 def _grid(args, root: str, log) -> dict:
   from jkd import config as config_lib
-  from jkd import loop, preflight
+  from jkd import preflight
+  from jkd.engine import loop
   from jkd.search import halving
   n = max(2, round(math.sqrt(args.points)))
   c = _config(args.points, args.epochs, args.folds)

@@ -1,12 +1,12 @@
-"""Benchmark the real vmapped training program (`jkd.train.make_train_epoch`) on synthetic data.
+"""Benchmark the real vmapped training program (`jkd.engine.train.make_train_epoch`) on synthetic data.
 
   python -m jkd.bench train-step --model=wrn16_1 --runs=9 --batch=128 --length=100 --channels=40 \
       --classes=12 --steps=20 [--ndim=2] [--devices=0] [--conv_impl=gemm] [--torch]
 
 The runs are spread over XLA devices as `jkd.main` does (`--devices=0`: one CPU device per run,
-`jkd.parallel.use_cpu_devices`; 1: every run vmapped on one device). With `--ndim=2` the model is
+`jkd.engine.parallel.use_cpu_devices`; 1: every run vmapped on one device). With `--ndim=2` the model is
 the 2-D variant fed the GAF images of the windows (`--image_size`), computed in the step (as
-rank-2 factors, `jkd.gaf.gaf_factors`, as `jkd.main` feeds them).
+rank-2 factors, `jkd.images.gaf.gaf_factors`, as `jkd.main` feeds them).
 Prints one JSON line: `compile_s` (lowering + XLA compile of the R-run epoch of `steps` steps),
 `ms_per_step` (one step of every run), `samples_per_s` (all runs together). `--torch` adds a
 PyTorch eager loop training the same R models one after another (same WRN, batch, SGD momentum 0.9
@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import jkd.models
 from jkd.bench import Reference, _epoch
 from jkd import config as config_lib
-from jkd import parallel
+from jkd.engine import parallel
 from jkd import distill
-from jkd import train as train_lib
+from jkd.engine import train as train_lib
 
 
 def bench_jax(a: argparse.Namespace, reference: Any = None) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def _check_model(model: mc.ConfigDict, prefix: str = "model") -> None:
 
 
 def _check_teachers(config: mc.ConfigDict) -> None:
-  """Every declared teacher's entry (`jkd.teachers.spec`): which checkpoint, and its model."""
+  """Every declared teacher's entry (`jkd.engine.teachers.spec`): which checkpoint, and its model."""
   for name, t in (config.get("teachers", None) or {}).items():
     _choice(f"teachers.{name}.which", t.which, ("last", "best"))
     if isinstance(t.epoch, bool) or not isinstance(t.epoch, int) or t.epoch < 0:

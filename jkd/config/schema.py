@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import ml_collections as mc
 
-from jkd import augment
+from jkd.engine import augment
 
 # Numeric keys under these sections become per-run arrays and may be swept.
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -40,7 +40,7 @@ def base(data: mc.ConfigDict | None = None) -> mc.ConfigDict:
   c.model = mc.ConfigDict({
       "name": "wrn16_1",
       "ndim": 1,                 # 2: the model sees an image per channel of the window
-      "image": "gaf",            # ndim 2: 'gaf' (jkd.gaf) or 'pi' (persistence images, jkd.pi)
+      "image": "gaf",            # ndim 2: 'gaf' (jkd.images.gaf) or 'pi' (persistence images, jkd.images.pi)
       "image_size": 64,          # image side S (ndim 2)
       "gaf_method": "summation",
       # model.image='pi': persim's legacy PersImage as the lab used it (docs/persistence_images.md)
@@ -62,7 +62,7 @@ def base(data: mc.ConfigDict | None = None) -> mc.ConfigDict:
       # NVIDIA GPUs since Ampere, as PyTorch's cuDNN convolutions do); 'highest' = full float32.
       # CPUs compute full float32 either way.
       "matmul_precision": "default",
-      "tensorboard": False,      # event files under W/tensorboard/ (jkd.tensorboard; tensorboardX)
+      "tensorboard": False,      # event files under W/tensorboard/ (jkd.engine.tensorboard; tensorboardX)
   })
   c.loss = _loss_defaults()
   c.optim = mc.ConfigDict({

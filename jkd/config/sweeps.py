@@ -24,8 +24,9 @@ def teacher_names(config: mc.ConfigDict) -> tuple[str, ...]:
 def per_run_keys(config: mc.ConfigDict) -> list[str]:
   """Dotted keys whose values travel as per-run arrays through the step and change what it
   computes: the only sweepable ones. Each is declared next to the code that reads it: the
-  optimiser's (`jkd.optim.per_run_keys`) and the listed terms' (`jkd.distill.per_run_keys`)."""
-  from jkd import distill, optim   # noqa: PLC0415 - both import jax
+  optimiser's (`jkd.engine.optim.per_run_keys`) and the listed terms' (`jkd.distill.per_run_keys`)."""
+  from jkd import distill
+  from jkd.engine import optim   # noqa: PLC0415 - both import jax
   return optim.per_run_keys(config.optim) + distill.per_run_keys(config.loss,
                                                                  teacher_names(config))
 

@@ -200,7 +200,7 @@ def make_objective(config: mc.ConfigDict) -> Callable:
   """`objective(logits, features, labels, hp, context) -> (total, terms, terms' batch_stats)`, the
   objective of every stage: Σ weight × term over `loss.terms`.
 
-  `context` (`jkd.train.Context`) is what the training step knows beyond the batch: the epoch and
+  `context` (`jkd.engine.train.Context`) is what the training step knows beyond the batch: the epoch and
   the step's index in it, the batch's dataset indices, a key of the run and step, the run's
   training indices and every label, the teachers' `Outputs` (`distill.teachers` order; none
   outside a distillation stage) and the run's trainable parts of the terms (`distill`); `Batch`

@@ -175,7 +175,7 @@ class CRD(Term):
                                batch.all_labels)):
       raise TermError("loss.crd needs the batch's dataset indices, a step key, the run's training "
                       "indices and every window's label (context index, key, pool, pool_count, "
-                      "all_labels, as jkd.train.Step gives)")
+                      "all_labels, as jkd.engine.train.Step gives)")
     idx = batch.index
     neg = negatives(batch.key, batch.all_labels[idx], batch.pool, batch.pool_count,
                     batch.all_labels, int(cfg.nce_k))

@@ -208,7 +208,7 @@ class MTKDRL(Term):
   def loss(self, cfg, hp, batch):
     if batch.step is None:
       raise TermError("loss.mtkd_rl needs the step's index within its epoch (context step, as "
-                      "jkd.train.Step gives)")
+                      "jkd.engine.train.Step gives)")
     st = batch.batch_stats
     sizes = self._sizes(batch.teachers)
     lr, temp, fw = hp["agent_lr"], hp["temperature"], hp["feat_weight"]

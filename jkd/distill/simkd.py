@@ -11,11 +11,11 @@ loss is MSE(P(source), target). The teacher's map is the one its classifier pool
 authors' `feat_t[-2]`: for a WRN teacher (whose stage maps jkd takes before the final BN-ReLU)
 act(batch_norm(map)) in eval mode (`jkd.models.head`). AT INFERENCE the student predicts
 `teacher fc(pool(P(aligned student map)))`: the teacher's classifier replaces the student's own
-fc (unused). `jkd.train.make_evaluate` does this through `predict`.
+fc (unused). `jkd.engine.train.make_evaluate` does this through `predict`.
 
 Trainable: the projector (params and BatchNorm statistics, per run). Non-trainable state: a copy
 of the teacher's classifier head (its `fc`, and for a WRN its final `batch_norm`) taken from the
-run's teacher at init. Both are kept at inference (`jkd.checkpoint.restore_run(...,
+run's teacher at init. Both are kept at inference (`jkd.engine.checkpoint.restore_run(...,
 distill=True)` returns them). `teacher` picks whose classifier is reused (0-based, in
 `distill.teachers` order; SimKD has one teacher); it must have the student's rank.
 """

@@ -19,7 +19,7 @@ The contract between a term and the engine:
   ...), as Flax variables `{'params': ..., 'batch_stats': ...}` of ONE run, or None. They live in
   the train state per run (params under `params['distill'][name]`, the rest under
   `batch_stats['distill'][name]`), are trained with the student and checkpointed with it, and are
-  left out of the student that `jkd.checkpoint.restore_run` returns by default. `info` (`Info`,
+  left out of the student that `jkd.engine.checkpoint.restore_run` returns by default. `info` (`Info`,
   passed only to an `init` that takes it) says what else the engine knows: the number of windows,
   the smallest fold's training windows, the teachers' model sections, shapes and this run's
   variables (to copy a teacher's classifier). Non-trainable state (memory banks, a copied
@@ -31,7 +31,7 @@ The contract between a term and the engine:
 * `predicts(cfg)` / `predict(cfg, own, student, info)`: a term that changes how the trained
   student predicts (SimKD: through its projector and the teacher's classifier) returns the
   logits from the run's term variables `own` and the student's `Outputs`; evaluation
-  (`jkd.train.make_evaluate`) then uses them instead of the student's own logits.
+  (`jkd.engine.train.make_evaluate`) then uses them instead of the student's own logits.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Needs:
 
 @dataclasses.dataclass(frozen=True)
 class Info:
-  """What `init` and `predict` may know beyond the output shapes (`jkd.setup` fills it)."""
+  """What `init` and `predict` may know beyond the output shapes (`jkd.engine.setup` fills it)."""
   num_windows: int = 0          # windows in the dataset `x` (dataset indices are 0..N-1)
   train_windows: int = 0        # training windows of the smallest fold
   teacher_models: tuple = ()    # each teacher's model section (name, ndim, kwargs), stage order
@@ -103,7 +103,7 @@ class Info:
 @flax.struct.dataclass
 class Context:
   """What the objective may read beyond the student's outputs and the labels, as the training
-  step (`jkd.train.Step`) fills it; `Batch` carries it to the terms. A future method's engine
+  step (`jkd.engine.train.Step`) fills it; `Batch` carries it to the terms. A future method's engine
   input is one field here (a caller outside the step leaves what it lacks as None)."""
   epoch: Array                      # () 0-based, traced
   teachers: Any = ()                # [Outputs] per teacher (the guide's), or ()

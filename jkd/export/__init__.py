@@ -1,7 +1,7 @@
 """A trained run as a function of the raw windows, for export (`python -m jkd.export`).
 
 `load(workdir, run, which)` reads a jkd workdir (a pipeline stage's `W/<stage>` included) through
-the engine's public readers (`jkd.checkpoint.restore_run`, the resolved `config.json`, the data
+the engine's public readers (`jkd.engine.checkpoint.restore_run`, the resolved `config.json`, the data
 source and its folds) and returns a `Trained`: its `logits(x)` maps raw windows `(B, L, C)`, as
 the data source gives them, to logits `(B, classes)` as evaluation computes them: the fold's
 normalisation, the images of a 2-D model (GAF images dense, the first convolution on them: the
@@ -9,7 +9,7 @@ same numbers as jkd's factored one), the model, and a predicting term's head (Si
 projector and the teacher's classifier, `jkd.distill.make_predict`). It is what export traces:
 `conv_impl='lax'` without the AVX-512 convolution call (`JKD_CPU_CONV=0`), the same parameters in
 plain XLA operations. `engine_logits(x)` computes the same with the engine's own convolution
-kernels and GAF factors, as `jkd.train.make_evaluate` does: the reference of the export's check.
+kernels and GAF factors, as `jkd.engine.train.make_evaluate` does: the reference of the export's check.
 """
 
 from __future__ import annotations
@@ -80,16 +80,16 @@ def stage_dir(workdir: str, stage: str | None) -> str:
     raise ExportError(f"--workdir={workdir} does not exist")
   if stage is None:
     if not os.path.exists(os.path.join(workdir, "runs.json")):
-      from jkd import report
-      names = report.stage_names(workdir)
+      from jkd.report import workdirs
+      names = workdirs.stage_names(workdir)
       if names:
         raise ExportError(f"{workdir} is a pipeline workdir; pick a stage with --stage "
                           f"({', '.join(names)})")
     return workdir
   path = os.path.join(workdir, stage)
   if not os.path.exists(os.path.join(path, "runs.json")):
-    from jkd import report
-    names = report.stage_names(workdir)
+    from jkd.report import workdirs
+    names = workdirs.stage_names(workdir)
     raise ExportError(f"no stage {stage!r} under {workdir}; its stages: "
                       f"{', '.join(names) or 'none trained'}")
   return path
@@ -106,7 +106,7 @@ def _config(workdir: str) -> mc.ConfigDict:
 def check(workdir: str, run: int, which: str = "last") -> dict:
   """The runs.json entry of `run`, after the checks that need no data: checkpoints exist, the run
   exists, and `which='best'` was kept for it. ExportError otherwise."""
-  from jkd import checkpoint, results
+  from jkd.engine import checkpoint, results
   _config(workdir)
   if not checkpoint.steps(workdir):
     raise ExportError(f"{workdir} has no checkpoints ({checkpoint.directory(workdir)}); train "
@@ -133,7 +133,7 @@ def _predict(config: mc.ConfigDict, model, num_classes: int, window: tuple) -> C
   if "distill" not in config:
     return None
   from jkd import distill, images
-  from jkd import teachers as teachers_lib
+  from jkd.engine import teachers as teachers_lib
   ts = teachers_lib.build(config, num_classes)
   x = jnp.zeros((2, *window), jnp.float32)
   needs = distill.teacher_needs(config.loss)
@@ -150,7 +150,9 @@ def load(workdir: str, run: int = 0, which: str = "last") -> Trained:
   """Run `run` of `workdir` (its `which` variables) as a function of the raw windows."""
   import jkd.data
   import jkd.models
-  from jkd import checkpoint, gaf, images
+  from jkd.engine import checkpoint
+  from jkd.images import gaf
+  from jkd import images
   from jkd.data import folds as folds_lib
   from jkd.data import normalize
   entry = check(workdir, run, which)
@@ -181,7 +183,7 @@ def load(workdir: str, run: int = 0, which: str = "last") -> Trained:
     return out if predict is None else predict(own, out, features)
 
   def engine_logits(x):
-    """As `jkd.train.make_evaluate` computes them: the configured convolutions, GAF factors."""
+    """As `jkd.engine.train.make_evaluate` computes them: the configured convolutions, GAF factors."""
     return logits(x, engine, dense=False)
 
   used = variables if predict is not None else student

@@ -130,10 +130,10 @@ def measure(workdir: str, calls: int = CALLS, log: Callable[[str], None] | None 
             ) -> dict[str, Any]:
   """{stage: row} for every stage of a pipeline workdir; a stage that cannot be measured gets
   {'error': why}."""
-  from jkd import report
+  from jkd.report import workdirs
   out = {}
   t0 = time.perf_counter()
-  for name in report.stage_names(workdir):
+  for name in workdirs.stage_names(workdir):
     d = os.path.join(workdir, name)
     if not os.path.exists(os.path.join(d, "runs.json")):
       continue

@@ -15,9 +15,7 @@ with more dependencies.
 
 The batch dimension is dynamic: the trace uses a batch of `TRACE_BATCH` (a prime no dimension of
 jkd's models is a multiple of), and a reshape's batch-sized entry becomes ONNX's 0 (copy) or -1.
-`quantize_int8` is onnxruntime's post-training static quantisation (QDQ, uint8 activations,
-per-channel int8 weights),
-calibrated on windows the caller gives (the fold's training subjects).
+Running the model and its int8 quantisation: `jkd.export.runtime`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ kernel gradients go through `jkd.models.cpu_conv` where it is available (float32
 channels a multiple of 16).
 
 Which is fastest depends on how many runs share a device (``python -m jkd.bench conv`` and
-``train-step``); on CPU `jkd.main` gives every run its own device (`jkd.parallel`). Measured
+``train-step``); on CPU `jkd.main` gives every run its own device (`jkd.engine.parallel`). Measured
 train-step, WRN16-1, 9 runs, ms per step of all runs (README, Benchmarks):
 
   ======================  ======  ======  ======
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax import custom_batching
 
-from jkd import gaf
+from jkd.images import gaf
 from jkd.models import cpu_conv
 
 Array = jax.Array

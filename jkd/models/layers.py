@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jkd import gaf
+from jkd.images import gaf
 from jkd.models.conv import (CONV_IMPLS, _conv, _conv_gemm, _tuple, conv_direct,  # noqa: F401
                              conv_factors, im2col, resolve_impl)
 

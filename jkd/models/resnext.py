@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkd import gaf
+from jkd.images import gaf
 from jkd.models import layers
 
 Array = jax.Array

@@ -4,7 +4,7 @@
 lives in `workdir/search.db`, or in `search.storage` shared by several jobs: each job's trials
 carry its workdir), then trains rung after rung:
 
-  W/rung0/   every point x seed x fold, epochs 0 .. rungs[0]       (a jkd workdir, `jkd.loop`)
+  W/rung0/   every point x seed x fold, epochs 0 .. rungs[0]       (a jkd workdir, `jkd.engine.loop`)
   W/rung1/   the best 1/eta of them, from their rung0 checkpoints, epochs rungs[0] .. rungs[1]
   ...        the last rung ends at train.epochs
 
@@ -39,7 +39,7 @@ import ml_collections as mc
 import numpy as np
 
 from jkd import config as config_lib
-from jkd import metrics as metrics_lib
+from jkd.engine import metrics as metrics_lib
 from jkd.search import space as space_lib
 
 OWNER = "jkd_workdir"     # trial user attr: the workdir whose search drew the trial
@@ -148,13 +148,13 @@ def select(val: np.ndarray, finished: list[int]) -> int:
 
 
 def _start_from(prev_dir: str, step: int, keep: list[int]) -> Callable:
-  """`jkd.loop.train`'s `start_from`: the runs `keep` (run indices of the previous rung's program)
+  """`jkd.engine.loop.train`'s `start_from`: the runs `keep` (run indices of the previous rung's program)
   restored from its checkpoint after `step`, in the new program's order (its padding copies its
-  first run, as `jkd.runs.pad` does)."""
+  first run, as `jkd.engine.runs.pad` does)."""
   def start(s):
     import jax   # noqa: PLC0415
     import orbax.checkpoint as ocp   # noqa: PLC0415
-    from jkd import checkpoint, parallel   # noqa: PLC0415
+    from jkd.engine import checkpoint, parallel   # noqa: PLC0415
     idx = np.array(keep + [keep[0]] * (s.num_runs - len(keep)))
     with checkpoint.manager(prev_dir, async_writes=False) as mngr:
       meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -173,7 +173,7 @@ def _start_from(prev_dir: str, step: int, keep: list[int]) -> Callable:
 
 
 def _rung_done(rdir: str, cfg: mc.ConfigDict, stop: int) -> dict | None:
-  from jkd import workdir as workdir_lib   # noqa: PLC0415
+  from jkd.engine import workdir as workdir_lib   # noqa: PLC0415
   path = os.path.join(rdir, "results.json")
   if not os.path.isfile(path):
     return None
@@ -200,8 +200,8 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False, runs_per_f
         log: Callable[[str], None] = print) -> dict:
   """Search (see the module docstring); writes search.csv and search.json; returns the summary.
   The config was checked (`jkd.preflight`, `jkd.search.check`)."""
-  from jkd import loop   # noqa: PLC0415 - imports jax
-  from jkd import workdir as workdir_lib   # noqa: PLC0415
+  from jkd.engine import loop   # noqa: PLC0415 - imports jax
+  from jkd.engine import workdir as workdir_lib   # noqa: PLC0415
   optuna = require_optuna()
   t0 = time.time()
   if overwrite:
@@ -268,7 +268,7 @@ def write_winner(workdir: str, history: list, chosen: int, summary: dict) -> Non
   metrics.jsonl over every rung it trained in): what a plain run of that point writes, so a
   pipeline's report (`jkd.report`) reads a search stage as any other; results.json also holds
   the search's summary under `search`."""
-  from jkd import results as results_lib   # noqa: PLC0415
+  from jkd.engine import results as results_lib   # noqa: PLC0415
   records, res = [], None
   for rdir, alive, per in history:
     if chosen not in alive:

@@ -4,7 +4,7 @@ Everything is computed from the stage workdirs alone (`W/<stage>/results.json`, 
 `confusion.npz`), so `--mode=report` regenerates it. Metrics in %:
 
 * per-stage table: accuracy and macro-F1 at the final and the best epoch, mean ± population std
-  over folds and trials (as `jkd.results`), one row per stage (per sweep point for a sweep);
+  over folds and trials (as `jkd.engine.results`), one row per stage (per sweep point for a sweep);
 * per-fold table: each stage's accuracy per fold (mean over trials);
 * the best-epoch accuracy with the lab's "±" (`lab_pm`) in its own labelled column;
 * KD gain of every distillation stage over `student_scratch`, paired across folds: per fold the difference of
@@ -22,150 +22,20 @@ import math
 import os
 from typing import Any
 
-import numpy as np
-from jkd.metrics import write_atomic
+from jkd.engine.metrics import write_atomic
 
-SCRATCH = "student_scratch"
-METRICS = (("final", "accuracy"), ("final", "macro_f1"), ("best", "accuracy"), ("best", "macro_f1"))
-
-
-# ----------------------------------------------------------------------------- statistics
-
-def _betacf(a: float, b: float, x: float) -> float:
-  """Continued fraction of the incomplete beta function (modified Lentz), float64."""
-  tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-  c, d = 1.0, 1.0 - qab * x / qap
-  d = 1.0 / (d if abs(d) > tiny else tiny)
-  h = d
-  for m in range(1, 500):
-    m2 = 2 * m
-    for num in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-      d = 1.0 + num * d
-      d = 1.0 / (d if abs(d) > tiny else tiny)
-      c = 1.0 + num / c
-      c = c if abs(c) > tiny else tiny
-      h *= d * c
-    if abs(d * c - 1.0) < 1e-15:
-      break
-  return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-  """Regularised incomplete beta I_x(a, b) for a, b > 0, 0 <= x <= 1."""
-  if x <= 0.0:
-    return 0.0
-  if x >= 1.0:
-    return 1.0
-  log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
-               + b * math.log1p(-x))
-  if x < (a + 1.0) / (a + b + 2.0):
-    return math.exp(log_front) * _betacf(a, b, x) / a
-  return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, dof: float) -> float:
-  """P(|T| >= |t|) for Student's t with `dof` degrees of freedom."""
-  if math.isnan(t):
-    return float("nan")
-  if math.isinf(t):
-    return 0.0
-  return betainc(dof / 2.0, 0.5, dof / (dof + t * t))
-
-
-def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-  """Paired comparison of b − a: mean, sample std (ddof 1), n, t and two-sided p-value."""
-  d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
-  n = len(d)
-  mean = float(d.mean()) if n else float("nan")
-  std = float(d.std(ddof=1)) if n > 1 else float("nan")
-  if n < 2:
-    t = p = float("nan")
-  elif std == 0.0:
-    t = math.copysign(math.inf, mean) if mean else float("nan")
-    p = 0.0 if mean else float("nan")
-  else:
-    t = mean / (std / math.sqrt(n))
-    p = t_two_sided_p(t, n - 1)
-  return {"n": n, "mean": mean, "std": std, "t": t, "p": p}
-
-
-# ----------------------------------------------------------------------------- collecting
-
-def stage_names(workdir: str) -> list[str]:
-  """The pipeline's stages in order (W/stages.json), else every subdirectory with results."""
-  path = os.path.join(workdir, "stages.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  names = sorted(n for n in os.listdir(workdir) if os.path.isfile(
-      os.path.join(workdir, n, "results.json"))) if os.path.isdir(workdir) else []
-  rank = lambda n: (0 if n.startswith("teacher_") else 1 if n == SCRATCH else 2, n)
-  return sorted(names, key=rank)
-
-
-def is_kd_stage(name: str) -> bool:
-  return not name.startswith("teacher_") and name != SCRATCH
-
-
-def read_stages(workdir: str) -> dict[str, dict]:
-  """Each trained stage's results.json, in pipeline order."""
-  out = {}
-  for name in stage_names(workdir):
-    path = os.path.join(workdir, name, "results.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        out[name] = json.load(f)
-  return out
-
-
-def _sweep_key(sweep: dict) -> str:
-  return " ".join(f"{k}={v:g}" for k, v in sorted(sweep.items()))
-
-
-def per_fold(res: dict, which: str, metric: str) -> dict[str, dict[int, float]]:
-  """sweep point -> fold -> mean over the trials (runs that did not fail) of `which.metric`."""
-  acc: dict[str, dict[int, list]] = {}
-  for r in res["runs"]:
-    if r["status"] != "ok":
-      continue
-    acc.setdefault(_sweep_key(r["sweep"]), {}).setdefault(r["fold"], []).append(r[which][metric])
-  return {k: {f: float(np.mean(v)) for f, v in sorted(folds.items())} for k, folds in acc.items()}
-
-
-def kd_gain(stages: dict[str, dict]) -> list[dict[str, Any]]:
-  """Each KD stage − student_scratch per sweep point and metric, paired over the common folds."""
-  if SCRATCH not in stages:
-    return []
-  out = []
-  for name in (n for n in stages if is_kd_stage(n)):
-    for which, metric in METRICS:
-      base = next(iter(per_fold(stages[SCRATCH], which, metric).values()), {})
-      for point, folds in per_fold(stages[name], which, metric).items():
-        common = sorted(set(base) & set(folds))
-        test = paired_test(np.array([base[f] for f in common]),
-                           np.array([folds[f] for f in common]))
-        out.append({"stage": name, "sweep": point, "which": which, "metric": metric,
-                    "folds": common, **test})
-  return out
-
-
-def lab_pm(res: dict, point: str, which: str = "best", metric: str = "accuracy") -> float:
-  """The lab's "±" (docs/protocol.md §9): the population std of the per-fold trial means
-  divided by √(folds · trials − 1), √26 for PAMAP2's 9 folds × 3 trials. Not a standard
-  deviation of anything; reported beside the honest ones so numbers compare with the papers."""
-  folds = per_fold(res, which, metric).get(point, {})
-  runs = [r for r in res["runs"] if r["status"] == "ok" and _sweep_key(r["sweep"]) == point]
-  if len(folds) < 2 or len(runs) < 2:
-    return float("nan")
-  return float(np.std(list(folds.values())) / math.sqrt(len(runs) - 1))
+from jkd.report.stats import (METRICS, betainc, kd_gain, lab_pm, paired_test, per_fold,  # noqa: F401
+                              sweep_key, t_two_sided_p)
+from jkd.report.workdirs import (SCRATCH, is_kd_stage, is_pipeline_workdir,  # noqa: F401
+                                 read_stages, stage_names)
 
 
 def build(workdir: str) -> dict[str, Any]:
   stages = read_stages(workdir)
   if not stages:
     raise FileNotFoundError(f"no stage results under {workdir}; train the pipeline first")
-  return {"stages": stages, "kd_gain": kd_gain(stages)}
+  from jkd.engine import provenance   # noqa: PLC0415
+  return {"stages": stages, "kd_gain": kd_gain(stages), "provenance": provenance.collect()}
 
 
 # ----------------------------------------------------------------------------- report.md
@@ -201,7 +71,7 @@ def markdown(full: dict[str, Any]) -> str:
     e = res["experiment"]
     model = f"{e['model']} ({e['ndim']}-D)"
     for s in res["summary"]:
-      lines.append(f"| {name} | {model} | {_sweep_key(s['sweep']) or '—'} | "
+      lines.append(f"| {name} | {model} | {sweep_key(s['sweep']) or '—'} | "
                    f"{s['runs'] - s['failed']}/{s['runs']} | {res['epochs_done']} | "
                    f"{_pct(s['final']['accuracy'])} | {_pct(s['final']['macro_f1'])} | "
                    f"{_pct(s['best']['accuracy'])} | {_pct(s['best']['macro_f1'])} | "
@@ -235,13 +105,35 @@ def markdown(full: dict[str, Any]) -> str:
       t = "—" if math.isnan(g["t"]) else f"{g['t']:.2f}"
       lines.append(f"| {g['stage']} | {g['sweep'] or '—'} | {g['which']} {g['metric']} | {g['n']} | "
                    f"{_num(g['mean'], scale=100):s} | {_num(g['std'])} | {t} | {_p(g['p'])} |")
+  lines += _provenance_lines(stages, full.get("provenance"))
   return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(stages: dict[str, dict], now: dict | None) -> list[str]:
+  """What trained the stages (each stage's `provenance`, grouped when several differ) and what
+  wrote this report."""
+  from jkd.engine import provenance   # noqa: PLC0415
+  groups: dict[str, list[str]] = {}
+  recorded = {}
+  for name, res in stages.items():
+    key = json.dumps(res.get("provenance"), sort_keys=True)
+    groups.setdefault(key, []).append(name)
+    recorded[key] = res.get("provenance")
+  out = ["", "## Provenance", ""]
+  for key, names in groups.items():
+    head = "Trained by" if len(groups) == 1 else f"Stages {', '.join(names)} trained by"
+    body = provenance.lines(recorded[key]) or ["- not recorded (results written before jkd "
+                                               "recorded provenance)"]
+    out += [f"{head}:", "", *body, ""]
+  if now:
+    out += ["Report written by:", "", *provenance.lines(now)]
+  return out
 
 
 def _lab(res: dict, s: dict) -> str:
   if not s["best"]["accuracy"] or s["best"]["accuracy"].get("mean") is None:
     return "—"
-  pm = lab_pm(res, _sweep_key(s["sweep"]))
+  pm = lab_pm(res, sweep_key(s["sweep"]))
   return f"{100 * s['best']['accuracy']['mean']:.2f} ± {_num(pm)}"
 
 
@@ -251,7 +143,7 @@ def summary_table(full: dict[str, Any]) -> str:
            f"{'best acc':>15} {'best F1':>15}"]
   for name, res in full["stages"].items():
     for s in res["summary"]:
-      lines.append(f"{name:<16} {_sweep_key(s['sweep']) or '-':<22} "
+      lines.append(f"{name:<16} {sweep_key(s['sweep']) or '-':<22} "
                    f"{s['runs'] - s['failed']:>2}/{s['runs']:<2} "
                    f"{_pct(s['final']['accuracy']):>15} {_pct(s['final']['macro_f1']):>15} "
                    f"{_pct(s['best']['accuracy']):>15} {_pct(s['best']['macro_f1']):>15}")
@@ -270,19 +162,16 @@ def write(workdir: str, plots: bool = True) -> dict[str, Any]:
   full["complexity"] = complexity.measure(workdir)
   write_atomic(os.path.join(workdir, "results.json"), json.dumps(full, indent=1))
   from jkd.search import halving as search_halving
-  text = markdown(full) + search_halving.markdown(workdir) + complexity.markdown(full["complexity"])
+  text = (markdown(full) + search_halving.markdown(workdir)
+          + complexity.markdown(full["complexity"]))
   if plots:
-    from jkd import plots as plots_lib
+    from jkd.report import plots as plots_lib
     made = plots_lib.write(workdir, full)
     text += "\n" + ("## Plots\n\n" + "\n".join(f"![{os.path.basename(p)}](plots/"
                                              f"{os.path.basename(p)})" for p in made)
                     if made else "Plots: install matplotlib (`pip install 'jkd[plot]'`).") + "\n"
   write_atomic(os.path.join(workdir, "report.md"), text)
   return full
-
-
-def is_pipeline_workdir(workdir: str) -> bool:
-  return bool(stage_names(workdir)) and not os.path.exists(os.path.join(workdir, "runs.json"))
 
 
 __all__ = ["build", "write", "markdown", "summary_table", "paired_test", "t_two_sided_p",

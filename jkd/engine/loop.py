@@ -1,9 +1,9 @@
-"""The training loop of an experiment in its workdir (`jkd.workdir`), and `--mode=eval`.
+"""The training loop of an experiment in its workdir (`jkd.engine.workdir`), and `--mode=eval`.
 
-`train(config, workdir)` builds the programs (`jkd.setup`), resumes from the newest checkpoint,
+`train(config, workdir)` builds the programs (`jkd.engine.setup`), resumes from the newest checkpoint,
 runs the epochs (progress lines with ETAs inside long ones), evaluates every run after each,
 keeps each run's best variables, writes metrics.jsonl per epoch, checkpoints, and finally
-results.json and confusion.npz (`jkd.results`). The config is checked before (`jkd.preflight`).
+results.json and confusion.npz (`jkd.engine.results`). The config is checked before (`jkd.preflight`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
 
-from jkd import checkpoint, parallel, results as results_lib
-from jkd import workdir as workdir_lib
+from jkd.engine import checkpoint, parallel, results as results_lib
+from jkd.engine import workdir as workdir_lib
 from jkd import config as config_lib
-from jkd import metrics as metrics_lib
-from jkd import optim
-from jkd import setup as setup_lib
-from jkd import tensorboard as tensorboard_lib
-from jkd import train as train_lib
+from jkd.engine import metrics as metrics_lib
+from jkd.engine import optim
+from jkd.engine import setup as setup_lib
+from jkd.engine import tensorboard as tensorboard_lib
+from jkd.engine import train as train_lib
 
 
 def _runs_json(s: setup_lib.Setup) -> list[dict]:
@@ -92,7 +92,8 @@ def _results(s: setup_lib.Setup, tracker: results_lib.Tracker, epochs_done: int)
 def _write_outputs(workdir: str, s: setup_lib.Setup, tracker: results_lib.Tracker, epochs_done: int) -> dict:
   res = _results(s, tracker, epochs_done)
   if parallel.is_writer():
-    results_lib.write(workdir, res)
+    from jkd.engine import provenance   # noqa: PLC0415
+    results_lib.write(workdir, {**res, "provenance": provenance.collect()})
     tmp = os.path.join(workdir, f"confusion.tmp{os.getpid()}.npz")
     np.savez(tmp, **{k: v[:s.real] for k, v in tracker.a.items() if v.ndim == 3})
     os.replace(tmp, os.path.join(workdir, "confusion.npz"))
@@ -109,7 +110,7 @@ PROGRESS_SECONDS = 10.0   # inside an epoch, a progress line at least about this
 
 class _Progress:
   """Progress lines inside long epochs (stdout, process 0). The epoch runs in chunks of steps of
-  about half of PROGRESS_SECONDS each (`jkd.train.Pacer`); after a chunk that ends PROGRESS_SECONDS
+  about half of PROGRESS_SECONDS each (`jkd.engine.train.Pacer`); after a chunk that ends PROGRESS_SECONDS
   or more after the last line, a line gives the steps done, the running train loss (of this
   process's runs) and the ETAs of the epoch and of the training."""
 
@@ -164,7 +165,7 @@ def train(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
           start_from: Callable[[setup_lib.Setup], tuple[int, Any, dict]] | None = None) -> dict:
   """Train every run (resuming from the newest checkpoint), write results; returns them.
 
-  A config with a `distill` section trains a distillation stage (`jkd.setup.build`);
+  A config with a `distill` section trains a distillation stage (`jkd.engine.setup.build`);
   `runs_per_fold`: see there. The config and the workdir were checked (`jkd.preflight`).
   `stop`: train only the first `stop` epochs of the `train.epochs` schedule (checkpointed at
   `stop`; results after `stop` epochs). `start_from(setup) -> (epoch, state, meta)`: where a

@@ -2,7 +2,7 @@
 
 A config with a `stages` section is a pipeline (`jkd.main` dispatches it here):
 
-  teachers.<name>        every teacher (`jkd.teachers`: model, source, which, epoch, weight); one
+  teachers.<name>        every teacher (`jkd.engine.teachers`: model, source, which, epoch, weight); one
                          with source '' is trained by the stage teacher_<name> -> W/teacher_<name>/
   stages.teacher_<name>  what that teacher's stage changes of the shared sections (optional)
   stages.student_scratch the student with CE only (the baseline, and the lab's "annealing"
@@ -33,8 +33,9 @@ from typing import Any, Callable
 import ml_collections as mc
 
 from jkd import config as config_lib
-from jkd import distill, report, teachers
+from jkd import distill, report
 from jkd import search
+from jkd.engine import teachers
 
 SCRATCH = "student_scratch"
 SECTIONS = ("train", "optim", "loss", "augment")
@@ -253,38 +254,59 @@ def _stored(stage_dir: str, name: str) -> Any:
     return json.load(f)
 
 
+def _resolved(cfg: dict) -> dict:
+  """A stage config (JSON) with the stage directories it reads resolved through symlinks: a
+  table's column reads a stage shared with another column through a link (`jkd.pipeline.columns`)."""
+  real = lambda p: os.path.realpath(p) if isinstance(p, str) and os.path.isabs(p) else p
+  cfg = json.loads(json.dumps(cfg))
+  if cfg.get("train", {}).get("init_from"):
+    cfg["train"]["init_from"] = real(cfg["train"]["init_from"])
+  for spec in (cfg.get("teachers") or {}).values():
+    if isinstance(spec, dict) and spec.get("source"):
+      spec["source"] = real(spec["source"])
+  return cfg
+
+
 def status(stage_dir: str, cfg: mc.ConfigDict) -> str:
   """'new', 'partial' (resumable), 'done' (complete results for this config) or 'changed'."""
   stored = _stored(stage_dir, "config.json")
   if stored is None:
     return "new"
-  if not config_lib.same_experiment(stored, json.loads(config_lib.to_json(cfg))):
+  new = json.loads(config_lib.to_json(cfg))
+  if not config_lib.same_experiment(_resolved(stored), _resolved(new)):
     return "changed"
   res = _stored(stage_dir, "results.json")
   return "done" if res and res.get("epochs_done") == cfg.train.epochs else "partial"
 
 
 def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, retrained: set[str] = frozenset()) -> dict:
   """Train every stage that needs it, then write the report; returns W/results.json's content.
-  The pipeline, its stages and their teachers were checked (`jkd.preflight`)."""
-  from jkd import loop, parallel   # jax starts here
-  from jkd.workdir import WorkdirError
+  The pipeline, its stages and their teachers were checked (`jkd.preflight`). `retrained`: stages
+  trained elsewhere in this command (a table's shared stages, `jkd.pipeline.columns`): up to date
+  themselves, their dependents retrain as if this run had trained them."""
+  from jkd.engine import loop, parallel   # jax starts here
+  from jkd.engine.workdir import WorkdirError
   names = stages_to_run(config)
   cfgs = {n: stage_config(config, n, workdir) for n in names}
   if parallel.is_writer():
     os.makedirs(workdir, exist_ok=True)
-    from jkd.metrics import write_atomic
+    from jkd.engine.metrics import write_atomic
     write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     write_atomic(os.path.join(workdir, "stages.json"), json.dumps(names))
+    import jkd.data   # the class names, for the figures (loaded already by the preflight)
+    write_atomic(os.path.join(workdir, "classes.json"),
+                 json.dumps([str(c) for c in jkd.data.load(config.data).classes]))
   # The CPU is split once, for the stage with the most runs (every stage has the same folds), so
   # each stage runs on the same devices whether the pipeline started fresh or resumed: XLA:CPU's
   # float results depend on how many devices the process has.
   runs_per_fold = max(search.num_points(c) * len(config_lib.seeds(c)) for c in cfgs.values())
-  trained: set[str] = set()
+  trained: set[str] = set(retrained)
   for n in names:
     d = os.path.join(workdir, n)
     st, stale = status(d, cfgs[n]), dependencies(config, n) & trained
+    if n in retrained:   # trained in this command already, after its dependencies
+      stale = set()
     if st == "done" and not stale:
       log(f"[{n}] results for this config exist in {d}: skipped")
       continue

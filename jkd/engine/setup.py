@@ -4,7 +4,7 @@
 count), replicates the dataset (`Data`) over the mesh and shards the per-run inputs (`Runs`)
 along it. Every objective is `jkd.distill.make_objective` (the listed terms). A config with a
 `distill` section is a distillation stage: its teachers are loaded (and their outputs cached) by
-`jkd.teachers.prepare` before the training program is built, and travel in `Runs.teachers`.
+`jkd.engine.teachers.prepare` before the training program is built, and travel in `Runs.teachers`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import jkd.data
 import jkd.models
 from jkd import config as config_lib
 from jkd import distill
-from jkd import parallel
-from jkd import runs as runs_lib
-from jkd import state as state_lib
-from jkd import teachers as teachers_lib
-from jkd import train as train_lib
+from jkd.engine import parallel
+from jkd.engine import runs as runs_lib
+from jkd.engine import state as state_lib
+from jkd.engine import teachers as teachers_lib
+from jkd.engine import train as train_lib
 from jkd.data import folds as folds_lib
 
 
@@ -49,7 +49,7 @@ class Setup:
   num_classes: int
   train_epoch: train_lib.EpochProgram
   evaluate: Callable
-  teachers: Any = None              # jkd.teachers.Prepared of a distillation stage
+  teachers: Any = None              # jkd.engine.teachers.Prepared of a distillation stage
   extra: Callable | None = None     # (key, the run's teacher variables) -> its distillation-term
                                     # variables (jkd.distill.init)
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import ml_collections as mc
 
 from jkd import pipeline
-from jkd import teachers as teachers_lib
+from jkd.engine import teachers as teachers_lib
 
 # The lab's three-teacher weights (GAF, PI, signal).
 THREE_WEIGHTS = ((.2, .2, .6), (.2, .3, .5), (.3, .2, .5), (.3, .3, .4))

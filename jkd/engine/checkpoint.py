@@ -11,7 +11,7 @@ initialisation; without the trainable parts of distillation terms), with `run` a
 `restore_run(..., distill=True)` keeps those parts too (under `params['distill'][term]` and
 `batch_stats['distill'][term]`): a SimKD student predicts through its projector and the copy of
 its teacher's classifier held there, not through its own fc (`jkd.distill.make_predict`, as
-`jkd.train.make_evaluate` applies it).
+`jkd.engine.train.make_evaluate` applies it).
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ class Board:
       f.write(_frame(event.SerializeToString()))
 
   def write(self, records: list[dict]) -> None:
-    """One epoch's records (`jkd.loop`'s metrics.jsonl records: epoch, run, fold, seed,
+    """One epoch's records (`jkd.engine.loop`'s metrics.jsonl records: epoch, run, fold, seed,
     sweep, lr, failed, train, test[, val]) -> one event per run, and the mean per sweep point
     over its runs that have not failed."""
     now = time.time()

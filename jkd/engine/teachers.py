@@ -36,8 +36,9 @@ import ml_collections as mc
 import numpy as np
 
 import jkd.models
-from jkd import augment as augment_lib
-from jkd import checkpoint, convert, images, parallel
+from jkd.engine import augment as augment_lib
+from jkd.engine import checkpoint, parallel
+from jkd import convert, images
 from jkd import config as config_lib
 from jkd.data import normalize
 from jkd.distill import LAST, Needs, Outputs
@@ -229,7 +230,7 @@ def cache_plan(teachers: list[Teacher], config: mc.ConfigDict, windows: int, run
 
 
 def make_cache_fn(teacher: Teacher, needs: Needs, batch: int, mesh: Any = None) -> Callable:
-  """`fn(variables (R, ...), data (jkd.train.Data), runs (jkd.train.Runs: their normalisation))
+  """`fn(variables (R, ...), data (jkd.engine.train.Data), runs (jkd.engine.train.Runs: their normalisation))
   -> Outputs (R, N, ...)`: the teacher's outputs on every window, for every run.
 
   A device's runs go one after another (`lax.map`), so memory holds one run's batch at a time."""
@@ -274,7 +275,7 @@ class Prepared:
 def prepare(config: mc.ConfigDict, runs: list, test_subjects: list, num_classes: int,
             data: Any, inputs: Any, mesh: Any, log: Callable[[str], None]) -> Prepared:
   """Load every teacher's variables for `runs`, cache what fits, and build the step's guide
-  (`data`, `inputs`: the dataset and the runs' inputs, `jkd.train.Data` and `Runs`)."""
+  (`data`, `inputs`: the dataset and the runs' inputs, `jkd.engine.train.Data` and `Runs`)."""
   x = data.x
   from jkd import distill
   ts = build(config, num_classes)

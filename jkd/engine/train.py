@@ -23,9 +23,9 @@ import ml_collections as mc
 import numpy as np
 import optax
 
-from jkd import augment as augment_lib
-from jkd import checkpoint, optim, parallel
-from jkd import state as state_lib
+from jkd.engine import augment as augment_lib
+from jkd.engine import checkpoint, optim, parallel
+from jkd.engine import state as state_lib
 from jkd.data import folds as folds_lib
 from jkd.data import normalize
 from jkd.distill import Context
@@ -51,7 +51,7 @@ class Runs:
   mean: Array           # (R, C) fold normalisation
   std: Array            # (R, C)
   hp: dict              # dotted key -> (R,) float32: every numeric optim.* key and the per-run keys
-  teachers: Any = ()    # per teacher: its variables or its cached outputs (`jkd.teachers.Prepared`)
+  teachers: Any = ()    # per teacher: its variables or its cached outputs (`jkd.engine.teachers.Prepared`)
 
 
 @flax.struct.dataclass
@@ -96,7 +96,7 @@ class Step:
 
   `objective(logits, features, labels, hp, context) -> (total, terms, term batch_stats)` is the
   run's loss (`jkd.distill.make_objective`). `guide(teachers, xb, raw, index)`, when given (a
-  distillation stage's frozen teachers, `jkd.teachers.Prepared`), computes the teachers' outputs
+  distillation stage's frozen teachers, `jkd.engine.teachers.Prepared`), computes the teachers' outputs
   from the run's `Runs.teachers` and the normalised (augmented) windows `xb` (`raw`: before
   normalisation). The trainable parts of distillation terms (`params['distill']`,
   `batch_stats['distill']`) are trained with the student and reach the objective as
@@ -264,7 +264,7 @@ def _agree(n: int) -> int:
 
 def vmap_runs(fn: Callable) -> Callable:
   """`fn` of one run, mapped over the runs axis of every argument that has one (its axes derive
-  from the arguments' types: `jkd.parallel.has_runs_axis`)."""
+  from the arguments' types: `jkd.engine.parallel.has_runs_axis`)."""
   def mapped(*args):
     axes = tuple(0 if parallel.has_runs_axis(a) else None for a in args)
     return jax.vmap(fn, in_axes=axes)(*args)
@@ -278,7 +278,7 @@ def make_train_epoch(step: Step, num_batches: int, mesh: Any = None) -> EpochPro
 
   The state is donated. Every run takes `num_batches` steps; a run with fewer full batches
   (`train_count // batch_size`) idles on the rest. `mesh`: each device runs its own runs
-  (`jkd.parallel.per_device`).
+  (`jkd.engine.parallel.per_device`).
   """
   batch = step.config.train.batch_size
   vstep = vmap_runs(step)
@@ -374,6 +374,6 @@ def init_state(model: nn.Module, config: mc.ConfigDict, keys: Array, sample: Arr
                extra_inputs: Any = None) -> state_lib.TrainState:
   """R fresh runs (numpy leaves); `init_variables` (leading R axis) replaces the random init;
   `extra`: the distillation terms' trainable parts, `extra_inputs` the runs' teacher variables it
-  reads (`jkd.state.create`)."""
+  reads (`jkd.engine.state.create`)."""
   return state_lib.create(model, keys, sample, lambda h: make_tx(config, h), hp, init_variables,
                           extra, extra_inputs)

@@ -6,7 +6,7 @@ writes `OUT_DIR/variables` (an orbax checkpoint of `{'params', 'batch_stats'}`) 
 `OUT_DIR/info.json` (model name, ndim, in_channels, num_classes, source); `load_variables(OUT_DIR)`
 reads them back for `jkd.models.create(info.model, ...).apply`.
 
-Reading is `jkd.torch_pickle.read_torch` (restricted unpickler; nothing in the file is executed).
+Reading is `jkd.convert.torch_pickle.read_torch` (restricted unpickler; nothing in the file is executed).
 
 Mapping (docs/protocol.md §2 keys -> `jkd.models.wrn` tree; a `module.` prefix is dropped):
 
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jkd.torch_pickle import CheckpointError, read_torch
+from jkd.convert.torch_pickle import CheckpointError, read_torch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,8 +3,8 @@
 `model.image` picks the image of each channel for 2-D models:
 
 * ``gaf``: Gramian Angular Fields of the normalised windows, as rank-2 factors that the first
-  convolution contracts without building the images (`jkd.gaf.gaf_factors`);
-* ``pi``: persistence images (`jkd.pi.persistence_image`, options in `model.pi`), as dense
+  convolution contracts without building the images (`jkd.images.gaf.gaf_factors`);
+* ``pi``: persistence images (`jkd.images.pi.persistence_image`, options in `model.pi`), as dense
   `(B, S, S, C)` images built inside the step. The lab made them from the min-max scaled windows
   before any z-scoring, so they are computed from the raw windows: a teacher trained on the lab's
   images sees the same images (docs/persistence_images.md). Factors would not help here
@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from jkd import gaf, pi
+from jkd.images import gaf, pi
 
 Array = jax.Array
 IMAGES = ("gaf", "pi")

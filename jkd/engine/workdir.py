@@ -5,7 +5,7 @@ Layout (only process 0 writes):
   runs.json        run index -> fold, test subjects, seed, sweep point
   metrics.jsonl    one record per run per epoch: train loss terms, lr, test (and val) metrics
   checkpoints/     orbax checkpoints (periodic + last; each holds every run's best variables)
-  results.json     final/best metrics per run and their summary (`jkd.results`)
+  results.json     final/best metrics per run and their summary (`jkd.engine.results`)
   confusion.npz    confusion matrices per run: final_test, best_test (+ final_val, best_val)
 
 The `check_*` functions write nothing (`jkd.preflight` runs them before training); `prepare`
@@ -21,9 +21,9 @@ import shutil
 import ml_collections as mc
 from jax.experimental import multihost_utils
 
-from jkd import checkpoint, parallel
+from jkd.engine import checkpoint, parallel
 from jkd import config as config_lib
-from jkd import metrics as metrics_lib
+from jkd.engine import metrics as metrics_lib
 
 
 class WorkdirError(RuntimeError):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jkd.metrics import write_atomic
+from jkd.engine.metrics import write_atomic
 
 METRICS = ("accuracy", "macro_f1")
 
