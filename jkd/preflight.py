@@ -68,6 +68,10 @@ def run(config: mc.ConfigDict, workdir: str, *, mode: str = "train", overwrite: 
       tensorboard.check(view)
       if search.is_search(view):
         search.check(view)
+  if mode == "eval" and not is_pipeline and search.is_search(config):
+    raise config_lib.ConfigError(
+        "--mode=eval evaluates one program: a search's are its rungs, pass --workdir=W/rung<k> "
+        "and that rung's config (W/rung<k>/config.json)")
   if mode == "eval":
     workdir_lib.check_checkpoints(workdir, step)
   elif not is_pipeline:

@@ -110,6 +110,17 @@ def test_halving_trains_smaller_programs(env):
             for r in by_epochs(e + 1)}
     assert kept == set(ranked[:len(went_on)])
   assert "chosen on validation accuracy" in env["out"] and "run-epochs spent: 20" in env["out"]
+  # the study in W/search.db: 5 points told PRUNED, the winner COMPLETE with its val accuracy,
+  # each with its rungs' validation accuracies as intermediate values
+  import optuna
+  trials = optuna.load_study(study_name="jkd", storage=f"sqlite:///{w}/search.db").get_trials()
+  states = [t.state.name for t in trials]
+  assert states.count("PRUNED") == 5 and states.count("COMPLETE") == 1
+  for t, r in zip(trials, rows):
+    assert sorted(t.intermediate_values) == [1, 2, 3][:int(r["epochs"])]
+    assert t.intermediate_values[int(r["epochs"])] == float(r["val_accuracy"])
+  assert [t for t in trials if t.state.name == "COMPLETE"][0].value == float(
+      [r for r in rows if r["chosen"] == "True"][0]["val_accuracy"])
 
 
 def test_winner_equals_a_plain_run(env):

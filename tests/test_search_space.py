@@ -74,6 +74,12 @@ def test_space_errors(data, tmp_path, space_, words):
   _refused(_config(data, space_), tmp_path, *words)
 
 
+def test_eval_mode_points_at_the_rungs(data, tmp_path):
+  c = _config(data, {"optim": {"lr": ("log", 1e-3, 0.1)}})
+  with pytest.raises(config_lib.ConfigError, match="rung<k>"):
+    preflight.run(c, str(tmp_path / "w"), mode="eval")
+
+
 def test_search_needs_validation_subjects(data, tmp_path):
   c = _config(data, {"optim": {"lr": ("log", 1e-3, 0.1)}})
   c.data.num_val_subjects = 0
