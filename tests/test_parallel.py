@@ -36,7 +36,7 @@ def _python(code: str, env_flags: str = "") -> str:
 def test_fresh_process_gets_one_device_per_run_sharing_one_copy_of_the_data():
   out = _python(
       "import jax, numpy as np\n"
-      "from jkd import parallel\n"
+      "from jkd.engine import parallel\n"
       "print(parallel.use_cpu_devices(5), jax.device_count())\n"
       "x = np.random.rand(1000, 10, 3).astype(np.float32)\n"
       "r = parallel.replicate(x, parallel.mesh())\n"
@@ -47,14 +47,14 @@ def test_fresh_process_gets_one_device_per_run_sharing_one_copy_of_the_data():
 
 
 def test_explicit_device_count_is_respected():
-  out = _python("import jax\nfrom jkd import parallel\n"
+  out = _python("import jax\nfrom jkd.engine import parallel\n"
                 "print(parallel.use_cpu_devices(5), jax.device_count())",
                 "--xla_force_host_platform_device_count=3")
   assert out == "None 3"
 
 
 def test_a_smaller_program_uses_the_first_devices_it_needs_instead_of_padding():
-  out = _python("import jax\nfrom jkd import parallel\n"
+  out = _python("import jax\nfrom jkd.engine import parallel\n"
                 "parallel.use_cpu_devices(10)\n"
                 "print([parallel.mesh(n).size for n in (0, 3, 10, 12)],"
                 " [d.id for d in parallel.mesh(3).devices])")
