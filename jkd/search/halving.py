@@ -322,10 +322,10 @@ def _key(point: dict) -> str:
 
 
 def _summary(config, points, val, test, epochs, chosen, res, spent, full, stops, seconds) -> dict:
-  from jkd import report   # noqa: PLC0415
+  from jkd.report import stats   # noqa: PLC0415
   winner = points[chosen]
   entry = next(e for e in res["summary"] if e["sweep"] == winner)
-  acc = {w: {**entry[w]["accuracy"], "lab_pm": report.lab_pm(res, _key(winner), w)}
+  acc = {w: {**entry[w]["accuracy"], "lab_pm": stats.lab_pm(res, _key(winner), w)}
          for w in ("final", "best")}
   rows = [{"point": i, **points[i], "epochs": int(epochs[i]), "pruned": bool(epochs[i] < stops[-1]),
            "val_accuracy": _f(val[i]), "test_accuracy": _f(test[i]), "chosen": i == chosen}
