@@ -268,14 +268,14 @@ def test_engine_trains_the_heads_and_tau_and_restore_leaves_them_out():
                           train_count=jnp.asarray([24], jnp.int32), mean=jnp.zeros((1, C)),
                           std=jnp.ones((1, C)), hp=hp)
   model = _Tiny()
-  extra, _ = setup_lib._term_init(c, model, ts, (L, C), num_windows=NW, train_windows=24)
-  state = train_lib.init_state(model, c, inputs.key, jnp.zeros((1, L, C)), inputs.hp, None, extra,
+  term_init, _ = setup_lib._term_init(c, model, ts, (L, C), num_windows=NW, train_windows=24)
+  state = train_lib.init_state(model, c, inputs.key, jnp.zeros((1, L, C)), inputs.hp, None, term_init,
                                tvars)
   init = jax.tree.map(np.asarray, state.params["distill"]["dcd"]["0"])
   assert init["embed_s"]["kernel"].shape == (1, 6, 16)             # (runs, d_s, feat_dim)
   assert init["embed_t"]["kernel"].shape == (1, 5, 16)
-  guide = teachers_lib.make_guide(ts, [False], distill.teacher_needs(c.loss))
-  step = train_lib.Step(model, c, distill.make_objective(c), K, guide)
+  teacher_outputs = teachers_lib.make_teacher_outputs(ts, [False], distill.teacher_needs(c.loss))
+  step = train_lib.Step(model, c, distill.make_objective(c), K, teacher_outputs)
   epoch = train_lib.make_train_epoch(step, 3)
   state, terms = epoch(jax.tree.map(jnp.asarray, state), train_lib.Data(x, y),
                        inputs.replace(teachers=tvars), 1)

@@ -107,15 +107,15 @@ def test_engine_trains_the_parts_and_simkd_predicts_through_them(tmp_path):
                           std=jnp.ones((1, C)), hp=jax.tree.map(jnp.asarray,
                                                                 runs_lib.hparams(c, [run])))
   model = Tiny()
-  extra, info = setup_lib._term_init(c, model, ts, (L, C), num_windows=NW, train_windows=24)
-  state = train_lib.init_state(model, c, inputs.key, jnp.zeros((1, L, C)), inputs.hp, None, extra,
+  term_init, info = setup_lib._term_init(c, model, ts, (L, C), num_windows=NW, train_windows=24)
+  state = train_lib.init_state(model, c, inputs.key, jnp.zeros((1, L, C)), inputs.hp, None, term_init,
                                tvars)
   init = jax.tree.map(np.asarray, state)
   assert set(init.params["distill"]) == set(ENGINE_TERMS) and "distill" in init.batch_stats
   np.testing.assert_array_equal(init.batch_stats["distill"]["simkd"]["head"]["params"]["fc"]["kernel"],
                                 tvars[0]["params"]["fc"]["kernel"])
-  guide = teachers_lib.make_guide(ts, [False], distill.teacher_needs(c.loss))
-  step = train_lib.Step(model, c, distill.make_objective(c), K, guide)
+  teacher_outputs = teachers_lib.make_teacher_outputs(ts, [False], distill.teacher_needs(c.loss))
+  step = train_lib.Step(model, c, distill.make_objective(c), K, teacher_outputs)
   epoch = train_lib.make_train_epoch(step, 3)
   state, terms = epoch(jax.tree.map(jnp.asarray, state), train_lib.Data(x, y),
                        inputs.replace(teachers=tvars), 1)

@@ -333,14 +333,14 @@ def test_engine_epoch_trains_the_embeds_and_the_agent():
                           std=jnp.ones((1, CH)),
                           hp=jax.tree.map(jnp.asarray, runs_lib.hparams(c, [run])))
   model = Tiny()
-  extra, info = setup_lib._term_init(c, model, ts, (L, CH), num_windows=NW, train_windows=24,
+  term_init, info = setup_lib._term_init(c, model, ts, (L, CH), num_windows=NW, train_windows=24,
                                      batch_size=BS, batches_per_epoch=3)
   state = train_lib.init_state(model, c, inputs.key, jnp.zeros((1, L, CH)), inputs.hp, None,
-                               extra, tvars)
+                               term_init, tvars)
   init = jax.tree.map(np.asarray, state)
   assert init.batch_stats["distill"]["mtkd_rl"]["states"].shape == (1, 2, BS, 2 * (5 + C + 3))
-  guide = teachers_lib.make_guide(ts, [False, False], distill.teacher_needs(c.loss))
-  step = train_lib.Step(model, c, distill.make_objective(c), C, guide)
+  teacher_outputs = teachers_lib.make_teacher_outputs(ts, [False, False], distill.teacher_needs(c.loss))
+  step = train_lib.Step(model, c, distill.make_objective(c), C, teacher_outputs)
   epoch = train_lib.make_train_epoch(step, 3)
   state, terms = epoch(jax.tree.map(jnp.asarray, state), train_lib.Data(x, y),
                        inputs.replace(teachers=tvars), 1)

@@ -1,4 +1,4 @@
-"""The KD step with augmentation: the guide (teachers) sees the same augmented window as the
+"""The KD step with augmentation: the teacher_outputs (teachers) sees the same augmented window as the
 student, labels arrive mixed (soft, rows summing to 1) and the objective gets them."""
 
 import jax
@@ -31,7 +31,7 @@ def test_guide_sees_augmented_batch_and_labels_are_mixed():
                            jax.nn.one_hot(y[idx], 3), c.augment)
   assert (ya.max(-1) < 1).any()                          # mixup really mixed some rows
 
-  def guide(aux, xb, raw, idx):
+  def teacher_outputs(aux, xb, raw, idx):
     # stands in for a teacher: a function of the augmented window, raw = before normalisation
     return xb * aux, raw
 
@@ -43,7 +43,7 @@ def test_guide_sees_augmented_batch_and_labels_are_mixed():
         "teacher_err": jnp.max(jnp.abs(teacher - 2.0 * xa)) + 0.0 * teacher.shape[-1],
         "raw_err": jnp.max(jnp.abs(raw - (xa * std + mean)))}, None
 
-  train_step = train_lib.Step(model, c, objective, 3, guide)
+  train_step = train_lib.Step(model, c, objective, 3, teacher_outputs)
   run = train_lib.Runs(key=key, train=jnp.arange(12), train_count=jnp.int32(12), mean=mean,
                        std=std, hp=hp, teachers=jnp.float32(2.0))
   step = jax.jit(lambda st: train_step(st, train_lib.Data(x, y), run,

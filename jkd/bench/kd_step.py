@@ -12,7 +12,7 @@ of `jkd.distill.TERMS` trained as `CE + term` from the signal teacher (`--teache
 that) with the term's authors' defaults; several names (comma-separated) are timed one after
 another in this process, each beside plain KD (`kd` is added first when missing), and each line
 carries `vs_kd` = its step time / KD's. Everything runs through `jkd.engine.train.make_train_epoch`,
-`jkd.distill.make_objective` and `jkd.engine.teachers.make_guide` on PAMAP2-shaped random windows (100 x
+`jkd.distill.make_objective` and `jkd.engine.teachers.make_teacher_outputs` on PAMAP2-shaped random windows (100 x
 40, 12 classes) with random teacher variables. By default every teacher runs forward in the step
 (the image teacher on GAF images computed in the step); `--cached` feeds outputs precomputed by
 `jkd.engine.teachers.make_cache_fn`, as the stage does when no augmentation is active. `--image=pi`
@@ -127,8 +127,8 @@ def bench_jax(a: argparse.Namespace, references: dict[str, Any] | None = None,
       model, cfg, inputs.key, jnp.zeros((1, a.length, a.channels)), inputs.hp, None, extra,
       host_vars if extra is not None else None), m)
   inputs = parallel.shard_runs(inputs, m).replace(teachers=aux)
-  guide = teachers_lib.make_guide(ts, [a.cached] * len(ts), needs)
-  step = train_lib.Step(model, cfg, distill.make_objective(cfg), a.classes, guide)
+  teacher_outputs = teachers_lib.make_teacher_outputs(ts, [a.cached] * len(ts), needs)
+  step = train_lib.Step(model, cfg, distill.make_objective(cfg), a.classes, teacher_outputs)
   epoch_fn = train_lib.make_train_epoch(step, a.steps, mesh=m)
   out = _epoch.time_epochs(epoch_fn, state, (data, inputs, None), a, references)
   terms, epoch_s, ref_s = out.pop("terms"), out.pop("epoch_s"), out.pop("ref_s")

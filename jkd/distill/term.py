@@ -106,7 +106,7 @@ class Context:
   step (`jkd.engine.train.Step`) fills it; `Batch` carries it to the terms. A future method's engine
   input is one field here (a caller outside the step leaves what it lacks as None)."""
   epoch: Array                      # () 0-based, traced
-  teachers: Any = ()                # [Outputs] per teacher (the guide's), or ()
+  teachers: Any = ()                # [Outputs] per teacher (the teacher_outputs's), or ()
   distill: Any = None               # the run's {'params', 'batch_stats'} of the terms' parts
   step: Array | None = None         # () the step's index within its epoch, the same in every run
   index: Array | None = None        # (B,) the batch's dataset indices

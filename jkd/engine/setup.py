@@ -50,7 +50,7 @@ class Setup:
   train_epoch: train_lib.EpochProgram
   evaluate: Callable
   teachers: Any = None              # jkd.engine.teachers.Prepared of a distillation stage
-  extra: Callable | None = None     # (key, the run's teacher variables) -> its distillation-term
+  term_init: Callable | None = None     # (key, the run's teacher variables) -> its distillation-term
                                     # variables (jkd.distill.init)
 
   @property
@@ -65,8 +65,8 @@ class Setup:
     return jnp.zeros(shape.shape, shape.dtype)
 
   def _teacher_variables(self) -> Any:
-    """Every run's teacher variables (a list per teacher, leading runs axis) for `extra`."""
-    if self.extra is None or self.teachers is None:
+    """Every run's teacher variables (a list per teacher, leading runs axis) for `term_init`."""
+    if self.term_init is None or self.teachers is None:
       return None
     host = getattr(self.teachers, "host_variables", None)
     return host if host is not None else self.teachers.variables
@@ -74,7 +74,7 @@ class Setup:
   def init_state(self, init_variables: Any = None) -> state_lib.TrainState:
     """Fresh states of every run, sharded along the runs axis (`init_variables`: (R, ...))."""
     state = train_lib.init_state(self.model, self.config, self.host_keys, self._sample(),
-                                 self.host_hp, init_variables, self.extra,
+                                 self.host_hp, init_variables, self.term_init,
                                  self._teacher_variables())
     return parallel.shard_runs(state, self.mesh)
 
@@ -82,7 +82,7 @@ class Setup:
     """What init_state returns, as shapes with shardings (the target of a checkpoint restore)."""
     return state_lib.abstract(self.model, self.host_keys, self._sample(),
                               lambda h: train_lib.make_tx(self.config, h), self.host_hp,
-                              NamedSharding(self.mesh, P(parallel.AXIS)), self.extra,
+                              NamedSharding(self.mesh, P(parallel.AXIS)), self.term_init,
                               self._teacher_variables())
 
 
@@ -128,17 +128,17 @@ def build(config: mc.ConfigDict, runs_per_fold: int = 0,
   data = parallel.replicate(train_lib.Data(np.asarray(x, np.float32), np.asarray(y, np.int32)),
                             mesh)
   sharded = parallel.shard_runs(inputs, mesh)
-  prepared, extra, guide, info = None, None, None, distill.Info()
+  prepared, term_init, teacher_outputs, info = None, None, None, distill.Info()
   if "distill" in config:
     prepared = teachers_lib.prepare(config, runs, folds.test_subjects, num_classes, data,
                                     sharded, mesh, log)
-    guide = prepared.guide
-    sharded = sharded.replace(teachers=prepared.aux)
-    extra, info = _term_init(config, model, prepared.teachers, tuple(x.shape[1:]),
+    teacher_outputs = prepared.teacher_outputs
+    sharded = sharded.replace(teachers=prepared.inputs)
+    term_init, info = _term_init(config, model, prepared.teachers, tuple(x.shape[1:]),
                              num_windows=int(x.shape[0]),
                              train_windows=int(np.min(folds.train_count)),
                              batch_size=batch, batches_per_epoch=num_batches)
-  step = train_lib.Step(model, config, distill.make_objective(config), num_classes, guide)
+  step = train_lib.Step(model, config, distill.make_objective(config), num_classes, teacher_outputs)
   return Setup(
       config=config, mesh=mesh, folds=folds, runs=runs, real=len(real_runs), model=model,
       data=data, inputs=sharded, host_keys=inputs.key, host_hp=inputs.hp,
@@ -148,7 +148,7 @@ def build(config: mc.ConfigDict, runs_per_fold: int = 0,
       train_epoch=train_lib.make_train_epoch(step, num_batches, mesh),
       evaluate=train_lib.make_evaluate(model, config, num_classes, mesh,
                                        distill.make_predict(config, info)),
-      teachers=prepared, extra=extra)
+      teachers=prepared, term_init=term_init)
 
 
 def check_terms(config: mc.ConfigDict, window: tuple, num_windows: int, train_counts: Any,
@@ -169,7 +169,7 @@ def check_terms(config: mc.ConfigDict, window: tuple, num_windows: int, train_co
 def _term_init(config: mc.ConfigDict, model: nn.Module, teachers: list, window: tuple,
                num_windows: int = 0, train_windows: int = 0, batch_size: int = 0,
                batches_per_epoch: int = 0) -> tuple[Callable | None, distill.Info]:
-  """(`extra(key, teacher_variables=None) -> variables` of the distillation terms' parts for one
+  """(`term_init(key, teacher_variables=None) -> variables` of the distillation terms' parts for one
   run (`teacher_variables`: the run's variables of each teacher), or None when no term has any;
   the `jkd.distill.Info` the terms' `init` and `predict` read)."""
   x = jnp.zeros((2, *window), jnp.float32)

@@ -41,36 +41,36 @@ def init_keys(seeds: Array) -> Array:
 
 def create(model: nn.Module, keys: Array, sample: Array,
            make_tx: Callable[[dict], optax.GradientTransformation], hp: dict,
-           init_variables: Any = None, extra: Callable | None = None,
-           extra_inputs: Any = None) -> TrainState:
+           init_variables: Any = None, term_init: Callable | None = None,
+           teacher_variables: Any = None) -> TrainState:
   """Initialise R runs: `keys` (R, 2) root keys, `sample` (1, ...) input, `hp` (R,) arrays.
 
   Runs are initialised one after another by one compiled function and stacked on the host
   (a vmapped `model.init` compiles ~20x slower on CPU). `init_variables` (leading R axis), when
-  given, replaces the random initialisation. `extra(key)`, when given, returns a run's variables of
+  given, replaces the random initialisation. `term_init(key)`, when given, returns a run's variables of
   the distillation terms' trainable parts (`jkd.distill.init`), kept under the 'distill' key of
-  params and batch_stats; with `extra_inputs` (leading R axis: the runs' teacher variables) it is
-  called as `extra(key, the run's extra_inputs)`. Returns numpy leaves, ready to be sharded.
+  params and batch_stats; with `teacher_variables` (leading R axis: the runs' teacher variables) it is
+  called as `term_init(key, the run's teacher_variables)`. Returns numpy leaves, ready to be sharded.
   """
-  one = jax.jit(_init_one(model, sample, make_tx, extra))
+  one = jax.jit(_init_one(model, sample, make_tx, term_init))
   states = []
   for i in range(len(keys)):
     pick = lambda tree: jax.tree.map(lambda a: np.asarray(a[i]), tree)
     states.append(jax.device_get(one(keys[i], pick(hp), None if init_variables is None
                                      else pick(init_variables),
-                                     None if extra_inputs is None else pick(extra_inputs))))
+                                     None if teacher_variables is None else pick(teacher_variables))))
   return jax.tree.map(lambda *leaves: np.stack(leaves), *states)
 
 
-def _init_one(model, sample, make_tx, extra=None):
+def _init_one(model, sample, make_tx, term_init=None):
   def one(key, hp_r, variables, inputs=None):
     if variables is None:
       variables = model.init({"params": jax.random.fold_in(key, 0),
                               "dropout": jax.random.fold_in(key, 1)}, sample, train=False)
     own = None
-    if extra is not None:
+    if term_init is not None:
       k = jax.random.fold_in(key, 3)
-      own = extra(k) if inputs is None else extra(k, inputs)
+      own = term_init(k) if inputs is None else term_init(k, inputs)
     if own is not None:
       variables = {"params": {**variables["params"], "distill": own["params"]},
                    "batch_stats": {**variables.get("batch_stats", {}),
@@ -81,13 +81,13 @@ def _init_one(model, sample, make_tx, extra=None):
 
 def abstract(model: nn.Module, keys: Array, sample: Array,
              make_tx: Callable[[dict], optax.GradientTransformation], hp: dict,
-             sharding: Any, extra: Callable | None = None, extra_inputs: Any = None
+             sharding: Any, term_init: Callable | None = None, teacher_variables: Any = None
              ) -> TrainState:
   """Shapes, dtypes and `sharding` of `create(...)`'s result, not computed (a restore target)."""
   pick = lambda tree: jax.tree.map(lambda a: a[0], tree)
   shape = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
-  one = jax.eval_shape(_init_one(model, sample, make_tx, extra), keys[0], pick(hp), None,
-                       None if extra_inputs is None else shape(extra_inputs))
+  one = jax.eval_shape(_init_one(model, sample, make_tx, term_init), keys[0], pick(hp), None,
+                       None if teacher_variables is None else shape(teacher_variables))
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(keys), *a.shape), a.dtype,
                                                      sharding=sharding), one)
 

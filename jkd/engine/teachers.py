@@ -251,31 +251,33 @@ def make_cache_fn(teacher: Teacher, needs: Needs, batch: int, mesh: Any = None) 
 
 # ----------------------------------------------------------------------------- in the step
 
-def make_guide(teachers: list[Teacher], cached: list[bool], needs: Needs) -> Callable:
-  """`guide(aux, xb, raw, idx) -> [Outputs] per teacher` for ONE run (vmapped by the step).
+def make_teacher_outputs(teachers: list[Teacher], cached: list[bool], needs: Needs) -> Callable:
+  """`teacher_outputs(inputs, xb, raw, idx) -> [Outputs] per teacher` for ONE run (vmapped by the step).
 
-  `aux[i]` is teacher i's variables, or its cached outputs over every window when `cached[i]`;
+  `inputs[i]` is teacher i's variables, or its cached outputs over every window when `cached[i]`;
   `xb` the normalised (augmented) batch, `raw` the same before normalisation."""
-  def guide(aux, xb, raw, idx):
+  def teacher_outputs(inputs, xb, raw, idx):
     return [jax.tree.map(lambda v: v[idx], a) if c else t.forward(a, xb, raw, needs)
-            for t, c, a in zip(teachers, cached, aux)]
-  return guide
+            for t, c, a in zip(teachers, cached, inputs)]
+  return teacher_outputs
 
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
   """A distillation stage's teachers, ready before the training program is built."""
   teachers: list[Teacher]
-  guide: Callable           # see make_guide
-  aux: list                 # per teacher: variables or cached outputs, sharded along runs
+  teacher_outputs: Callable  # see make_teacher_outputs
+  inputs: list              # per teacher: variables or cached outputs, sharded along runs (the
+                            # runs' `Runs.teachers`)
   variables: list           # per teacher: its variables (R, ...), sharded (for term init)
   host_variables: list | None = None   # the same on the host (numpy; every run, every process)
 
 
 def prepare(config: mc.ConfigDict, runs: list, test_subjects: list, num_classes: int,
-            data: Any, inputs: Any, mesh: Any, log: Callable[[str], None]) -> Prepared:
-  """Load every teacher's variables for `runs`, cache what fits, and build the step's guide
-  (`data`, `inputs`: the dataset and the runs' inputs, `jkd.engine.train.Data` and `Runs`)."""
+            data: Any, run_inputs: Any, mesh: Any, log: Callable[[str], None]) -> Prepared:
+  """Load every teacher's variables for `runs`, cache what fits, and build the step's
+  `teacher_outputs` (`data`, `run_inputs`: the dataset and the runs' inputs,
+  `jkd.engine.train.Data` and `Runs`)."""
   x = data.x
   from jkd import distill
   ts = build(config, num_classes)
@@ -284,14 +286,14 @@ def prepare(config: mc.ConfigDict, runs: list, test_subjects: list, num_classes:
                            num_classes, needs)
   for line in lines:
     log(line)
-  aux, variables, host = [], [], []
+  inputs, variables, host = [], [], []
   for t, cached in zip(ts, plan):
     host.append(load(t, runs, test_subjects, num_classes))
     v = parallel.shard_runs(host[-1], mesh)
     variables.append(v)
     if cached:
       fn = make_cache_fn(t, needs, config.train.eval_batch_size, mesh)
-      aux.append(fn(v, data, inputs))
+      inputs.append(fn(v, data, run_inputs))
     else:
-      aux.append(v)
-  return Prepared(ts, make_guide(ts, plan, needs), aux, variables, host)
+      inputs.append(v)
+  return Prepared(ts, make_teacher_outputs(ts, plan, needs), inputs, variables, host)

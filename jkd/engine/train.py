@@ -3,7 +3,7 @@
 Data lives once on device (`x` (N, L, C), `y` (N,)); a run is an index set into it (its fold) plus
 its fold's normalisation statistics, root key and hyper-parameters (`Runs`, leading axis R). An
 epoch is a loop of `num_batches` steps on device, run in one or several chunks of steps
-(`EpochProgram`); a run whose fold has fewer batches idles on the extra steps (state unchanged), and
+(`EpochProgram`); a run whose fold has fewer batches idles on the remaining steps (state unchanged), and
 a run whose loss or gradient turns non-finite is marked failed and frozen. The random stream of a
 run depends only on (seed, epoch, step), so a run trained alone or among others, resumed from a
 checkpoint, or its epoch cut into other chunks, sees the same batches and dropout masks.
@@ -95,7 +95,7 @@ class Step:
   ONE run (vmap it over runs): `step(state, data, run, batch, clock) -> (state, loss terms)`.
 
   `objective(logits, features, labels, hp, context) -> (total, terms, term batch_stats)` is the
-  run's loss (`jkd.distill.make_objective`). `guide(teachers, xb, raw, index)`, when given (a
+  run's loss (`jkd.distill.make_objective`). `teacher_outputs(teachers, xb, raw, index)`, when given (a
   distillation stage's frozen teachers, `jkd.engine.teachers.Prepared`), computes the teachers' outputs
   from the run's `Runs.teachers` and the normalised (augmented) windows `xb` (`raw`: before
   normalisation). The trainable parts of distillation terms (`params['distill']`,
@@ -106,7 +106,7 @@ class Step:
   config: mc.ConfigDict
   objective: Callable
   num_classes: int
-  guide: Callable | None = None
+  teacher_outputs: Callable | None = None
 
   def __call__(self, state: state_lib.TrainState, data: Data, run: Runs, batch: StepBatch,
                clock: Clock) -> tuple[state_lib.TrainState, dict[str, Array]]:
@@ -117,7 +117,7 @@ class Step:
       xb, labels = augment_lib.augment(jax.random.fold_in(key, 1), xb,
                                        jax.nn.one_hot(labels, self.num_classes), config.augment)
       raw = xb * run.std + run.mean
-    teachers = self.guide(run.teachers, xb, raw, batch.index) if self.guide is not None else ()
+    teachers = self.teacher_outputs(run.teachers, xb, raw, batch.index) if self.teacher_outputs is not None else ()
     context = Context(epoch=clock.epoch, step=clock.step, index=batch.index,
                       key=jax.random.fold_in(key, 3), pool=run.train, pool_count=run.train_count,
                       all_labels=data.y, teachers=teachers)
@@ -370,10 +370,10 @@ def update_best(state: state_lib.TrainState, score: Array) -> tuple[state_lib.Tr
 
 
 def init_state(model: nn.Module, config: mc.ConfigDict, keys: Array, sample: Array, hp: dict,
-               init_variables: Any = None, extra: Callable | None = None,
-               extra_inputs: Any = None) -> state_lib.TrainState:
+               init_variables: Any = None, term_init: Callable | None = None,
+               teacher_variables: Any = None) -> state_lib.TrainState:
   """R fresh runs (numpy leaves); `init_variables` (leading R axis) replaces the random init;
-  `extra`: the distillation terms' trainable parts, `extra_inputs` the runs' teacher variables it
+  `term_init`: the distillation terms' trainable parts, `teacher_variables` the runs' teacher variables it
   reads (`jkd.engine.state.create`)."""
   return state_lib.create(model, keys, sample, lambda h: make_tx(config, h), hp, init_variables,
-                          extra, extra_inputs)
+                          term_init, teacher_variables)
