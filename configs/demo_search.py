@@ -31,7 +31,7 @@ def get_config():
   kd = config.stages.student_kd
   pipeline.lab_loss(kd.loss, lam=0.9, alpha=0.3, beta=200.0, temperature=4.0)
   kd.sweep = {}
-  kd.search = search.default_config(points=27, sampler="tpe", seed=0)
+  kd.search = search.default_config(points=27, sampler="tpe", seed=0, waves=3)
   kd.search.space = {"loss": {"ce": {"weight": ("simplex",)}, "kd": {"weight": ("simplex",),
                                                                     "temperature": ("log", 1, 8)},
                               "alpha": ("uniform", 0, 1), "sp": {"weight": ("log", 10, 1000)}}}

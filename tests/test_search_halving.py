@@ -10,7 +10,6 @@ rungs after epochs 1 and 2 of 3, eta 2: programs of 12, 6 and 2 runs.
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +37,7 @@ def get_config(arg=None):
   c.train.batch_size = 8
   c.train.checkpoint_every = 1
   c.optim.schedule = "cosine"
-  c.search = search.default_config(points=6, sampler="random", seed=0)
+  c.search = search.default_config(points=6, sampler="random", seed=0, waves=1)
   if arg != "plain":
     c.search.space = {{"optim": {{"lr": ("log", 0.001, 0.2), "weight_decay": ("uniform", 0.0, 0.001)}}}}
     c.search.halving.rungs = (1, 2)
@@ -87,8 +86,9 @@ def test_halving_trains_smaller_programs(env):
   assert sizes == [12, 6, 2]                       # 6 -> 3 -> 1 points, x 2 folds
   assert [_json(w, f"rung{k}", "results.json")["epochs_done"] for k in range(3)] == [1, 2, 3]
   rows = _csv(w)
-  assert len(rows) == 6 and list(rows[0]) == ["point", "optim.lr", "optim.weight_decay", "epochs",
-                                             "pruned", "val_accuracy", "test_accuracy", "chosen"]
+  assert len(rows) == 6 and list(rows[0]) == ["point", "optim.lr", "optim.weight_decay", "wave",
+                                             "epochs", "pruned", "val_accuracy", "test_accuracy",
+                                             "chosen"]
   assert sorted(int(r["epochs"]) for r in rows) == [1, 1, 1, 2, 2, 3]
   assert [r["chosen"] for r in rows].count("True") == 1
   s = _json(w, "search.json")
@@ -145,6 +145,29 @@ def test_winner_equals_a_plain_run(env):
   assert every(os.path.join(env["w"], "metrics.jsonl")) == every(os.path.join(plain, "metrics.jsonl"))
   assert s["winner_test_accuracy"]["final"]["mean"] == pytest.approx(
       sum(r["final"]["accuracy"] for r in b) / len(b))
+
+
+def test_two_processes_search_as_one(env):
+  """A search across 2 processes x 6 CPU devices (process 0 asks and tells the study, the other
+  trains the same programs) gives the one-process search's points, choice and numbers bit for
+  bit: one run per device in both."""
+  w = str(env["root"] / "procs")
+  p = subprocess.Popen([sys.executable, "launch/local_multiprocess.py", "--num_processes=2", "--",
+                        f"--config={env['cfg']}", f"--workdir={w}"], cwd=REPO,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu",
+                            "XLA_FLAGS": "--xla_force_host_platform_device_count=6"},
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  out = _finish(p)
+  assert "in 2 process(es)" in out
+  one, two = _csv(env["w"]), _csv(w)
+  same = lambda rows: [{k: r[k] for k in r if k != "test_accuracy"} for r in rows]
+  assert same(two) == same(one)
+  import optuna
+  trials = optuna.load_study(study_name="jkd", storage=f"sqlite:///{w}/search.db").get_trials()
+  assert len(trials) == 6   # drawn once, by process 0
+  for k in range(3):
+    a, b = (_json(d, f"rung{k}", "results.json")["runs"] for d in (env["w"], w))
+    assert [(r["sweep"], r["final"]["val"]) for r in a] == [(r["sweep"], r["final"]["val"]) for r in b]
 
 
 def test_resume_retrains_nothing_and_the_choice_ignores_test(env):

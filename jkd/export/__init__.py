@@ -103,11 +103,26 @@ def _config(workdir: str) -> mc.ConfigDict:
     return mc.ConfigDict(json.load(f))
 
 
+def checkpointed(workdir: str, run: int) -> tuple[str, int]:
+  """Where run `run` of `workdir` has its checkpoints: a search's workdir holds its chosen
+  point's results, its checkpoints are in the point's last rung (W/search.json says where)."""
+  from jkd.engine import checkpoint
+  path = os.path.join(workdir, "search.json")
+  if not os.path.isfile(path) or checkpoint.steps(workdir):
+    return workdir, run
+  with open(path) as f:
+    where = json.load(f)["winner_runs"]
+  if not 0 <= run < where["count"]:
+    raise ExportError(f"no run {run} in {workdir}: its chosen point has runs 0..{where['count'] - 1}")
+  return os.path.join(workdir, where["workdir"]), where["first"] + run
+
+
 def check(workdir: str, run: int, which: str = "last") -> dict:
   """The runs.json entry of `run`, after the checks that need no data: checkpoints exist, the run
   exists, and `which='best'` was kept for it. ExportError otherwise."""
   from jkd.engine import checkpoint, results
   _config(workdir)
+  workdir, run = checkpointed(workdir, run)
   if not checkpoint.steps(workdir):
     raise ExportError(f"{workdir} has no checkpoints ({checkpoint.directory(workdir)}); train "
                       "it first")
@@ -155,6 +170,7 @@ def load(workdir: str, run: int = 0, which: str = "last") -> Trained:
   from jkd import images
   from jkd.data import folds as folds_lib
   from jkd.data import normalize
+  workdir, run = checkpointed(workdir, run)
   entry = check(workdir, run, which)
   config = _config(workdir)
   windows = jkd.data.load(config.data)

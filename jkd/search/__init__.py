@@ -23,9 +23,10 @@ def check(config: mc.ConfigDict) -> None:
 
 
 def num_points(config: mc.ConfigDict) -> int:
-  """The points the first (largest) program trains: a search's, else the sweep's."""
+  """The points the first (largest) program trains: a search's first wave, else the sweep's."""
   if is_search(config):
-    return int(config.search.points)
+    from jkd.search import space   # noqa: PLC0415
+    return space.waves(config.search)[0]
   from jkd import config as config_lib   # noqa: PLC0415
   return len(config_lib.sweep_points(config))
 

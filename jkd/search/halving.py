@@ -2,11 +2,13 @@
 
 `run(config, workdir)` draws `search.points` points through an Optuna study (ask/tell; the study
 lives in `workdir/search.db`, or in `search.storage` shared by several jobs: each job's trials
-carry its workdir), then trains rung after rung:
+carry its workdir), in `search.waves` waves: a wave's points are asked, trained rung after rung,
+and told before the next wave is asked (so TPE models them):
 
   W/rung0/   every point x seed x fold, epochs 0 .. rungs[0]       (a jkd workdir, `jkd.engine.loop`)
   W/rung1/   the best 1/eta of them, from their rung0 checkpoints, epochs rungs[0] .. rungs[1]
   ...        the last rung ends at train.epochs
+  (with several waves: W/wave<w>/rung<k>/)
 
 A rung's program holds only its points' runs (the compute shrinks) and continues each run's whole
 state (optimiser, best-epoch variables, the host's record) from the previous rung's checkpoint; the
@@ -67,7 +69,9 @@ def _sampler(optuna: Any, s: mc.ConfigDict) -> Any:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")   # experimental
       return optuna.samplers.QMCSampler(seed=s.seed, scramble=True, warn_independent_sampling=False)
-  return optuna.samplers.TPESampler(seed=s.seed)
+  # The first wave at random (its start-up); each later wave models every trial told before it
+  # was asked (a pruned one ranks below the finished ones, by its last rung).
+  return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=space_lib.waves(s)[0])
 
 
 def open_study(config: mc.ConfigDict, workdir: str) -> Any:
@@ -84,21 +88,23 @@ def _mine(study: Any, workdir: str) -> list:
                 key=lambda t: t.number)
 
 
-def draw(study: Any, config: mc.ConfigDict, workdir: str) -> list:
-  """This workdir's trials (drawing the missing ones): `search.points` distinct points."""
+def draw(study: Any, config: mc.ConfigDict, workdir: str, upto: int = 0) -> list:
+  """This workdir's first `upto` trials (default `search.points`), drawing the missing ones: distinct
+  points."""
+  upto = upto or config.search.points
   optuna = require_optuna()
   dims = space_lib.dims(config)
   mine = _mine(study, workdir)
   seen = {tuple(sorted(t.user_attrs[POINT].items())) for t in mine}
   tries = 0
-  while len(mine) < config.search.points:
+  while len(mine) < upto:
     trial = study.ask()
     point = space_lib.suggest(trial, dims)
     key = tuple(sorted(point.items()))
     if key in seen:   # an int/choice space drew a point again: it would train twice
       study.tell(trial, state=optuna.trial.TrialState.FAIL)
       tries += 1
-      if tries > 100 * config.search.points:
+      if tries > 100 * upto:
         raise config_lib.ConfigError(f"search.points={config.search.points}: the space holds "
                                      f"fewer distinct points ({len(seen)} drawn); lower it")
       continue
@@ -106,7 +112,7 @@ def draw(study: Any, config: mc.ConfigDict, workdir: str) -> list:
     trial.set_user_attr(OWNER, os.path.abspath(workdir))
     trial.set_user_attr(POINT, point)
     mine = _mine(study, workdir)
-  return mine[:config.search.points]
+  return mine[:upto]
 
 
 def rung_config(config: mc.ConfigDict, points: list[dict[str, float]]) -> mc.ConfigDict:
@@ -189,78 +195,127 @@ def clear(config: mc.ConfigDict, workdir: str) -> None:
     return
   for name in os.listdir(workdir):
     p = os.path.join(workdir, name)
-    if name.startswith("rung") and os.path.isdir(p):
+    if name.startswith(("rung", "wave")) and os.path.isdir(p):
       shutil.rmtree(p)
     elif name in ("search.csv", "search.json") or (name == "search.db"
                                                     and not config.search.storage):
       os.remove(p)
 
 
+def rung_dir(workdir: str, wave: int, k: int, num_waves: int) -> str:
+  """W/rung<k> (one wave) or W/wave<w>/rung<k>."""
+  return os.path.join(workdir, *([f"wave{wave}"] if num_waves > 1 else []), f"rung{k}")
+
+
 def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False, runs_per_fold: int = 0,
         log: Callable[[str], None] = print) -> dict:
-  """Search (see the module docstring); writes search.csv and search.json; returns the summary.
-  The config was checked (`jkd.preflight`, `jkd.search.check`)."""
-  from jkd.engine import loop   # noqa: PLC0415 - imports jax
-  from jkd.engine import workdir as workdir_lib   # noqa: PLC0415
+  """Search (see the module docstring); writes search.csv and search.json; returns the summary
+  ({} on the processes other than 0 of a multi-process job). The config was checked
+  (`jkd.preflight`, `jkd.search.check`).
+
+  Several processes (hosts) train each rung's program together; process 0 alone asks and tells
+  the study and writes the outputs, the others receive its points (`_shared`)."""
+  from jkd.engine import parallel   # noqa: PLC0415 - imports jax
   optuna = require_optuna()
   t0 = time.time()
-  if overwrite:
+  writer = parallel.is_writer()
+  if overwrite and writer:
     clear(config, workdir)
-  workdir_lib.prepare(config, workdir, overwrite)
-  study = open_study(config, workdir)
-  trials = draw(study, config, workdir)
-  points = [dict(t.user_attrs[POINT]) for t in trials]
-  P, seeds = len(points), len(config_lib.seeds(config))
+  from jkd.engine import workdir as workdir_lib   # noqa: PLC0415
+  workdir_lib.prepare(config, workdir, overwrite)   # (every process waits for it)
+  study = open_study(config, workdir) if writer else None
+  sizes = space_lib.waves(config.search)
+  keys = [d.key for d in space_lib.dims(config)]
+  P, seeds = config.search.points, len(config_lib.seeds(config))
   stops = space_lib.rungs(config)
+  book = {"val": np.full(P, np.nan), "test": np.full(P, np.nan), "epochs": np.zeros(P, np.int64),
+          "rungs": [[] for _ in range(P)], "spent": 0, "folds": 0, "history": {}}
+  trials: list = []
+  points: list = []
+  for w, size in enumerate(sizes):
+    first = sum(sizes[:w])
+    if writer:   # asked after the earlier waves were told
+      trials = draw(study, config, workdir, first + size)
+    points = _shared([dict(t.user_attrs[POINT]) for t in trials], first + size, keys)
+    _train_wave(config, workdir, study, trials, points, list(range(first, first + size)), w,
+                len(sizes), stops, book, max(sizes[0] * seeds, runs_per_fold), log, optuna)
+  if not writer:
+    return {}
+  finished = [i for i in range(P) if book["epochs"][i] == stops[-1]]
+  chosen = select(book["val"], finished)
+  summary = _summary(config, points, book, chosen, P * seeds * book["folds"] * stops[-1], stops,
+                     sizes, time.time() - t0)
+  rdir, alive, per = book["history"][chosen][-1]
+  summary["winner_runs"] = {"workdir": os.path.relpath(rdir, workdir),   # its checkpoints
+                            "first": alive.index(chosen) * per, "count": per}
+  write(workdir, summary)
+  write_winner(workdir, book["history"][chosen], chosen, summary)
+  from jkd.search import plots   # noqa: PLC0415 - matplotlib, when installed
+  plots.write(workdir, summary)
+  log(table(summary))
+  return summary
+
+
+def _shared(points: list[dict], n: int, keys: list[str]) -> list[dict]:
+  """Process 0's `n` points on every process (bit for bit: float64 sent as int32 pairs)."""
+  from jkd.engine import parallel   # noqa: PLC0415
+  if parallel.process_count() == 1:
+    return points
+  from jax.experimental import multihost_utils   # noqa: PLC0415
+  table_ = np.zeros((n, len(keys)), np.float64)
+  if parallel.is_writer():
+    table_[:] = [[p[k] for k in keys] for p in points]
+  got = np.asarray(multihost_utils.broadcast_one_to_all(table_.view(np.int32)))
+  return [dict(zip(keys, map(float, row))) for row in got.view(np.float64)]
+
+
+def _train_wave(config, workdir, study, trials, points, alive, wave, num_waves, stops, book,
+                runs_per_fold, log, optuna) -> None:
+  """One wave's rungs: its points in one program, then the best 1/eta of them, ... to the end;
+  every point told (PRUNED, or COMPLETE with its validation accuracy) before returning."""
+  from jkd.engine import loop   # noqa: PLC0415 - imports jax
+  seeds = len(config_lib.seeds(config))
   eta = int(config.search.halving.eta)
-  val = np.full(P, np.nan)
-  test = np.full(P, np.nan)
-  epochs = np.zeros(P, np.int64)
-  alive, prev, spent, folds, last_res = list(range(P)), None, 0, 0, None
-  history = []   # per rung: (its workdir, its points, runs per point)
+  prev, history = None, []
+  where = f"wave {wave + 1}/{num_waves}, " if num_waves > 1 else ""
   for k, stop in enumerate(stops):
-    rdir = os.path.join(workdir, f"rung{k}")
+    rdir = rung_dir(workdir, wave, k, num_waves)
     cfg = rung_config(config, [points[i] for i in alive])
     res = _rung_done(rdir, cfg, stop)
     if res is None:
       start = None if prev is None else _start_from(*prev)
-      log(f"search: rung {k + 1}/{len(stops)}: {len(alive)} point(s), epochs "
+      log(f"search: {where}rung {k + 1}/{len(stops)}: {len(alive)} point(s), epochs "
           f"{stops[k - 1] if k else 0}..{stop}")
-      res = loop.train(cfg, rdir, runs_per_fold=max(P * seeds, runs_per_fold), stop=stop,
-                       start_from=start)
+      res = loop.train(cfg, rdir, runs_per_fold=runs_per_fold, stop=stop, start_from=start)
     else:
-      log(f"search: rung {k + 1}/{len(stops)} is trained ({rdir}); not retraining it")
+      log(f"search: {where}rung {k + 1}/{len(stops)} is trained ({rdir}); not retraining it")
     per = len(res["runs"]) // len(alive)
-    folds = per // seeds
+    book["folds"] = per // seeds
     v = per_point(res, len(alive), per, "val")
-    val[alive] = v
-    test[alive] = per_point(res, len(alive), per, "test")   # recorded, never ranked
-    epochs[alive] = stop
-    spent += len(alive) * per * (stop - (stops[k - 1] if k else 0))
-    for j, i in enumerate(alive):
-      t = trials[i]
-      if stop not in t.intermediate_values and t.state == optuna.trial.TrialState.RUNNING:
-        optuna.trial.Trial(study, t._trial_id).report(float(v[j]), stop)
-    last_res = res
+    book["val"][alive] = v
+    book["test"][alive] = per_point(res, len(alive), per, "test")   # recorded, never ranked
+    book["epochs"][alive] = stop
+    book["spent"] += len(alive) * per * (stop - (stops[k - 1] if k else 0))
     history.append((rdir, list(alive), per))
+    for j, i in enumerate(alive):
+      book["rungs"][i].append([stop, _f(v[j])])
+      book["history"][i] = list(history)
+      t = trials[i] if study is not None else None   # only process 0 tells the study
+      if t and stop not in t.intermediate_values and t.state == optuna.trial.TrialState.RUNNING:
+        optuna.trial.Trial(study, t._trial_id).report(float(v[j]), stop)
     if k + 1 < len(stops):
       keep = survivors(v, eta)
       for j, i in enumerate(alive):
-        if j not in keep and trials[i].state == optuna.trial.TrialState.RUNNING:
+        if (study is not None and j not in keep
+            and trials[i].state == optuna.trial.TrialState.RUNNING):
           study.tell(trials[i].number, state=optuna.trial.TrialState.PRUNED)
       prev = (rdir, stop, [j * per + r for j in keep for r in range(per)])
       alive = [alive[j] for j in keep]
   for i in alive:
-    if trials[i].state == optuna.trial.TrialState.RUNNING:
-      study.tell(trials[i].number, float(val[i]) if not math.isnan(val[i]) else None,
-                 state=None if not math.isnan(val[i]) else optuna.trial.TrialState.FAIL)
-  chosen = select(val, alive)
-  summary = _summary(config, points, val, test, epochs, chosen, last_res, spent,
-                     P * seeds * folds * stops[-1], stops, time.time() - t0)
-  write(workdir, summary)
-  write_winner(workdir, history, chosen, summary)
-  log(table(summary))
-  return summary
+    if study is not None and trials[i].state == optuna.trial.TrialState.RUNNING:
+      ok = not math.isnan(book["val"][i])
+      study.tell(trials[i].number, float(book["val"][i]) if ok else None,
+                 state=None if ok else optuna.trial.TrialState.FAIL)
 
 
 def write_winner(workdir: str, history: list, chosen: int, summary: dict) -> None:
@@ -294,11 +349,13 @@ def write_winner(workdir: str, history: list, chosen: int, summary: dict) -> Non
 
 def markdown(workdir: str) -> str:
   """The report's section on every searched stage of a pipeline workdir ('' if none)."""
-  out = []
+  out, figures = [], []
   for name in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []:
     path = os.path.join(workdir, name, "search.json")
     if not os.path.isfile(path):
       continue
+    figures += [f"![{name} {f}]({name}/plots/{f}.png)" for f in ("search_keys", "search_rungs")
+                if os.path.isfile(os.path.join(workdir, name, "plots", f + ".png"))]
     with open(path) as f:
       s = json.load(f)
     a = s["winner_test_accuracy"]
@@ -314,26 +371,32 @@ def markdown(workdir: str) -> str:
                     "in W/<stage>/search.csv. Test accuracy with the lab's ±.", "",
                     "| stage | points | chosen | final test acc | best-epoch test acc | "
                     "run-epochs (search / every point to the end) |", "|---|---|---|---|---|---|",
-                    *out]) + "\n"
+                    *out, *([""] + figures if figures else [])]) + "\n"
 
 
 def _key(point: dict) -> str:
   return " ".join(f"{k}={v:g}" for k, v in sorted(point.items()))   # as jkd.report keys a point
 
 
-def _summary(config, points, val, test, epochs, chosen, res, spent, full, stops, seconds) -> dict:
+def _summary(config, points, book, chosen, full, stops, sizes, seconds) -> dict:
   from jkd.report import stats   # noqa: PLC0415
   winner = points[chosen]
+  with open(os.path.join(book["history"][chosen][-1][0], "results.json")) as f:
+    res = json.load(f)   # the winner's last rung
   entry = next(e for e in res["summary"] if e["sweep"] == winner)
   acc = {w: {**entry[w]["accuracy"], "lab_pm": stats.lab_pm(res, _key(winner), w)}
          for w in ("final", "best")}
-  rows = [{"point": i, **points[i], "epochs": int(epochs[i]), "pruned": bool(epochs[i] < stops[-1]),
-           "val_accuracy": _f(val[i]), "test_accuracy": _f(test[i]), "chosen": i == chosen}
-          for i in range(len(points))]
-  return {"selected_by": "val", "keys": list(winner), "rungs": stops,
+  wave = [w for w, n in enumerate(sizes) for _ in range(n)]
+  epochs = book["epochs"]
+  rows = [{"point": i, **points[i], "wave": wave[i], "epochs": int(epochs[i]),
+           "pruned": bool(epochs[i] < stops[-1]), "val_accuracy": _f(book["val"][i]),
+           "test_accuracy": _f(book["test"][i]), "chosen": i == chosen,
+           "val_by_rung": book["rungs"][i]} for i in range(len(points))]
+  return {"selected_by": "val", "keys": list(winner),
+          "space": {d.key: d.kind for d in space_lib.dims(config)}, "rungs": stops,
           "eta": int(config.search.halving.eta) if len(stops) > 1 else None,
-          "sampler": config.search.sampler, "points": rows, "chosen": chosen, "winner": winner,
-          "winner_test_accuracy": acc, "run_epochs": int(spent),
+          "sampler": config.search.sampler, "waves": sizes, "points": rows, "chosen": chosen,
+          "winner": winner, "winner_test_accuracy": acc, "run_epochs": int(book["spent"]),
           "run_epochs_without_halving": int(full), "seconds": seconds}
 
 
@@ -344,7 +407,7 @@ def _f(x: float) -> float | None:
 def write(workdir: str, summary: dict) -> None:
   """search.csv (one row per point) and search.json, atomically."""
   keys = summary["keys"]
-  cols = ["point", *keys, "epochs", "pruned", "val_accuracy", "test_accuracy", "chosen"]
+  cols = ["point", *keys, "wave", "epochs", "pruned", "val_accuracy", "test_accuracy", "chosen"]
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
   w.writeheader()

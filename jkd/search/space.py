@@ -40,11 +40,13 @@ class Dim:
 def default_config(**kw) -> mc.ConfigDict:
   """A `search` section: `points` points drawn by `sampler` (seeded by `seed`) from `space`;
   `halving.rungs`: the epochs after which the worst points stop (() = no halving), keeping the
-  best 1/`halving.eta`; `storage`: an Optuna storage URL shared by several jobs ('' = the
-  workdir's search.db, SQLite); `study`: the study's name in that storage."""
+  best 1/`halving.eta`; `waves`: the points are asked, trained (with halving) and told in this
+  many waves, so that an adaptive sampler (TPE) models the finished waves when it draws the next;
+  `storage`: an Optuna storage URL shared by several jobs ('' = the workdir's search.db, SQLite);
+  `study`: the study's name in that storage."""
   c = mc.ConfigDict({"space": mc.ConfigDict(), "points": 27, "sampler": "tpe", "seed": 0,
-                     "halving": mc.ConfigDict({"rungs": (), "eta": 3}), "storage": "",
-                     "study": "jkd"})
+                     "waves": 3, "halving": mc.ConfigDict({"rungs": (), "eta": 3}),
+                     "storage": "", "study": "jkd"})
   c.update(kw)
   return c
 
@@ -119,6 +121,7 @@ def check(config: mc.ConfigDict) -> None:
   if s.sampler not in SAMPLERS:
     raise config_lib.ConfigError(f"search.sampler={s.sampler!r}; choose one of "
                                  f"{', '.join(SAMPLERS)}")
+  waves(s)
   data = config.data
   if not (int(data.get("num_val_subjects", 0) or 0) > 0 or tuple(data.get("val_subjects", ()))):
     raise config_lib.ConfigError("a search chooses on validation subjects and there are none; set "
@@ -179,6 +182,24 @@ def rungs(config: mc.ConfigDict) -> list[int]:
     raise config_lib.ConfigError(f"search.halving.eta={h.eta!r} must be an integer >= 2 (the "
                                  "best 1/eta of the points continue after each rung)")
   return [*raw, epochs]
+
+
+def waves(s: mc.ConfigDict) -> list[int]:
+  """The points of each wave of a `search` section (`waves` as equal as may be, larger first).
+
+  A wave's points are asked together, trained as programs (its rungs) and told before the next
+  wave is asked. TPE models told trials only: with one wave every point would come from its
+  random start-up, a TPE search that is a random one; that is refused unless the study is shared
+  (`storage`, where other jobs' told trials inform it)."""
+  n = s.get("waves", 1)
+  if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= s.points):
+    raise config_lib.ConfigError(f"search.waves={n!r} must be an integer in 1 .. search.points="
+                                 f"{s.points}")
+  if s.sampler == "tpe" and n == 1 and not s.storage:
+    raise config_lib.ConfigError("search.sampler='tpe' with search.waves=1 draws every point before "
+                                 "any is trained, i.e. at random; set search.waves >= 2 (e.g. 3) "
+                                 "or search.sampler='random'")
+  return [s.points // n + (w < s.points % n) for w in range(n)]
 
 
 def suggest(trial: Any, ds: list[Dim]) -> dict[str, float]:
