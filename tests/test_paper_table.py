@@ -6,6 +6,8 @@ at table scale (30 rows x 4 columns) as PNG and PDF."""
 import csv
 import io
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -77,6 +79,26 @@ def test_csv_and_tex(table):
   assert "\\multicolumn{3}{l}{\\emph{One teacher}} \\\\" in tex
   assert "\\quad KD: signal & 84.00 $\\pm$ 0.71$^\\dagger$ & \\textbf{89.00 $\\pm$ 0.71}$^\\dagger$ \\\\" in tex
   assert "paired t-test" in tex and tex.rstrip().endswith("\\end{tabular}")
+  assert "p $<$ 0.05" in tex and "p < 0.05" not in tex   # '<' is '¡' in LaTeX's text font
+
+
+def test_tex_escapes_in_one_pass():
+  assert paper_table._tex(r"a\b {c} p < 0.05, 50% x_y & #1 $2 ~^") == (
+      r"a\textbackslash{}b \{c\} p \textless{} 0.05, 50\% x\_y \& \#1 \$2 "
+      r"\textasciitilde{}\textasciicircum{}")
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX installed")
+def test_tex_compiles(table, tmp_path):
+  """table.tex typesets inside a document with booktabs (checked where pdflatex exists)."""
+  w, _ = table
+  shutil.copy(os.path.join(w, "table.tex"), tmp_path / "table.tex")
+  (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\n"
+                                    "\\begin{document}\\input{table}\\end{document}\n")
+  p = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                     cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0, p.stdout[-2000:]
+  assert (tmp_path / "doc.pdf").stat().st_size > 1000
 
 
 def test_console_table(table):

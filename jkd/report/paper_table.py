@@ -193,13 +193,14 @@ def _n_folds(full: dict) -> str:
 def footnote(full: dict, tex: bool = False) -> str:
   mark = r"$^\dagger$" if tex else MARK
   pm = r"$\pm$" if tex else "±"
+  lt = r"$<$" if tex else "<"
   sel = full["best_selected_by"]
   best = "highest test accuracy (the lab's protocol)" if sel == "test" else (
       "highest validation accuracy")
   return (f"Test accuracy (%) at the epoch of {best}, mean over {_n_folds(full)} folds of the "
           f"trial means {pm} the lab's spread (population std of the fold values / "
           f"sqrt(folds x trials - 1)). Bold: the best student of each column. {mark}: gain over "
-          f"the student from scratch significant at p < {ALPHA:g} (two-sided paired t-test over "
+          f"the student from scratch significant at p {lt} {ALPHA:g} (two-sided paired t-test over "
           f"the folds).")
 
 
@@ -261,11 +262,14 @@ def csv_text(full: dict) -> str:
   return buf.getvalue()
 
 
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+        "{": r"\{", "}": r"\}", "<": r"\textless{}", ">": r"\textgreater{}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
 def _tex(s: str) -> str:
-  for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-               ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
-    s = s.replace(a, b)
-  return s
+  """Text as LaTeX typesets it, in one pass (a later rule never rewrites an earlier one's output)."""
+  return "".join(_TEX.get(ch, ch) for ch in s)
 
 
 def tex(full: dict) -> str:
