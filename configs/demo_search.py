@@ -4,18 +4,18 @@
 
 The teachers and the scratch student are those of configs/demo.py (trained once). The KD stage
 draws 27 points with Optuna's TPE sampler from the lab's λ (the ce/kd weights (1 − λ, λ), a
-simplex), α (the two teachers' split), β (the SP weight, log-uniform) and T (log-uniform), and
-trains them with successive halving: all 27 for 1 epoch, the best 9 on validation accuracy for a
-second, the best 3 to epoch 5 as the scratch student (each rung one program of its points x 5
-folds; the survivors continue from their checkpoints). One of each fold's training subjects
-validates: the choice reads validation accuracy only, test accuracy is reported.
-W/student_kd/search.csv holds every point; W/report.md the chosen one.
+simplex), α (the two teachers' split), β (the SP weight, log-uniform) and T (log-uniform), in 3
+waves of 9: each wave trains all 9 for 1 epoch, the best 3 on validation accuracy for a second,
+the best one to epoch 5 as the scratch student (each rung one program of its points x 5 folds;
+the survivors continue from their checkpoints), and is told to TPE before the next wave is drawn.
+One of each fold's training subjects validates: the choice reads validation accuracy only, test
+accuracy is reported. W/student_kd/search.csv holds every point; W/report.md the chosen one.
 
-From a fresh workdir it took 6 min 25 s wall on a 2-core CPU shared with other jobs (load 8-14;
-366 s user CPU, 5.4 GB peak RSS; install excluded): the 135-run first rung runs the teachers
-forward in every step (their cached outputs would not fit distill.cache_gb). It chose λ = 0.45,
-α = 0.32, T = 1.3, β = 38: test accuracy 80.46 (final), 1.24 points below the scratch student
-(paired over 5 folds, p = 0.09); 225 run-epochs against 675 for every point to the end.
+From a fresh clone on an idle 2-core CPU it took 4 min 15 s wall (405 s user CPU, 5.5 GB peak
+RSS; install excluded). The first wave drew β from 11 to 550; the later waves, modelling it,
+stayed below 80 (β above 200 had the worst validation accuracy). It chose λ = 0.52, α = 0.76,
+T = 2.0, β = 22: test accuracy 80.88 (final), 0.63 points below the scratch student (paired over 5
+folds, p = 0.26); 225 run-epochs against 675 for every point to the end.
 """
 
 import os

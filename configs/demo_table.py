@@ -13,6 +13,9 @@ to see every row work, not to cite. Two columns (`jkd.pipeline.columns`), the si
 architecture, WRN16-1 and WRN10-1, as the lab's table has one per teacher architecture; the GAF
 and PI teachers and the scratch student are the same in both and train once. W/table.md (.csv,
 .tex) is the paper's table, W/plots/ its figures.
+
+From a fresh clone on an idle 2-core AMD EPYC CPU: 12 min 6 s wall (1,152 s user CPU, 3.9 GB
+peak RSS; the install, about 20 s, excluded); 37 stage trainings, 5 of the 42 cells shared.
 """
 
 import jkd.data
