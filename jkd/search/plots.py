@@ -53,8 +53,12 @@ def keys(summary: dict, path: str, plt) -> list[str]:
     win = rows[summary["chosen"]]
     ax.scatter([win[key]], [_pct(win["val_accuracy"])], marker="*", s=140, color="black",
                zorder=3, label="chosen")
-    if kinds.get(key) == "log":
+    if kinds.get(key) == "log":   # plain numbers at 1, 2, 5 x 10^k
+      from matplotlib import ticker   # noqa: PLC0415
       ax.set_xscale("log")
+      ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+      ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+      ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(_short(key))
     ax.grid(alpha=0.3)
   for ax in axes.flat[len(names):]:
