@@ -218,7 +218,7 @@ def make_objective(config: mc.ConfigDict) -> Callable:
 
   def objective(logits, features, labels, hp, context):
     student = Outputs.of(logits, features)
-    own = context.distill or {"params": {}, "batch_stats": {}}
+    term_vars = context.distill or {"params": {}, "batch_stats": {}}
     batch = Batch(student, list(context.teachers), teacher_weights(hp, names), labels,
                   context.epoch, epochs, index=context.index, key=context.key,
                   pool=context.pool, pool_count=context.pool_count,
@@ -226,8 +226,8 @@ def make_objective(config: mc.ConfigDict) -> Callable:
     total, terms, stats = jnp.float32(0.0), {}, {}
     for name, term, cfg in listed:
       thp = {k: hp[f"loss.{name}.{k}"] for k in term.per_run}
-      b = dataclasses.replace(batch, params=own["params"].get(name),
-                              batch_stats=own["batch_stats"].get(name))
+      b = dataclasses.replace(batch, params=term_vars["params"].get(name),
+                              batch_stats=term_vars["batch_stats"].get(name))
       out = term.loss(cfg, thp, b)
       value, new = out if isinstance(out, tuple) else (out, None)
       if new is not None:
@@ -257,18 +257,18 @@ def _teacher_models(config: mc.ConfigDict) -> tuple:
 
 
 def make_predict(config: mc.ConfigDict, info: Info) -> Callable | None:
-  """`predict(own, logits, features) -> logits` of the listed term that decides how the trained
-  student predicts (SimKD), from the run's term variables `own` (`{'params': {term: ...},
-  'batch_stats': {term: ...}}`, i.e. `params['distill']` and `batch_stats['distill']`) and the
-  student's outputs; None when no listed term does (the student's own logits)."""
+  """`predict(term_vars, logits, features) -> logits` of the listed term that decides how the
+  trained student predicts (SimKD), from the run's term variables `term_vars` (`{'params': {term:
+  ...}, 'batch_stats': {term: ...}}`, i.e. `params['distill']` and `batch_stats['distill']`) and
+  the student's outputs; None when no listed term does (the student's own logits)."""
   loss = config.loss
   found = [(n, TERMS[n]) for n in loss.terms if TERMS[n].predicts(loss[n])]
   if not found:
     return None
   (name, term), = found
 
-  def predict(own, logits, features):
-    mine = {"params": own["params"][name], "batch_stats": own["batch_stats"][name]}
+  def predict(term_vars, logits, features):
+    mine = {"params": term_vars["params"][name], "batch_stats": term_vars["batch_stats"][name]}
     return term.predict(loss[name], mine, Outputs.of(logits, features), info)
 
   return predict

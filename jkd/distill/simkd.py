@@ -86,14 +86,14 @@ class SimKD(Term):
         src, train=True, mutable=["batch_stats"])
     return fitnet.fitnet_loss(p, tgt), {"projector": new["batch_stats"], "head": hv}
 
-  def predict(self, cfg, own, student, info):
+  def predict(self, cfg, term_vars, student, info):
     i = int(cfg.teacher)
     t = last_map(info.teachers[i])
     src = _source(last_map(student), t.shape[1:-1])
     p = self._projector(cfg, t.shape[-1]).apply(
-        {"params": own["params"]["projector"], "batch_stats": own["batch_stats"]["projector"]},
-        src, train=False)
-    return head_lib.of(info.teacher_models[i]).logits(own["batch_stats"]["head"], p)
+        {"params": term_vars["params"]["projector"],
+         "batch_stats": term_vars["batch_stats"]["projector"]}, src, train=False)
+    return head_lib.of(info.teacher_models[i]).logits(term_vars["batch_stats"]["head"], p)
 
 
 TERM = SimKD()

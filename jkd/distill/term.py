@@ -28,9 +28,9 @@ The contract between a term and the engine:
   `(value, new_batch_stats)` when it updates non-trainable state.
 * `example()`: a small setting (`Example`) in which every per-run key changes the objective;
   the registry's test checks it for every registered term.
-* `predicts(cfg)` / `predict(cfg, own, student, info)`: a term that changes how the trained
+* `predicts(cfg)` / `predict(cfg, term_vars, student, info)`: a term that changes how the trained
   student predicts (SimKD: through its projector and the teacher's classifier) returns the
-  logits from the run's term variables `own` and the student's `Outputs`; evaluation
+  logits from the run's term variables `term_vars` and the student's `Outputs`; evaluation
   (`jkd.engine.train.make_evaluate`) then uses them instead of the student's own logits.
 """
 
@@ -190,8 +190,8 @@ class Term:
     """Whether the trained student predicts through this term's parts (`predict`)."""
     return False
 
-  def predict(self, cfg: mc.ConfigDict, own: dict, student: Outputs, info: Info) -> Array:
-    """The student's logits at inference from this term's variables `own` ({'params',
+  def predict(self, cfg: mc.ConfigDict, term_vars: dict, student: Outputs, info: Info) -> Array:
+    """The student's logits at inference from this term's variables `term_vars` ({'params',
     'batch_stats'} of one run) and the student's outputs; only when `predicts(cfg)`."""
     raise NotImplementedError
 

@@ -67,14 +67,14 @@ def _init_one(model, sample, make_tx, term_init=None):
     if variables is None:
       variables = model.init({"params": jax.random.fold_in(key, 0),
                               "dropout": jax.random.fold_in(key, 1)}, sample, train=False)
-    own = None
+    term_vars = None
     if term_init is not None:
       k = jax.random.fold_in(key, 3)
-      own = term_init(k) if inputs is None else term_init(k, inputs)
-    if own is not None:
-      variables = {"params": {**variables["params"], "distill": own["params"]},
+      term_vars = term_init(k) if inputs is None else term_init(k, inputs)
+    if term_vars is not None:
+      variables = {"params": {**variables["params"], "distill": term_vars["params"]},
                    "batch_stats": {**variables.get("batch_stats", {}),
-                                   "distill": own["batch_stats"]}}
+                                   "distill": term_vars["batch_stats"]}}
     return from_variables(variables, make_tx(hp_r))
   return one
 

@@ -153,12 +153,12 @@ class Step:
 
 def _split(tree: dict) -> tuple[dict, Any]:
   """(the student's part, the distillation terms' part or None) of params or batch_stats."""
-  own = tree.get(checkpoint.DISTILL) if isinstance(tree, dict) else None
-  return {k: v for k, v in tree.items() if k != checkpoint.DISTILL}, own
+  term_vars = tree.get(checkpoint.DISTILL) if isinstance(tree, dict) else None
+  return {k: v for k, v in tree.items() if k != checkpoint.DISTILL}, term_vars
 
 
-def _join(student: dict, own: Any) -> dict:
-  return student if own is None else {**student, checkpoint.DISTILL: own}
+def _join(student: dict, term_vars: Any) -> dict:
+  return student if term_vars is None else {**student, checkpoint.DISTILL: term_vars}
 
 
 class Pacer:
@@ -330,14 +330,14 @@ def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int, mes
 
   `plan` (`Plan`, index and mask (R, nb, Be)): every run's evaluation batches; `runs`: their
   normalisation; confusion[r, true, predicted] counts. `mesh`: as in make_train_epoch.
-  `predict(own, logits, features) -> logits`, when given (`jkd.distill.make_predict`: a term such
-  as SimKD that predicts through its own parts), turns the student's outputs into its predictions
-  with the run's distillation-term variables `own` (`params['distill']`, `batch_stats['distill']`
-  of `variables`); else the student's logits.
+  `predict(term_vars, logits, features) -> logits`, when given (`jkd.distill.make_predict`: a
+  term such as SimKD that predicts through its own parts), turns the student's outputs into its
+  predictions with the run's distillation-term variables `term_vars` (`params['distill']`,
+  `batch_stats['distill']` of `variables`); else the student's logits.
   """
   def one(variables, data: Data, run: Runs, plan: Plan):
     student = checkpoint.student_variables(variables)
-    own = {k: tree.get(checkpoint.DISTILL, {}) for k, tree in variables.items()}
+    term_vars = {k: tree.get(checkpoint.DISTILL, {}) for k, tree in variables.items()}
     x, y = data.x, data.y
 
     def body(carry, inputs):
@@ -346,7 +346,7 @@ def make_evaluate(model: nn.Module, config: mc.ConfigDict, num_classes: int, mes
       logits, features = model.apply(student, model_input(config, x[i], run.mean, run.std),
                                      train=False)
       if predict is not None:
-        logits = predict(own, logits, features)
+        logits = predict(term_vars, logits, features)
       onehot = jax.nn.one_hot(y[i], num_classes) * m[:, None]
       pred = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
       nll = -jnp.sum(onehot * jax.nn.log_softmax(logits), -1)

@@ -50,8 +50,8 @@ class Trained:
     """Parameters evaluation uses: the student's, plus a predicting term's (SimKD: its projector
     and the copy of the teacher's classifier, kept among its batch statistics)."""
     size = lambda tree: int(sum(np.size(a) for a in jax.tree.leaves(tree)))
-    own = self.variables.get("batch_stats", {}).get("distill", {})
-    return size(self.variables["params"]) + sum(size(t.get("head", {})) for t in own.values())
+    term_vars = self.variables.get("batch_stats", {}).get("distill", {})
+    return size(self.variables["params"]) + sum(size(t.get("head", {})) for t in term_vars.values())
 
   @property
   def describe(self) -> str:
@@ -190,13 +190,13 @@ def load(workdir: str, run: int = 0, which: str = "last") -> Trained:
   variables = jax.tree.map(jnp.asarray, variables)
   mean, std = folds.mean[f], folds.std[f]
   student = checkpoint.student_variables(variables)
-  own = {n: tree.get(checkpoint.DISTILL, {}) for n, tree in variables.items()}
+  term_vars = {n: tree.get(checkpoint.DISTILL, {}) for n, tree in variables.items()}
   model_cfg = config.model
 
   def logits(x, model=model, dense=True):
     z = images.image_input(model_cfg, normalize.apply(x, mean, std), x)
     out, features = model.apply(student, gaf.as_dense(z) if dense else z, train=False)
-    return out if predict is None else predict(own, out, features)
+    return out if predict is None else predict(term_vars, out, features)
 
   def engine_logits(x):
     """As `jkd.engine.train.make_evaluate` computes them: the configured convolutions, GAF factors."""
