@@ -43,20 +43,20 @@ def embedding_world(c: mc.ConfigDict, teacher_scale: float = 1.0, batch: int = 6
                     classes: int = 3, d_s: int = 8, d_t: tuple = (12, 5)) -> dict:
   """Random student outputs (stages (B, 8, 4), (B, 4, 8), embedding (B, d_s)), one teacher per
   width in `d_t` (logits × `teacher_scale`, embedding only), labels, the terms' parts from
-  `distill.init` and `run(own, hp=None)`: the jitted objective in epoch 0."""
+  `distill.init` and `run(term_vars, hp=None)`: the jitted objective in epoch 0."""
   r = np.random.default_rng(0)
   n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
   student = (n(batch, classes), (n(batch, 8, 4), n(batch, 4, 8), n(batch, d_s)))
   teach = [Outputs(n(batch, classes) * teacher_scale, {}, n(batch, d)) for d in d_t]
   labels = jnp.asarray(r.integers(0, classes, batch), jnp.int32)
-  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach)
+  term_vars = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach)
   obj = jax.jit(distill.make_objective(c))
 
-  def run(own, hp=None):
-    ctx = Context(epoch=jnp.int32(0), teachers=teach, distill=own)
+  def run(term_vars, hp=None):
+    ctx = Context(epoch=jnp.int32(0), teachers=teach, distill=term_vars)
     return obj(*student, labels, per_run_hp(c) if hp is None else hp, ctx)
 
-  return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run)
+  return dict(c=c, student=student, teach=teach, labels=labels, term_vars=term_vars, run=run)
 
 
 class TinyWRN(nn.Module):
@@ -80,7 +80,7 @@ def feature_world(terms=FEATURE_TERMS):
   """Random student outputs (stages (FB, 8, 4), (FB, 4, 8), embedding (FB, 8)); teacher a: a WRN
   (head batch_norm, fc) whose last map is half the student's length; teacher b: a ResNet (fc) of
   the same length; the terms' parts from `distill.init` (with the teachers' variables) and
-  `run(own, index, epoch=1, hp=None, key=3)`: the jitted objective on windows `index`."""
+  `run(term_vars, index, epoch=1, hp=None, key=3)`: the jitted objective on windows `index`."""
   r = np.random.default_rng(0)
   n = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
   c = kd_config(terms, ("a", "b"), crd={"nce_k": 5, "feat_dim": 4})
@@ -95,19 +95,19 @@ def feature_world(terms=FEATURE_TERMS):
   pool = jnp.asarray(np.r_[r.permutation(FN)[:20], np.zeros(4, int)], jnp.int32)  # 20 real
   info = Info(num_windows=FN, train_windows=20, teacher_models=tuple(
       c.teachers[t].model for t in c.distill.teachers), teachers=tuple(teach), teacher_variables=tv)
-  own = jax.jit(lambda key, tv: distill.init(c.loss, key, Outputs.of(*student), teach,
+  term_vars = jax.jit(lambda key, tv: distill.init(c.loss, key, Outputs.of(*student), teach,
                                              dataclasses.replace(info, teacher_variables=tv)))(
       jax.random.PRNGKey(0), tv)
   obj = jax.jit(distill.make_objective(c))
 
-  def run(own, index, epoch=1, hp=None, key=3):
-    ctx = Context(epoch=jnp.int32(epoch), teachers=teach, distill=own, index=index,
+  def run(term_vars, index, epoch=1, hp=None, key=3):
+    ctx = Context(epoch=jnp.int32(epoch), teachers=teach, distill=term_vars, index=index,
            key=jax.random.PRNGKey(key), pool=pool, pool_count=jnp.int32(20),
            all_labels=labels)
     return obj(*student, labels[index], per_run_hp(c) if hp is None else hp, ctx)
 
   return dict(c=c, student=student, teach=teach, tv=tv, labels=labels, pool=pool, info=info,
-              own=own, run=run)
+              term_vars=term_vars, run=run)
 
 
 def contrast(w, index, key=3):
@@ -258,9 +258,9 @@ def example_world(term, alpha: float = -1.0) -> dict:
               teacher_variables=tv, batch_size=b, batches_per_epoch=5)
   distill.check(c.loss, list(zip(names, models)), mc.ConfigDict({"name": "wrn10_1", "ndim": 1}),
                 int(c.train.epochs))
-  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach, info)
+  term_vars = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach, info)
   obj = jax.jit(distill.make_objective(c))
-  ctx = Context(epoch=jnp.int32(ex.epoch), teachers=teach, distill=own, index=index,
+  ctx = Context(epoch=jnp.int32(ex.epoch), teachers=teach, distill=term_vars, index=index,
          key=jax.random.PRNGKey(3), pool=pool, pool_count=jnp.int32(20),
          all_labels=labels, step=jnp.int32(ex.step))
   return dict(c=c, example=ex, names=names, run=lambda hp: obj(*student, labels[index], hp, ctx))

@@ -109,22 +109,22 @@ def _run(w, chained, epoch=1):
   c = kd_config(("camkd",), camkd={"chained": chained})
   info = Info(teacher_models=tuple(c.teachers[t].model for t in c.distill.teachers),
               teachers=tuple(w["teach"]), teacher_variables=w["tv"])
-  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*w["student"]), w["teach"], info)
-  ctx = Context(epoch=jnp.int32(epoch), teachers=w["teach"], distill=own)
+  term_vars = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*w["student"]), w["teach"], info)
+  ctx = Context(epoch=jnp.int32(epoch), teachers=w["teach"], distill=term_vars)
   total, terms, _ = distill.make_objective(c)(*w["student"], w["labels"], per_run_hp(c), ctx)
-  return own, total, terms
+  return term_vars, total, terms
 
 
 @pytest.mark.parametrize("chained", [True, False])
 def test_term_matches_numpy_chained_by_default_and_independent_as_an_option(world, chained):
   w = world
-  own, total, terms = _run(w, chained)
+  term_vars, total, terms = _run(w, chained)
   f_s = np.asarray(w["student"][1][1], np.float64)
-  want = camkd_np(f_s, as_np(w["teach"]), as_np(w["tv"]), as_np(own["params"]["camkd"]),
+  want = camkd_np(f_s, as_np(w["teach"]), as_np(w["tv"]), as_np(term_vars["params"]["camkd"]),
                   np.asarray(w["labels"]), chained)
   np.testing.assert_allclose(float(terms["camkd"]), want, rtol=1e-4)
   np.testing.assert_allclose(float(total), 50.0 * want, rtol=1e-4)
-  other = camkd_np(f_s, as_np(w["teach"]), as_np(w["tv"]), as_np(own["params"]["camkd"]),
+  other = camkd_np(f_s, as_np(w["teach"]), as_np(w["tv"]), as_np(term_vars["params"]["camkd"]),
                    np.asarray(w["labels"]), not chained)
   assert abs(other - want) > 1e-4 * abs(want)        # the two alignments differ on this world
 
@@ -160,8 +160,8 @@ def test_term_matches_numpy_on_the_feature_world_and_is_dropped_in_the_first_epo
   """Weights (1 − softmax_k CE(teacher head on F_k)) / (K − 1), Σ_kb w mse / (B K)."""
   w = feature_world(("camkd",))
   index = w["pool"][:FB]
-  total, terms, _ = w["run"](w["own"], index)
-  p = as_np(w["own"]["params"])
+  total, terms, _ = w["run"](w["term_vars"], index)
+  p = as_np(w["term_vars"]["params"])
   _, (f1, f2, emb) = as_np(w["student"])
   teach, tv = as_np(w["teach"]), as_np(w["tv"])
   y = np.asarray(w["labels"])[np.asarray(index)]
@@ -181,5 +181,5 @@ def test_term_matches_numpy_on_the_feature_world_and_is_dropped_in_the_first_epo
   np.testing.assert_allclose(float(terms["camkd"]), want, rtol=1e-4)
   np.testing.assert_allclose(float(total), 50.0 * want, rtol=1e-4)
   # CA-MKD is dropped in the first epoch (start_epoch=1)
-  _, terms0, _ = w["run"](w["own"], index, epoch=0)
+  _, terms0, _ = w["run"](w["term_vars"], index, epoch=0)
   assert float(terms0["camkd"]) == 0.0

@@ -86,8 +86,8 @@ def test_term_matches_numpy(world):
   """Σ_k w_k (NCE(student vs teacher bank) + NCE(teacher vs student bank)), n = 20."""
   w = world
   index = w["pool"][:B]
-  total, terms, _ = w["run"](w["own"], index)
-  p, s = as_np(w["own"]["params"]), as_np(w["own"]["batch_stats"])
+  total, terms, _ = w["run"](w["term_vars"], index)
+  p, s = as_np(w["term_vars"]["params"]), as_np(w["term_vars"]["batch_stats"])
   _, (_, _, emb) = as_np(w["student"])
   teach = as_np(w["teach"])
   wt = (1.0, 2.0)                                        # teachers.a.weight, teachers.b.weight
@@ -101,8 +101,8 @@ def test_term_matches_numpy(world):
 def test_crd_banks_move_after_scoring_and_z_freezes(world):
   w = world
   i1, i2 = w["pool"][:B], w["pool"][B:2 * B]
-  _, terms1, stats1 = w["run"](w["own"], i1)
-  p, s0 = as_np(w["own"]["params"]["crd"]), as_np(w["own"]["batch_stats"]["crd"])
+  _, terms1, stats1 = w["run"](w["term_vars"], i1)
+  p, s0 = as_np(w["term_vars"]["params"]["crd"]), as_np(w["term_vars"]["batch_stats"]["crd"])
   _, (_, _, emb) = as_np(w["student"])
   teach = as_np(w["teach"])
   for k in range(2):
@@ -115,7 +115,7 @@ def test_crd_banks_move_after_scoring_and_z_freezes(world):
       untouched = np.setdiff1d(np.arange(N), np.asarray(i1))
       np.testing.assert_array_equal(got[name][untouched], s0[str(k)][name][untouched])
   # the next step scores against the moved banks with the frozen Z, and keeps Z
-  own2 = {"params": w["own"]["params"], "batch_stats": {**w["own"]["batch_stats"], **stats1}}
+  own2 = {"params": w["term_vars"]["params"], "batch_stats": {**w["term_vars"]["batch_stats"], **stats1}}
   _, terms2, stats2 = w["run"](own2, i2, key=4)
   s1 = as_np(stats1["crd"])
   want = 0.0

@@ -61,10 +61,10 @@ def fixed():
   return embedding_world(_config(), batch=B, classes=K, d_s=D_S, d_t=D_T)
 
 
-def _with(own, k, **scalars):
-  p = jax.tree.map(lambda x: x, own["params"])
+def _with(term_vars, k, **scalars):
+  p = jax.tree.map(lambda x: x, term_vars["params"])
   p["dcd"][str(k)] = {**p["dcd"][str(k)], **{n: jnp.float32(v) for n, v in scalars.items()}}
-  return {"params": p, "batch_stats": own["batch_stats"]}
+  return {"params": p, "batch_stats": term_vars["batch_stats"]}
 
 
 def test_dcd_loss_matches_numpy_with_and_without_mask():
@@ -108,10 +108,10 @@ def test_heads_and_scalars_at_init(learn):
   c = _config(learn_scale=learn)
   d_s, d_t = 64, 40
   s = Outputs(jnp.zeros((2, K)), {}, jnp.zeros((2, d_s)))
-  own = distill.init(c.loss, jax.random.PRNGKey(3), s, [Outputs(jnp.zeros((2, K)), {},
+  term_vars = distill.init(c.loss, jax.random.PRNGKey(3), s, [Outputs(jnp.zeros((2, K)), {},
                                                                  jnp.zeros((2, d_t)))])
-  p = own["params"]["dcd"]["0"]
-  scalars = p if learn else own["batch_stats"]["dcd"]["0"]
+  p = term_vars["params"]["dcd"]["0"]
+  scalars = p if learn else term_vars["batch_stats"]["dcd"]["0"]
   assert sorted(p) == (["b", "embed_s", "embed_t", "tau"] if learn else ["embed_s", "embed_t"])
   assert float(scalars["tau"]) == 1.0 and float(scalars["b"]) == 0.0
   for name, d in (("embed_s", d_s), ("embed_t", d_t)):
@@ -121,13 +121,13 @@ def test_heads_and_scalars_at_init(learn):
     for a in (kern, bias):
       assert np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
   if learn:
-    assert own["batch_stats"]["dcd"] == {}
+    assert term_vars["batch_stats"]["dcd"] == {}
 
 
 def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
   w = world
-  total, terms, stats = w["run"](w["own"])
-  p = jax.tree.map(lambda x: np.asarray(x, np.float64), w["own"]["params"]["dcd"])
+  total, terms, stats = w["run"](w["term_vars"])
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), w["term_vars"]["params"]["dcd"])
   emb = np.asarray(w["student"][1][-1], np.float64)
   want = 0.0
   for k, (wt, t) in enumerate(zip((1.0, 2.0), w["teach"])):
@@ -140,7 +140,7 @@ def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
   np.testing.assert_allclose(float(total), float(terms["ce"]) + 1.0 * want, rtol=1e-5)
   assert "dcd" not in stats
   # the clamp holds through the term: tau above log(10) gives the value at log(10)
-  hi, lo = _with(w["own"], 1, tau=4.0), _with(w["own"], 1, tau=np.log(10.0))
+  hi, lo = _with(w["term_vars"], 1, tau=4.0), _with(w["term_vars"], 1, tau=np.log(10.0))
   np.testing.assert_allclose(float(w["run"](hi)[1]["dcd"]), float(w["run"](lo)[1]["dcd"]),
                              rtol=1e-5)
 
@@ -148,17 +148,17 @@ def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
 def test_gradients_reach_the_heads_and_tau_but_not_above_the_clamp(world):
   w = world
 
-  def total(params, own):
-    own = {"params": {**own["params"], "dcd": params}, "batch_stats": own["batch_stats"]}
-    return w["run"](own)[0]
+  def total(params, term_vars):
+    term_vars = {"params": {**term_vars["params"], "dcd": params}, "batch_stats": term_vars["batch_stats"]}
+    return w["run"](term_vars)[0]
 
-  grads = jax.grad(total)(w["own"]["params"]["dcd"], w["own"])
+  grads = jax.grad(total)(w["term_vars"]["params"]["dcd"], w["term_vars"])
   for k in ("0", "1"):
     for head in ("embed_s", "embed_t"):
       assert np.any(np.asarray(grads[k][head]["kernel"])), (k, head)
     assert abs(float(grads[k]["tau"])) > 1e-4, k
     assert abs(float(grads[k]["b"])) < 1e-5, k              # inert, as in the authors' code
-  clamped = _with(w["own"], 0, tau=3.0)
+  clamped = _with(w["term_vars"], 0, tau=3.0)
   grads = jax.grad(total)(clamped["params"]["dcd"], clamped)
   assert float(grads["0"]["tau"]) == 0.0 and abs(float(grads["1"]["tau"])) > 1e-4
 
@@ -172,12 +172,12 @@ def test_by_default_tau_and_b_stay_at_init_through_a_decayed_sgd_step(fixed, wor
 
   def step(w):
     def total(params):
-      return w["run"]({"params": {**w["own"]["params"], "dcd": params},
-                       "batch_stats": w["own"]["batch_stats"]})[0]
-    params = w["own"]["params"]["dcd"]
+      return w["run"]({"params": {**w["term_vars"]["params"], "dcd": params},
+                       "batch_stats": w["term_vars"]["batch_stats"]})[0]
+    params = w["term_vars"]["params"]["dcd"]
     g = jax.grad(total)(params)
     upd, _ = tx.update(g, tx.init(params), params)
-    return optax.apply_updates(params, upd), w["run"](w["own"])[2]
+    return optax.apply_updates(params, upd), w["run"](w["term_vars"])[2]
 
   params, stats = step(fixed)
   assert all(sorted(params[k]) == ["embed_s", "embed_t"] for k in ("0", "1"))
@@ -188,8 +188,8 @@ def test_by_default_tau_and_b_stay_at_init_through_a_decayed_sgd_step(fixed, wor
   for k in ("0", "1"):
     assert float(params[k]["tau"]) != 1.0, k                 # trained and decayed
   # the default's value is the learned option's at the same (initial) tau and b
-  np.testing.assert_allclose(float(fixed["run"](fixed["own"])[1]["dcd"]),
-                             float(world["run"](world["own"])[1]["dcd"]), rtol=1e-6)
+  np.testing.assert_allclose(float(fixed["run"](fixed["term_vars"])[1]["dcd"]),
+                             float(world["run"](world["term_vars"])[1]["dcd"]), rtol=1e-6)
 
 
 def test_per_run_keys_and_the_weight_scales_the_term(world):
@@ -200,8 +200,8 @@ def test_per_run_keys_and_the_weight_scales_the_term(world):
   assert {"loss.dcd.weight", "loss.dcd.alpha", "loss.dcd.max_tau", "teachers.a.weight",
           "teachers.b.weight"} <= set(keys)
   assert distill.TERMS["dcd"].per_run == ("weight", "alpha", "max_tau")
-  base, terms, _ = w["run"](w["own"])
-  moved, _, _ = w["run"](w["own"], per_run_hp(c, **{"loss.dcd.weight": 3.0}))
+  base, terms, _ = w["run"](w["term_vars"])
+  moved, _, _ = w["run"](w["term_vars"], per_run_hp(c, **{"loss.dcd.weight": 3.0}))
   np.testing.assert_allclose(float(moved - base), 2.0 * float(terms["dcd"]), rtol=1e-4)
 
 

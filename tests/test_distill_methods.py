@@ -33,7 +33,7 @@ def test_one_objective_sums_the_four_terms_by_their_weights_and_names_their_keys
   """(Each term's value against numpy: tests/test_distill_<name>.py; that every per-run key
   changes the value: tests/test_distill_registry.py.)"""
   w = feature_world()
-  total, terms, _ = w["run"](w["own"], w["pool"][:B])
+  total, terms, _ = w["run"](w["term_vars"], w["pool"][:B])
   want_total = 0.8 * float(terms["crd"]) + terms["simkd"] + terms["srrl"] + 50 * terms["camkd"]
   np.testing.assert_allclose(float(total), float(want_total), rtol=1e-5)
   keys = distill.per_run_keys(w["c"].loss, ("a", "b"))
@@ -138,10 +138,10 @@ def test_engine_trains_the_parts_and_simkd_predicts_through_them(tmp_path):
   conf, loss = evaluate(state.variables, train_lib.Data(x, y), inputs, train_lib.Plan(idx, mask))
   one = jax.tree.map(lambda a: a[0], state.variables)
   _, (_, h2, _) = model.apply(checkpoint.student_variables(one), x[24:], train=False)
-  own = as_np({k: v["distill"]["simkd"] for k, v in one.items()})
-  proj = simkd_projector(pool(np.asarray(h2, np.float64), 2), own["params"]["projector"],
-                    own["batch_stats"]["projector"])
-  logits = head_logits(own["batch_stats"]["head"], proj)
+  term_vars = as_np({k: v["distill"]["simkd"] for k, v in one.items()})
+  proj = simkd_projector(pool(np.asarray(h2, np.float64), 2), term_vars["params"]["projector"],
+                    term_vars["batch_stats"]["projector"])
+  logits = head_logits(term_vars["batch_stats"]["head"], proj)
   yy = np.asarray(y)[24:]
   want = np.zeros((K, K))
   np.add.at(want, (yy, logits.argmax(-1)), 1)

@@ -91,11 +91,11 @@ def _sgd(ag, states, r, sizes, lr, h=1e-6):
   return new
 
 
-def _reference(w, own, z_s, epoch):
+def _reference(w, term_vars, z_s, epoch):
   """(value, state, normalised reward) of the term, in float64."""
   f64 = lambda a: np.asarray(a, np.float64)
-  p = jax.tree.map(f64, own["params"]["mtkd_rl"])
-  st = jax.tree.map(f64, own["batch_stats"]["mtkd_rl"])
+  p = jax.tree.map(f64, term_vars["params"]["mtkd_rl"])
+  st = jax.tree.map(f64, term_vars["batch_stats"]["mtkd_rl"])
   s_map, y, cfg = f64(w["student"][1][1]), np.asarray(w["labels"]), w["c"].loss.mtkd_rl
   T, fw = cfg.temperature, cfg.feat_weight
   kls, mses, state = [], [], []
@@ -151,23 +151,23 @@ def _world(steps_per_epoch=5, **over):
   info = Info(teacher_models=tuple(c.teachers[t].model for t in c.distill.teachers),
               teachers=tuple(teach), teacher_variables=tv, batch_size=B,
               batches_per_epoch=steps_per_epoch)
-  own = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach, info)
+  term_vars = distill.init(c.loss, jax.random.PRNGKey(0), Outputs.of(*student), teach, info)
   obj = jax.jit(distill.make_objective(c))
 
-  def run(own, z_s, step, epoch=1):
-    ctx = Context(epoch=jnp.int32(epoch), teachers=teach, distill=own, step=jnp.int32(step))
+  def run(term_vars, z_s, step, epoch=1):
+    ctx = Context(epoch=jnp.int32(epoch), teachers=teach, distill=term_vars, step=jnp.int32(step))
     return obj(z_s, student[1], labels, per_run_hp(c), ctx)
 
-  return dict(c=c, student=student, teach=teach, labels=labels, own=own, run=run, r=r,
+  return dict(c=c, student=student, teach=teach, labels=labels, term_vars=term_vars, run=run, r=r,
               sizes=(12 + C + 3, 6 + C + 3, 5 + C + 3))
 
 
-def _agent(own):
-  return jax.tree.map(lambda a: np.asarray(a, np.float64), own["batch_stats"]["mtkd_rl"]["agent"])
+def _agent(term_vars):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), term_vars["batch_stats"]["mtkd_rl"]["agent"])
 
 
-def _with(own, stats):
-  return {"params": own["params"], "batch_stats": {**own["batch_stats"], "mtkd_rl": stats}}
+def _with(term_vars, stats):
+  return {"params": term_vars["params"], "batch_stats": {**term_vars["batch_stats"], "mtkd_rl": stats}}
 
 
 # ----------------------------------------------------------------------------- tests
@@ -201,8 +201,8 @@ def test_agent_init_is_pytorchs_default_linear():
 def test_value_and_stored_reward_match_numpy(epoch):
   w = _world()
   z_s = w["student"][0]
-  total, terms, stats = w["run"](w["own"], z_s, 1, epoch)
-  value, state, reward = _reference(w, w["own"], z_s, epoch)
+  total, terms, stats = w["run"](w["term_vars"], z_s, 1, epoch)
+  value, state, reward = _reference(w, w["term_vars"], z_s, epoch)
   np.testing.assert_allclose(float(terms["mtkd_rl"]), value, rtol=1e-4)
   s = stats["mtkd_rl"]
   assert int(s["count"]) == 1
@@ -214,14 +214,14 @@ def test_value_and_stored_reward_match_numpy(epoch):
 
 def test_agent_trains_after_every_agent_step_batches_and_at_the_next_epoch():
   w = _world(steps_per_epoch=5, agent_step=2, agent_lr=0.5)
-  own, agent = w["own"], _agent(w["own"])
-  assert own["batch_stats"]["mtkd_rl"]["states"].shape[0] == 3
+  term_vars, agent = w["term_vars"], _agent(w["term_vars"])
+  assert term_vars["batch_stats"]["mtkd_rl"]["states"].shape[0] == 3
   stored = []
   for step in range(5):                       # epoch 1: after steps 2 and 4 (3, then 2 batches)
     z_s = w["student"][0] + jnp.asarray(w["r"].normal(size=(B, C)), jnp.float32)
-    _, state, reward = _reference(w, own, z_s, 1)
-    _, _, stats = w["run"](own, z_s, step)
-    own = _with(own, stats["mtkd_rl"])
+    _, state, reward = _reference(w, term_vars, z_s, 1)
+    _, _, stats = w["run"](term_vars, z_s, step)
+    term_vars = _with(term_vars, stats["mtkd_rl"])
     stored.append((state, reward))
     if step in (2, 4):
       for s, r in stored:
@@ -230,17 +230,17 @@ def test_agent_trains_after_every_agent_step_batches_and_at_the_next_epoch():
       assert int(stats["mtkd_rl"]["count"]) == 0
     else:
       assert int(stats["mtkd_rl"]["count"]) == len(stored)
-    for name, p in _agent(own).items():
+    for name, p in _agent(term_vars).items():
       np.testing.assert_allclose(p, agent[name], rtol=2e-4, atol=2e-6, err_msg=f"step {step}")
-  moved = _agent(own)
-  assert any(not np.allclose(moved[k], _agent(w["own"])[k]) for k in moved)
+  moved = _agent(term_vars)
+  assert any(not np.allclose(moved[k], _agent(w["term_vars"])[k]) for k in moved)
   # what is left of an epoch trains the agent at the next epoch's first step, before its batch
   for step in range(2):
     z_s = w["student"][0] * (step + 2)
-    _, state, reward = _reference(w, own, z_s, 1)
+    _, state, reward = _reference(w, term_vars, z_s, 1)
     stored.append((state, reward))
-    own = _with(own, w["run"](own, z_s, step + 5 if step else 5)[2]["mtkd_rl"])
-  _, _, stats = w["run"](own, w["student"][0], 0, 2)
+    term_vars = _with(term_vars, w["run"](term_vars, z_s, step + 5 if step else 5)[2]["mtkd_rl"])
+  _, _, stats = w["run"](term_vars, w["student"][0], 0, 2)
   for s, r in stored:
     agent = _sgd(agent, s, r, w["sizes"], 0.5)
   got = jax.tree.map(np.asarray, stats["mtkd_rl"]["agent"])
@@ -255,22 +255,22 @@ def test_the_student_objective_trains_the_embeds_of_teachers_with_a_feature_term
   obj = distill.make_objective(c)
 
   def f(params):
-    own = {"params": params, "batch_stats": w["own"]["batch_stats"]}
-    ctx = Context(epoch=jnp.int32(1), teachers=w["teach"], distill=own, step=jnp.int32(1))
+    term_vars = {"params": params, "batch_stats": w["term_vars"]["batch_stats"]}
+    ctx = Context(epoch=jnp.int32(1), teachers=w["teach"], distill=term_vars, step=jnp.int32(1))
     return obj(*w["student"], w["labels"], per_run_hp(c), ctx)[0]
 
-  g = jax.grad(f)(w["own"]["params"])["mtkd_rl"]
+  g = jax.grad(f)(w["term_vars"]["params"])["mtkd_rl"]
   for k in ("0", "1"):
     assert float(jnp.abs(g[k]["conv1"]["kernel"]).sum()) > 0
   # the 2-D teacher's embed only feeds the agent's (constant) state: no gradient
   assert float(jnp.abs(g["2"]["conv1"]["kernel"]).sum()) == 0
-  assert "agent" not in w["own"]["params"]["mtkd_rl"]              # the agent has its own SGD
+  assert "agent" not in w["term_vars"]["params"]["mtkd_rl"]              # the agent has its own SGD
 
 
 def test_agent_lr_changes_the_agents_step():
   w = _world(agent_step=1)
   c = w["c"]
-  ctx = Context(epoch=jnp.int32(1), teachers=w["teach"], distill=w["own"], step=jnp.int32(1))
+  ctx = Context(epoch=jnp.int32(1), teachers=w["teach"], distill=w["term_vars"], step=jnp.int32(1))
   obj = jax.jit(distill.make_objective(c))
   a1 = obj(*w["student"], w["labels"], per_run_hp(c), ctx)[2]["mtkd_rl"]["agent"]["stem"]
   a2 = obj(*w["student"], w["labels"], per_run_hp(c, **{"loss.mtkd_rl.agent_lr": 0.3}), ctx)[2]
@@ -293,7 +293,7 @@ def test_bad_settings_are_named(over, teachers, match):
 
 def test_without_the_step_index_the_term_says_so():
   w = _world()
-  ctx = Context(epoch=jnp.int32(1), teachers=w["teach"], distill=w["own"])
+  ctx = Context(epoch=jnp.int32(1), teachers=w["teach"], distill=w["term_vars"])
   with pytest.raises(distill.TermError, match="step's index"):
     distill.make_objective(w["c"])(*w["student"], w["labels"], per_run_hp(w["c"]), ctx)
 
@@ -346,9 +346,9 @@ def test_engine_epoch_trains_the_embeds_and_the_agent():
                        inputs.replace(teachers=tvars), 1)
   state = jax.tree.map(np.asarray, state)
   assert np.all(np.isfinite(terms["loss"])) and float(terms["steps"][0]) == 3
-  own, own0 = state.batch_stats["distill"]["mtkd_rl"], init.batch_stats["distill"]["mtkd_rl"]
-  assert int(own["count"][0]) == 0                  # after steps 1 (two batches) and 2 (one)
-  assert not np.allclose(own["agent"]["stem"], own0["agent"]["stem"])
+  term_vars, term_vars0 = state.batch_stats["distill"]["mtkd_rl"], init.batch_stats["distill"]["mtkd_rl"]
+  assert int(term_vars["count"][0]) == 0                  # after steps 1 (two batches) and 2 (one)
+  assert not np.allclose(term_vars["agent"]["stem"], term_vars0["agent"]["stem"])
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(state.params["distill"]["mtkd_rl"]),
       jax.tree.leaves(init.params["distill"]["mtkd_rl"])))

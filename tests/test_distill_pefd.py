@@ -47,8 +47,8 @@ def test_pefd_loss_matches_numpy_with_and_without_mask():
 
 def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
   w = world
-  total, terms, stats = w["run"](w["own"])
-  p = jax.tree.map(lambda x: np.asarray(x, np.float64), w["own"]["params"]["pefd"])
+  total, terms, stats = w["run"](w["term_vars"])
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), w["term_vars"]["params"]["pefd"])
   emb = np.asarray(w["student"][1][-1], np.float64)
   want = 0.0
   for k, (wt, t) in enumerate(zip((1.0, 2.0), w["teach"])):
@@ -65,10 +65,10 @@ def test_projectors_have_pytorch_default_linear_init():
   d_s, d_t = 64, 40
   c = _config()
   s = Outputs(jnp.zeros((2, K)), {}, jnp.zeros((2, d_s)))
-  own = distill.init(c.loss, jax.random.PRNGKey(3), s, [Outputs(jnp.zeros((2, K)), {},
+  term_vars = distill.init(c.loss, jax.random.PRNGKey(3), s, [Outputs(jnp.zeros((2, K)), {},
                                                                  jnp.zeros((2, d_t)))])
   bound = 1.0 / np.sqrt(d_s)
-  ps = own["params"]["pefd"]["0"]
+  ps = term_vars["params"]["pefd"]["0"]
   assert len(ps) == 3
   for q in ps.values():
     kern, bias = np.asarray(q["kernel"]), np.asarray(q["bias"])
@@ -97,17 +97,17 @@ def test_gradients_reach_the_projectors_and_the_weight_is_per_run(world):
   assert distill.TERMS["pefd"].per_run == ("weight",)            # projectors: static
 
   def total(params):
-    own = {"params": {**w["own"]["params"], "pefd": params}, "batch_stats": w["own"]["batch_stats"]}
-    return w["run"](own)[0]
+    term_vars = {"params": {**w["term_vars"]["params"], "pefd": params}, "batch_stats": w["term_vars"]["batch_stats"]}
+    return w["run"](term_vars)[0]
 
-  grads = jax.grad(total)(w["own"]["params"]["pefd"])
+  grads = jax.grad(total)(w["term_vars"]["params"]["pefd"])
   for k in ("0", "1"):
     for j in ("0", "1", "2"):
       assert np.any(np.asarray(grads[k][j]["kernel"])), (k, j)
-  base, terms, _ = w["run"](w["own"])
-  other, _, _ = w["run"](w["own"], per_run_hp(c, **{"loss.pefd.weight": 10.0}))
+  base, terms, _ = w["run"](w["term_vars"])
+  other, _, _ = w["run"](w["term_vars"], per_run_hp(c, **{"loss.pefd.weight": 10.0}))
   np.testing.assert_allclose(float(base - other), 15.0 * float(terms["pefd"]), rtol=1e-4)
-  moved, _, _ = w["run"](w["own"], per_run_hp(c, **{"teachers.b.weight": 0.5}))
+  moved, _, _ = w["run"](w["term_vars"], per_run_hp(c, **{"teachers.b.weight": 0.5}))
   assert float(moved) != float(base)
 
 

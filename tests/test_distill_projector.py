@@ -55,8 +55,8 @@ def test_projector_loss_matches_numpy_with_and_without_mask():
 
 def test_term_matches_numpy_with_two_teachers_of_different_widths(world):
   w = world
-  _, terms, _ = w["run"](w["own"])
-  p = jax.tree.map(lambda x: np.asarray(x, np.float64), w["own"]["params"]["projector"])
+  _, terms, _ = w["run"](w["term_vars"])
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), w["term_vars"]["params"]["projector"])
   emb = np.asarray(w["student"][1][-1], np.float64)
   z_s = np.asarray(w["student"][0], np.float64)
   want = 0.0
@@ -81,11 +81,11 @@ def test_gradients_reach_the_projectors(world):
   obj = distill.make_objective(c)
 
   def f(params):
-    own = {"params": params, "batch_stats": w["own"]["batch_stats"]}
-    ctx = Context(epoch=jnp.int32(0), teachers=w["teach"], distill=own)
+    term_vars = {"params": params, "batch_stats": w["term_vars"]["batch_stats"]}
+    ctx = Context(epoch=jnp.int32(0), teachers=w["teach"], distill=term_vars)
     return obj(*w["student"], w["labels"], per_run_hp(c), ctx)[0]
 
-  g = jax.grad(f)(w["own"]["params"])["projector"]
+  g = jax.grad(f)(w["term_vars"]["params"])["projector"]
   for k in ("0", "1"):
     assert float(jnp.abs(g[k]["kernel"]).sum()) > 0
 

@@ -19,8 +19,8 @@ def test_term_matches_numpy(world):
   """Teacher 0: the student map pooled to the teacher's length, projected, vs the map the
   teacher's classifier pools."""
   w = world
-  total, terms, _ = w["run"](w["own"], w["pool"][:B])
-  p = as_np(w["own"]["params"])
+  total, terms, _ = w["run"](w["term_vars"], w["pool"][:B])
+  p = as_np(w["term_vars"]["params"])
   _, (f1, f2, emb) = as_np(w["student"])
   teach, tv = as_np(w["teach"]), as_np(w["tv"])
   target = head_features(tv[0], teach[0].stages[0])
@@ -31,8 +31,8 @@ def test_term_matches_numpy(world):
 
 def test_simkd_predict_is_the_teacher_classifier_on_the_projection(world):
   w = world
-  logits = distill.make_predict(w["c"], w["info"])(w["own"], *w["student"])
-  p, s = as_np(w["own"]["params"]["simkd"]), as_np(w["own"]["batch_stats"]["simkd"])
+  logits = distill.make_predict(w["c"], w["info"])(w["term_vars"], *w["student"])
+  p, s = as_np(w["term_vars"]["params"]["simkd"]), as_np(w["term_vars"]["batch_stats"]["simkd"])
   _, (_, f2, _) = as_np(w["student"])
   want = head_logits(as_np(w["tv"][0]), simkd_projector(pool(f2, 2), p["projector"],
                                                        s["projector"]))

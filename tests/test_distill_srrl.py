@@ -34,8 +34,8 @@ def world():
 def test_term_matches_numpy(world):
   """Σ_k w_k (statm + MSE(teacher fc on the connected map, teacher logits))."""
   w = world
-  total, terms, _ = w["run"](w["own"], w["pool"][:B])
-  p = as_np(w["own"]["params"])
+  total, terms, _ = w["run"](w["term_vars"], w["pool"][:B])
+  p = as_np(w["term_vars"]["params"])
   _, (f1, f2, emb) = as_np(w["student"])
   teach, tv = as_np(w["teach"]), as_np(w["tv"])
   wt = (1.0, 2.0)                                        # teachers.a.weight, teachers.b.weight
@@ -49,5 +49,5 @@ def test_term_matches_numpy(world):
     want += wt[k] * (statm + l_sr)
   np.testing.assert_allclose(float(terms["srrl"]), want, rtol=1e-4)
   np.testing.assert_allclose(float(total), want, rtol=1e-4)
-  _, terms0, _ = w["run"](w["own"], w["pool"][:B], epoch=0)
+  _, terms0, _ = w["run"](w["term_vars"], w["pool"][:B], epoch=0)
   assert float(terms0["srrl"]) == float(terms["srrl"])         # no epoch gate (CA-MKD has one)

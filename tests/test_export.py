@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
 import pytest

@@ -118,14 +118,14 @@ def test_the_mtkd_rl_agent_trains_in_the_run_state(trained):
   full = json.loads((w / "results.json").read_text())
   assert all(r["status"] == "ok" for r in full["stages"]["three_rl"]["runs"])
   raw = checkpoint._restore_raw(str(w / "three_rl"), None)
-  own = raw["batch_stats"]["distill"]["mtkd_rl"]
+  term_vars = raw["batch_stats"]["distill"]["mtkd_rl"]
   # three teachers: state sizes embedding + classes + 3 each; one stored batch or none per run
-  assert np.asarray(own["states"]).shape[-1] == sum(
+  assert np.asarray(term_vars["states"]).shape[-1] == sum(
       np.asarray(raw["params"]["distill"]["mtkd_rl"][k]["conv1"]["kernel"]).shape[-1] + 3 + 3
       for k in ("0", "1", "2"))
-  stem = np.asarray(own["agent"]["stem"])
+  stem = np.asarray(term_vars["agent"]["stem"])
   assert stem.shape[0] == 3 and np.all(np.isfinite(stem))
-  states, rewards = np.asarray(own["states"]), np.asarray(own["rewards"])
+  states, rewards = np.asarray(term_vars["states"]), np.asarray(term_vars["rewards"])
   assert np.any(states != 0)                                  # batches were stored
   assert np.all((rewards >= 0) & (rewards <= 1))
   student = checkpoint.restore_run(str(w / "three_rl"), 0)
