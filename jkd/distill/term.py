@@ -7,31 +7,11 @@ A term is one weighted summand of the KD student's objective,
 and one module of `jkd.distill` (one `Term` subclass and its math; its `TERM` is found and
 registered in `jkd.distill.TERMS` at import), or of a user's package (`jkd.distill.register`).
 
-The contract between a term and the engine:
-
-* `defaults`: the keys of its config section `loss.<name>` and their defaults; `weight` always.
-* `per_run`: the numeric keys the step reads as traced per-run scalars (`hp[key]` in `loss`).
-  Only these may be swept. Every other key is static: it decides the program's structure, is read
-  from `cfg` when the program is built, and a sweep over it is refused.
-* `needs(cfg)`: what it reads of every teacher (`Needs`: logits, stage maps, the pooled
-  embedding); the student always provides everything.
-* `init(cfg, key, student, teachers[, info])`: its trainable parts (a regressor, a projector,
-  ...), as Flax variables `{'params': ..., 'batch_stats': ...}` of ONE run, or None. They live in
-  the train state per run (params under `params['distill'][name]`, the rest under
-  `batch_stats['distill'][name]`), are trained with the student and checkpointed with it, and are
-  left out of the student that `jkd.engine.checkpoint.restore_run` returns by default. `info` (`Info`,
-  passed only to an `init` that takes it) says what else the engine knows: the number of windows,
-  the smallest fold's training windows, the teachers' model sections, shapes and this run's
-  variables (to copy a teacher's classifier). Non-trainable state (memory banks, a copied
-  classifier) goes in `batch_stats`.
-* `loss(cfg, hp, batch)`: a pure function of one run's batch; returns the term's value, or
-  `(value, new_batch_stats)` when it updates non-trainable state.
-* `example()`: a small setting (`Example`) in which every per-run key changes the objective;
-  the registry's test checks it for every registered term.
-* `predicts(cfg)` / `predict(cfg, term_vars, student, info)`: a term that changes how the trained
-  student predicts (SimKD: through its projector and the teacher's classifier) returns the
-  logits from the run's term variables `term_vars` and the student's `Outputs`; evaluation
-  (`jkd.engine.train.make_evaluate`) then uses them instead of the student's own logits.
+The contract between a term and the engine, with a complete example: docs/extending.md, "A loss
+term". In short: `defaults` are its keys, `per_run` the only sweepable ones (traced scalars in
+`hp`; every other key is static), `needs` what it reads of each teacher, `init` its trainable
+parts, `loss` its value, `example` a setting in which each per-run key matters, `predict` how a
+trained student predicts through its parts (SimKD). Each method's docstring below says more.
 """
 
 from __future__ import annotations
@@ -176,6 +156,7 @@ class Term:
     order; `student`: its model section)."""
 
   def needs(self, cfg: mc.ConfigDict) -> Needs:
+    """What it reads of every teacher (the student always provides everything)."""
     return Needs()
 
   def uses_teacher_weights(self, cfg: mc.ConfigDict) -> bool:
@@ -184,6 +165,10 @@ class Term:
 
   def init(self, cfg: mc.ConfigDict, key: Array, student: Outputs, teachers: list[Outputs],
            info: Info | None = None) -> dict | None:
+    """Its parts as Flax variables of ONE run, `{'params': ..., 'batch_stats': ...}`, or None.
+    They live per run under `params['distill'][name]` (trained with the student) and
+    `batch_stats['distill'][name]` (non-trainable state: memory banks, a copied classifier);
+    `info` is passed only to an `init` whose signature takes it."""
     return None
 
   def predicts(self, cfg: mc.ConfigDict) -> bool:
@@ -197,6 +182,8 @@ class Term:
 
   def loss(self, cfg: mc.ConfigDict, hp: Mapping[str, Array], batch: Batch
            ) -> Array | tuple[Array, Any]:
+    """A pure function of one run's batch (`hp`: its per-run keys, traced): the value, or
+    `(value, new_batch_stats)` when it updates its non-trainable state."""
     raise NotImplementedError
 
   def example(self) -> Example:
