@@ -14,6 +14,7 @@ import jkd.data
 from jkd import config as config_lib
 from jkd import preflight, search
 from jkd.search import halving, space
+from jkd.search import study as study_lib
 from synthetic import write_sine_windows
 
 
@@ -152,11 +153,11 @@ def test_draw_is_stored_and_resumed(data, tmp_path, sampler):
   w = str(tmp_path / "w")
   import os
   os.makedirs(w)
-  first = [t.user_attrs[halving.POINT] for t in halving.draw(halving.open_study(c, w), c, w)]
-  again = [t.user_attrs[halving.POINT] for t in halving.draw(halving.open_study(c, w), c, w)]
+  first = [t.user_attrs[study_lib.POINT] for t in study_lib.draw(study_lib.open_study(c, w), c, w)]
+  again = [t.user_attrs[study_lib.POINT] for t in study_lib.draw(study_lib.open_study(c, w), c, w)]
   assert first == again and len({tuple(p.items()) for p in first}) == 2
   c.search.points = 3   # the int x log space has room: one more point drawn, the two kept
-  more = [t.user_attrs[halving.POINT] for t in halving.draw(halving.open_study(c, w), c, w)]
+  more = [t.user_attrs[study_lib.POINT] for t in study_lib.draw(study_lib.open_study(c, w), c, w)]
   assert more[:2] == first and len(more) == 3
 
 
@@ -169,7 +170,7 @@ def test_tpe_waves_model_the_told_points(data):
   value = lambda p: -abs(math.log10(p["optim.lr"]) + 2)
   for seed in range(10):
     c.search.seed = seed
-    study = optuna.create_study(sampler=halving._sampler(optuna, c.search), direction="maximize")
+    study = optuna.create_study(sampler=study_lib.sampler(optuna, c.search), direction="maximize")
     for w, size in enumerate(space.waves(c.search)):
       wave = [study.ask() for _ in range(size)]
       points = [space.suggest(t, dims) for t in wave]
@@ -203,11 +204,12 @@ def test_pipeline_search_only_in_a_kd_stage(data, tmp_path):
 DRAW = """
 import sys
 import ml_collections as mc
-from jkd.search import halving, space
+from jkd.search import space
+from jkd.search import study as study_lib
 c = mc.ConfigDict({"search": space.default_config(points=5, sampler="tpe", waves=1, storage=sys.argv[1]),
                    "sweep": {}})
 c.search.space = {"optim": {"lr": ("log", 1e-3, 0.1)}}
-halving.draw(halving.open_study(c, sys.argv[2]), c, sys.argv[2])
+study_lib.draw(study_lib.open_study(c, sys.argv[2]), c, sys.argv[2])
 """
 
 
@@ -215,10 +217,10 @@ def test_two_processes_share_one_study(tmp_path):
   """Two jobs on one storage URL: one study, each job its own points (its workdir on its trials)."""
   url = f"sqlite:///{tmp_path / 'shared.db'}"
   c = mc.ConfigDict({"search": space.default_config(storage=url)})
-  halving.open_study(c, str(tmp_path))   # created once, before the jobs race
+  study_lib.open_study(c, str(tmp_path))   # created once, before the jobs race
   jobs = [subprocess.Popen([sys.executable, "-c", DRAW, url, str(tmp_path / f"job{i}")])
           for i in range(2)]
   assert [p.wait(timeout=120) for p in jobs] == [0, 0]
   trials = optuna.load_study(study_name="jkd", storage=url).get_trials()
-  owners = [t.user_attrs[halving.OWNER] for t in trials]
+  owners = [t.user_attrs[study_lib.OWNER] for t in trials]
   assert sorted(owners) == sorted([str(tmp_path / "job0")] * 5 + [str(tmp_path / "job1")] * 5)

@@ -161,8 +161,8 @@ def write(workdir: str, plots: bool = True) -> dict[str, Any]:
   from jkd.export import complexity   # every stage's size, FLOPs and latency (issue 22)
   full["complexity"] = complexity.measure(workdir)
   write_atomic(os.path.join(workdir, "results.json"), json.dumps(full, indent=1))
-  from jkd.search import halving as search_halving
-  text = (markdown(full) + search_halving.markdown(workdir)
+  from jkd.search import outputs as search_outputs
+  text = (markdown(full) + search_outputs.markdown(workdir)
           + complexity.markdown(full["complexity"]))
   if plots:
     from jkd.report import plots as plots_lib

@@ -3,8 +3,9 @@ one program per rung (successive halving), chosen on validation subjects, never 
 
 A config with a `search` section (`space.default_config()`; `configs/demo_search.py`) trains its
 points as the sweep axis (times folds and seeds); `jkd.main` dispatches it here. `space` holds the
-space and its checks, `halving` the rungs, the Optuna study and the outputs (W/search.csv,
-W/search.json, W/rung<k>/ each a jkd workdir).
+space and its checks, `study` the Optuna study (its sampler, the points drawn), `halving` the
+waves and rungs (W/rung<k>/, each a jkd workdir), `outputs` what a search writes (W/search.csv,
+W/search.json, the chosen point's runs), `plots` its figures.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from jkd.search.space import default_config, dims, is_search, rungs   # noqa: F4
 def check(config: mc.ConfigDict) -> None:
   """A search's every user error, before training (`jkd.config.ConfigError`, one line): the
   section, the space's ranges and keys (per-run keys only), validation subjects, Optuna."""
-  from jkd.search import halving, space   # noqa: PLC0415
+  from jkd.search import space, study   # noqa: PLC0415
   space.check(config)
-  halving.require_optuna()
+  study.require_optuna()
 
 
 def num_points(config: mc.ConfigDict) -> int:
