@@ -32,9 +32,7 @@ def get_config():
   pipeline.lab_loss(kd.loss, lam=0.9, alpha=0.3, beta=200.0, temperature=4.0)
   kd.sweep = {}
   kd.search = search.default_config(points=27, sampler="tpe", seed=0, waves=3)
-  kd.search.space = {"loss": {"ce": {"weight": ("simplex",)}, "kd": {"weight": ("simplex",),
-                                                                    "temperature": ("log", 1, 8)},
-                              "alpha": ("uniform", 0, 1), "sp": {"weight": ("log", 10, 1000)}}}
+  kd.search.space = search.lab_kd(beta=(10, 1000), temperature=(1, 8))
   kd.search.halving.rungs = (1, 2)
   kd.search.halving.eta = 3
   return config

@@ -15,25 +15,19 @@ costs. The winner is the best of the three points trained to the end; W/report.m
 accuracy with the lab's ±, W/student_kd/search.csv every point.
 """
 
-import importlib.util
 import os
 
+from jkd import config as config_lib
 from jkd import search
-
-_spec = importlib.util.spec_from_file_location(
-    "pamap_spkd", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pamap_spkd.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
 
 
 def get_config():
-  config = _base.get_config()
+  config = config_lib.load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                             "pamap_spkd.py"))
   config.data.num_val_subjects = 1
   kd = config.stages.student_kd
   kd.search = search.default_config(points=27, sampler="tpe", seed=0, waves=3)
-  kd.search.space = {"loss": {"ce": {"weight": ("simplex",)}, "kd": {"weight": ("simplex",),
-                                                                    "temperature": ("log", 1, 8)},
-                              "alpha": ("uniform", 0, 1), "sp": {"weight": ("log", 10, 1000)}}}
+  kd.search.space = search.lab_kd(beta=(10, 1000), temperature=(1, 8))
   kd.search.halving.rungs = (25, 70)
   kd.search.halving.eta = 3
   return config

@@ -37,9 +37,7 @@ def get_config():
   kd = c.stages.student_kd
   pipeline.lab_loss(kd.loss, lam=0.9, alpha=0.5, beta=100.0)
   kd.search = search.default_config(points=4, sampler="tpe", seed=1, waves=2)
-  kd.search.space = {"loss": {"ce": {"weight": ("simplex",)}, "kd": {"weight": ("simplex",),
-                     "temperature": ("log", 1, 8)}, "alpha": ("uniform", 0, 1),
-                     "sp": {"weight": ("log", 10, 200)}}}
+  kd.search.space = search.lab_kd(beta=(10, 200), temperature=(1, 8))
   kd.search.halving.rungs = (1,)
   kd.search.halving.eta = 2
   return c

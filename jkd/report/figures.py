@@ -58,7 +58,7 @@ def _t975(dof: int) -> float:
   return (lo + hi) / 2
 
 
-def _plt():
+def pyplot():
   try:
     import matplotlib   # noqa: PLC0415
     matplotlib.use("Agg")
@@ -68,7 +68,7 @@ def _plt():
   return plt
 
 
-def _save(fig, path: str, plt) -> list[str]:
+def save(fig, path: str, plt) -> list[str]:
   fig.savefig(path + ".png", dpi=130, bbox_inches="tight")
   fig.savefig(path + ".pdf", bbox_inches="tight")
   plt.close(fig)
@@ -145,7 +145,7 @@ def gains(table: dict, path: str, plt) -> list[str]:
   fig.suptitle("Best-epoch accuracy gain over the student from scratch: mean, 95 % t-interval, "
                "folds (dots)", fontsize=10)
   fig.tight_layout()
-  return _save(fig, path, plt)
+  return save(fig, path, plt)
 
 
 # ----------------------------------------------------------------------------- curves
@@ -229,7 +229,7 @@ def curves(workdir: str, table: dict, path: str, plt) -> list[str]:
     axes[i][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
   fig.suptitle("Learning curves: test accuracy, mean over folds and trials", fontsize=10)
   fig.tight_layout()
-  return _save(fig, path, plt)
+  return save(fig, path, plt)
 
 
 # ----------------------------------------------------------------------------- confusion
@@ -285,11 +285,11 @@ def confusion(workdir: str, table: dict, col: dict, path: str, plt) -> list[str]
   fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="fraction of the true class")
   fig.suptitle(f"{col['label'] + ': ' if col['label'] else ''}final-epoch test confusion "
                "(summed over runs, % of each true class)", fontsize=10)
-  return _save(fig, path, plt)
+  return save(fig, path, plt)
 
 
 def write(workdir: str, table: dict[str, Any]) -> list[str]:
-  plt = _plt()
+  plt = pyplot()
   if plt is None:
     return []
   out_dir = os.path.join(workdir, "plots")

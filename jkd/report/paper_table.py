@@ -204,6 +204,13 @@ def footnote(full: dict, tex: bool = False) -> str:
           f"the folds).")
 
 
+def _value(c: dict, pm: str, bold: str, mark: str) -> str:
+  """A cell's best-epoch accuracy ± the lab's spread, `bold` (a format) when it is its column's
+  best, `mark` when its gain is significant."""
+  v = f"{_f(c['best'])} {pm} {_f(c['lab_pm'])}"
+  return (bold.format(v) if c["bold"] else v) + (mark if c["significant"] else "")
+
+
 def markdown(full: dict) -> str:
   from jkd.engine import provenance   # noqa: PLC0415
   cols = full["columns"]
@@ -219,10 +226,8 @@ def markdown(full: dict) -> str:
       if c is None:
         cells.append("—")
         continue
-      v = f"{_f(c['best'])} ± {_f(c['lab_pm'])}"
-      v = f"**{v}**" if c["bold"] else v
-      v += MARK if c["significant"] else ""
-      cells.append(f"{v} <sub>final {_f(c['final'])}, std {_f(c['best_std'])}</sub>")
+      cells.append(f"{_value(c, '±', '**{}**', MARK)} "
+                   f"<sub>final {_f(c['final'])}, std {_f(c['best_std'])}</sub>")
     lines.append(f"| {group} | {r['label']} | " + " | ".join(cells) + " |")
   lines += ["", footnote(full) + " Small print: the final-epoch accuracy and the population "
             "std of the best-epoch accuracy over folds and trials.", "",
@@ -291,9 +296,7 @@ def tex(full: dict) -> str:
       if c is None:
         cells.append("--")
         continue
-      v = f"{_f(c['best'])} $\\pm$ {_f(c['lab_pm'])}"
-      v = f"\\textbf{{{v}}}" if c["bold"] else v
-      cells.append(v + ("$^\\dagger$" if c["significant"] else ""))
+      cells.append(_value(c, r"$\pm$", r"\textbf{{{}}}", r"$^\dagger$"))
     lines.append(f"\\quad {_tex(r['label'])} & " + " & ".join(cells) + " \\\\")
   lines += ["\\bottomrule",
             f"\\multicolumn{{{n}}}{{p{{0.95\\linewidth}}}}{{\\footnotesize "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections as mc
 
-from jkd.search.space import default_config, dims, is_search, rungs   # noqa: F401
+from jkd.search.space import default_config, dims, is_search, lab_kd, rungs   # noqa: F401
 
 
 def check(config: mc.ConfigDict) -> None:

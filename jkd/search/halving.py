@@ -142,9 +142,8 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False, runs_per_f
   (`jkd.preflight`, `jkd.search.check`).
 
   Several processes (hosts) train each rung's program together; process 0 alone asks and tells
-  the study and writes the outputs, the others receive its points (`_shared`)."""
+  the study and writes the outputs, the others receive its points (`study.shared`)."""
   from jkd.engine import parallel   # noqa: PLC0415 - imports jax
-  optuna = study_lib.require_optuna()
   t0 = time.time()
   writer = parallel.is_writer()
   if overwrite and writer:
@@ -167,16 +166,12 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False, runs_per_f
     points = study_lib.shared([dict(t.user_attrs[study_lib.POINT]) for t in trials], first + size,
                               keys)
     _train_wave(config, workdir, study, trials, points, list(range(first, first + size)), w,
-                len(sizes), stops, book, max(sizes[0] * seeds, runs_per_fold), log, optuna)
+                len(sizes), stops, book, max(sizes[0] * seeds, runs_per_fold), log)
   if not writer:
     return {}
   finished = [i for i in range(P) if book["epochs"][i] == stops[-1]]
   chosen = select(book["val"], finished)
-  summary = outputs.summary(config, points, book, chosen, P * seeds * book["folds"] * stops[-1],
-                            stops, sizes, time.time() - t0)
-  rdir, alive, per = book["history"][chosen][-1]
-  summary["winner_runs"] = {"workdir": os.path.relpath(rdir, workdir),   # its checkpoints
-                            "first": alive.index(chosen) * per, "count": per}
+  summary = outputs.summary(config, workdir, points, book, chosen, time.time() - t0)
   outputs.write(workdir, summary)
   outputs.write_winner(workdir, book["history"][chosen], chosen, summary)
   from jkd.search import plots   # noqa: PLC0415 - matplotlib, when installed
@@ -186,10 +181,11 @@ def run(config: mc.ConfigDict, workdir: str, overwrite: bool = False, runs_per_f
 
 
 def _train_wave(config, workdir, study, trials, points, alive, wave, num_waves, stops, book,
-                runs_per_fold, log, optuna) -> None:
+                runs_per_fold, log) -> None:
   """One wave's rungs: its points in one program, then the best 1/eta of them, ... to the end;
   every point told (PRUNED, or COMPLETE with its validation accuracy) before returning."""
   from jkd.engine import loop   # noqa: PLC0415 - imports jax
+  optuna = study_lib.require_optuna()
   seeds = len(config_lib.seeds(config))
   eta = int(config.search.halving.eta)
   prev, history = None, []

@@ -57,9 +57,7 @@ def markdown(workdir: str) -> str:
       s = json.load(f)
     a = s["winner_test_accuracy"]
     w = ", ".join(f"{k}={v:.4g}" for k, v in s["winner"].items())
-    out.append(f"| {name} | {len(s['points'])} | {w} | "
-               f"{100 * a['final']['mean']:.2f} ± {100 * a['final']['lab_pm']:.2f} | "
-               f"{100 * a['best']['mean']:.2f} ± {100 * a['best']['lab_pm']:.2f} | "
+    out.append(f"| {name} | {len(s['points'])} | {w} | {_pm(a['final'])} | {_pm(a['best'])} | "
                f"{s['run_epochs']} / {s['run_epochs_without_halving']} |")
   if not out:
     return ""
@@ -71,15 +69,24 @@ def markdown(workdir: str) -> str:
                     *out, *([""] + figures if figures else [])]) + "\n"
 
 
+def _pm(acc: dict) -> str:
+  """'80.88 ± 3.16': a mean accuracy with the lab's ±, in %."""
+  return f"{100 * acc['mean']:.2f} ± {100 * acc['lab_pm']:.2f}"
+
+
 def _key(point: dict) -> str:
   return " ".join(f"{k}={v:g}" for k, v in sorted(point.items()))   # as jkd.report keys a point
 
 
-def summary(config, points, book, chosen, full, stops, sizes, seconds) -> dict:
+def summary(config, workdir: str, points: list, book: dict, chosen: int, seconds: float) -> dict:
+  """search.json's content, from what `jkd.search.halving.run` booked while training."""
+  from jkd import config as config_lib   # noqa: PLC0415
   from jkd.report import stats   # noqa: PLC0415
   winner = points[chosen]
-  with open(os.path.join(book["history"][chosen][-1][0], "results.json")) as f:
-    res = json.load(f)   # the winner's last rung
+  stops, sizes = space_lib.rungs(config), space_lib.waves(config.search)
+  rdir, alive, per = book["history"][chosen][-1]   # the winner's last rung
+  with open(os.path.join(rdir, "results.json")) as f:
+    res = json.load(f)
   entry = next(e for e in res["summary"] if e["sweep"] == winner)
   acc = {w: {**entry[w]["accuracy"], "lab_pm": stats.lab_pm(res, _key(winner), w)}
          for w in ("final", "best")}
@@ -94,7 +101,12 @@ def summary(config, points, book, chosen, full, stops, sizes, seconds) -> dict:
           "eta": int(config.search.halving.eta) if len(stops) > 1 else None,
           "sampler": config.search.sampler, "waves": sizes, "points": rows, "chosen": chosen,
           "winner": winner, "winner_test_accuracy": acc, "run_epochs": int(book["spent"]),
-          "run_epochs_without_halving": int(full), "seconds": seconds}
+          "run_epochs_without_halving": len(points) * len(config_lib.seeds(config))
+                                        * book["folds"] * stops[-1],
+          # where its runs' checkpoints are (`jkd.export.checkpointed`)
+          "winner_runs": {"workdir": os.path.relpath(rdir, workdir),
+                          "first": alive.index(chosen) * per, "count": per},
+          "seconds": seconds}
 
 
 def number(x: float) -> float | None:
@@ -130,9 +142,7 @@ def table(summary: dict) -> str:
   a = summary["winner_test_accuracy"]
   w = " ".join(f"{k}={v:.6g}" for k, v in summary["winner"].items())
   lines.append(f"chosen on validation accuracy: point {summary['chosen']} ({w}); its test "
-               f"accuracy final {100 * a['final']['mean']:.2f} ± "
-               f"{100 * a['final']['lab_pm']:.2f}, best-epoch {100 * a['best']['mean']:.2f} ± "
-               f"{100 * a['best']['lab_pm']:.2f} (lab ±)")
+               f"accuracy final {_pm(a['final'])}, best-epoch {_pm(a['best'])} (lab ±)")
   lines.append(f"run-epochs spent: {summary['run_epochs']} (every point to the end: "
                f"{summary['run_epochs_without_halving']})")
   return "\n".join(lines)

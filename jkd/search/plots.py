@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 import os
 
-from jkd.report.figures import COLOURS, _plt, _save
+from jkd.report.figures import COLOURS, pyplot, save
 
 
 def write(workdir: str, summary: dict) -> list[str]:
-  plt = _plt()
+  plt = pyplot()
   if plt is None:
     return []
   out = os.path.join(workdir, "plots")
@@ -70,7 +70,7 @@ def keys(summary: dict, path: str, plt) -> list[str]:
              bbox_to_anchor=(0.5, -0.02 - 0.03 * nrow))
   fig.suptitle(f"{len(rows)} points: validation accuracy at each point's last rung")
   fig.tight_layout()
-  return _save(fig, path, plt)
+  return save(fig, path, plt)
 
 
 def rungs(summary: dict, path: str, plt) -> list[str]:
@@ -98,4 +98,4 @@ def rungs(summary: dict, path: str, plt) -> list[str]:
   stopped = sum(r["epochs"] < stops[-1] for r in rows)
   ax.set_title(f"rungs: {stopped} of {len(rows)} points stopped (grey)", fontsize=10)
   fig.tight_layout()
-  return _save(fig, path, plt)
+  return save(fig, path, plt)

@@ -51,6 +51,15 @@ def default_config(**kw) -> mc.ConfigDict:
   return c
 
 
+def lab_kd(beta: tuple = (10, 1000), temperature: tuple = (1, 8)) -> dict:
+  """The space of the lab's KD objective (`jkd.pipeline.lab_loss`): λ as the ce/kd weights
+  (1 − λ, λ) on a simplex, α (the second teacher's weight) uniform in 0–1, β (SP) and T
+  log-uniform in the given ranges."""
+  return {"loss": {"ce": {"weight": ("simplex",)},
+                   "kd": {"weight": ("simplex",), "temperature": ("log", *temperature)},
+                   "alpha": ("uniform", 0, 1), "sp": {"weight": ("log", *beta)}}}
+
+
 def is_search(config: mc.ConfigDict) -> bool:
   return "search" in config and bool(config.search.get("space"))
 
